@@ -1,0 +1,30 @@
+"""Modality adapters: backbone features -> :class:`~lsb_mm.stream.TokenStream`."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+
+from ..stream import TokenStream
+from .base import Backbone
+from .visual_words import VisualWords
+
+__all__ = ["text_stream", "image_stream"]
+
+
+def text_stream(backbone: Backbone, batch: Dict[str, torch.Tensor]) -> TokenStream:
+    """Tokenizer ids over the text vocabulary; vocabulary embeddings are the token embeddings."""
+    f = backbone.text_features(batch)
+    specials = torch.tensor(backbone.text_special_ids(), dtype=torch.long, device=f.ids.device)
+    return TokenStream(ids=f.ids, mask=f.mask, hidden=f.hidden, pooled=f.pooled, summary=f.summary,
+                       vocab_size=backbone.text_vocab_size, vocab_embeddings=backbone.text_vocab_embeddings(),
+                       vocab_logits=backbone.text_vocab_logits(), special_ids=specials, modality="text")
+
+
+def image_stream(backbone: Backbone, codebook: VisualWords, pixels: torch.Tensor) -> TokenStream:
+    """Visual words over the codebook; vocabulary embeddings are the centroids. No special ids."""
+    f = backbone.image_features(pixels)
+    ids = codebook.assign(f.hidden)
+    mask = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+    return TokenStream(ids=ids, mask=mask, hidden=f.hidden, pooled=f.pooled, summary=f.summary,
+                       vocab_size=codebook.vocab_size, vocab_embeddings=codebook.centroids, modality="image")

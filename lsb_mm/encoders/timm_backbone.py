@@ -1,0 +1,94 @@
+"""timm image towers: ViT / DeiT / BEiT patch tokens and CNN (EfficientNet, ResNet) spatial cells.
+
+The embedding is timm's pre-logits feature (``forward_head(..., pre_logits=True)``); the token
+stream is the patch tokens (prefix tokens removed) or the cells of the last feature map.
+Weights: ``pretrained=False`` (default, offline) or ``weights=<file>`` (safetensors, or a
+torch file read with ``weights_only=True``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from ..errors import ModelLoadError
+from .base import Backbone, ImageFeatures, register_backbone
+
+
+def load_state_dict_file(path: str) -> Dict[str, torch.Tensor]:
+    """Read a weights file safely: safetensors, or torch with ``weights_only=True``."""
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"weights file {path} not found")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read weights {path} safely (weights_only=True): {exc}") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path} does not hold a state dict")
+    return obj
+
+
+@register_backbone("timm")
+class TimmBackbone(Backbone):
+    has_image = True
+
+    def __init__(self, model, name: str, kwargs: Dict[str, Any]):
+        super().__init__()
+        self.model = model.eval()
+        self.name, self.kwargs = name, kwargs
+        self.embed_dim = int(model.num_features)
+        self.image_hidden_dim = int(model.num_features)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
+
+    @classmethod
+    def create(cls, name: str, pretrained: bool = False, weights: Optional[str] = None, **kwargs: Any) -> "TimmBackbone":
+        import timm
+
+        if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+            raise ModelLoadError(f"unknown timm model {name!r}; see timm.list_models()")
+        kwargs = {"num_classes": 0, **kwargs}
+        try:
+            model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
+        except Exception as exc:  # hub not reachable, bad kwargs
+            raise ModelLoadError(f"timm could not build {name!r} (pretrained={pretrained}): {exc}") from exc
+        if weights:
+            clf = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if not kwargs.get("num_classes") else None
+            sd = {k: v for k, v in load_state_dict_file(weights).items() if not (clf and k.startswith(clf + "."))}
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+            if missing or unexpected:
+                raise ModelLoadError(f"{weights} does not fit timm:{name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        return cls(model, name, kwargs)
+
+    def spec(self) -> Dict[str, Any]:
+        return {"family": "timm", "name": self.name, "kwargs": self.kwargs}
+
+    @classmethod
+    def from_saved(cls, spec: Dict[str, Any], folder: str) -> "TimmBackbone":
+        import timm
+
+        return cls(timm.create_model(spec["name"], pretrained=False, **spec.get("kwargs", {})), spec["name"], spec.get("kwargs", {}))
+
+    def image_transform(self) -> Callable[[Any], torch.Tensor]:
+        from timm.data import create_transform, resolve_data_config
+
+        return create_transform(**resolve_data_config({}, model=self.model), is_training=False)
+
+    def image_features(self, pixels: torch.Tensor) -> ImageFeatures:
+        feats = self.model.forward_features(pixels)
+        pooled = self.model.forward_head(feats, pre_logits=True)
+        if feats.dim() == 4:  # CNN: [B, C, H, W] -> cells [B, H*W, C]
+            tokens = feats.flatten(2).transpose(1, 2)
+            summary = tokens.mean(1)
+        elif feats.dim() == 3:  # ViT-style: [B, T, C]
+            tokens = feats[:, self.num_prefix_tokens:]
+            summary = feats[:, 0] if self.num_prefix_tokens else tokens.mean(1)
+        else:
+            raise ModelLoadError(f"timm:{self.name}: forward_features returned shape {tuple(feats.shape)}; expected 3-D or 4-D")
+        return ImageFeatures(hidden=tokens, pooled=pooled, summary=summary)

@@ -1,0 +1,26 @@
+"""Exceptions raised for user mistakes; the CLI turns them into one clear line and exit 2."""
+from __future__ import annotations
+
+__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError"]
+
+
+class LSBError(Exception):
+    """Base class of every error that is the user's input, not a bug."""
+
+
+class InputError(LSBError, ValueError):
+    """An argument or an input item is not what was expected."""
+
+
+class ModelLoadError(LSBError):
+    """A model name, folder or weights file cannot be turned into a model."""
+
+
+class ImageLoadError(LSBError):
+    """An image file is missing or cannot be decoded; names the file."""
+
+    def __init__(self, path: str, reason: str | None = None):
+        # one-argument form (a full message) lets DataLoader workers re-raise it intact
+        super().__init__(f"cannot read image {path!s}: {reason}" if reason is not None else str(path))
+        self.path = str(path)
+        self.reason = reason

@@ -1,0 +1,94 @@
+"""``create_model`` / ``load_model`` / ``list_models``: one factory for every encoder family.
+
+Names are ``family:identifier``:
+
+- ``open_clip:<config name>`` (e.g. ``open_clip:ViT-B-32`` with ``pretrained=<tag or file>``,
+  ``open_clip:lsb-tiny-test``), ``open_clip:local-dir:/path``;
+- ``timm:<model name>`` (``pretrained=False`` by default, ``weights=<file>`` for local weights);
+- ``hf:<local folder or cached name>`` (text encoders; ``pooling=auto|cls|mean|max``).
+
+A path to a folder saved with ``save_pretrained`` is also accepted (same as ``load_model``).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional
+
+import torch
+
+from .encoders import BACKBONES
+from .errors import ModelLoadError
+from .model import LSBModel
+from .serialization import CONFIG_NAME, load_model
+
+__all__ = ["create_model", "load_model", "list_models", "add_model_config", "parse_model_name"]
+
+_MODEL_KEYS = ("text_head", "image_head", "vocab_size", "fusion_q", "fusion_p", "head_init", "seed")
+
+
+def parse_model_name(name: str):
+    """Split ``family:identifier``; raise a clear error for an unknown family."""
+    if not isinstance(name, str) or not name:
+        raise ModelLoadError(f"model name must be a non-empty string, got {name!r}")
+    family, sep, ident = name.partition(":")
+    if not sep or family not in BACKBONES:
+        raise ModelLoadError(f"model name {name!r} must start with one of "
+                             f"{', '.join(f + ':' for f in sorted(BACKBONES))} or be a saved lsb-mm folder")
+    if not ident:
+        raise ModelLoadError(f"model name {name!r} has nothing after '{family}:'")
+    return family, ident
+
+
+def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device: str | torch.device = "cpu",
+                 text_head: Optional[str] = None, image_head: Optional[str] = None, vocab_size: int = 1024,
+                 fusion_q: bool = True, fusion_p: bool = False, head_init: str = "zeros", seed: int = 0,
+                 **backbone_options: Any) -> LSBModel:
+    """Build a model: backbone ``name`` plus LexSemBridge ``head`` (``clr``, ``slr``, ``llr``, ``none``).
+
+    ``pretrained`` is open_clip's tag / weights file or timm's bool; other keyword options go to
+    the backbone (e.g. ``pooling="mean"`` for ``hf:``, ``weights=`` or ``img_size=`` for
+    ``timm:``). Random initialisation is seeded by ``seed`` without touching the global RNG.
+    """
+    if isinstance(name, str) and os.path.isfile(os.path.join(name, CONFIG_NAME)):
+        return load_model(name, device=device)
+    family, ident = parse_model_name(name)
+    opts = dict(backbone_options)
+    if pretrained is not None:
+        if family == "hf":
+            raise ModelLoadError("hf: models are always loaded with their weights; 'pretrained' does not apply")
+        opts["pretrained"] = pretrained
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        backbone = BACKBONES[family].create(ident, **opts)
+        model = LSBModel(backbone, head=head, text_head=text_head, image_head=image_head, vocab_size=vocab_size,
+                         fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed)
+    model.name = name
+    return model.to(device).eval()
+
+
+def list_models(family: Optional[str] = None) -> List[str]:
+    """Known encoder names. ``open_clip`` configs by default; ``family="timm"`` lists timm's."""
+    out: List[str] = []
+    if family in (None, "open_clip"):
+        import open_clip
+
+        from .encoders.open_clip_backbone import register_lsb_configs
+
+        register_lsb_configs()
+        out += [f"open_clip:{n}" for n in open_clip.list_models()]
+    if family == "timm":
+        import timm
+
+        out += [f"timm:{n}" for n in timm.list_models()]
+    if family not in (None, "open_clip", "timm", "hf"):
+        raise ModelLoadError(f"unknown family {family!r}; expected one of {sorted(BACKBONES)}")
+    return out
+
+
+def add_model_config(path: str) -> None:
+    """Register open_clip model configs (a JSON file or a folder of them) as ``open_clip:<stem>``."""
+    import open_clip
+
+    if not os.path.exists(path):
+        raise ModelLoadError(f"model config path {path} does not exist")
+    open_clip.add_model_config(path)

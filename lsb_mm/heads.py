@@ -1,0 +1,178 @@
+"""LexSemBridge heads: SLR, LLR, CLR (and ``none``), all reading only a :class:`TokenStream`.
+
+Every head builds a vocabulary-space vector ``w`` (``[B, V]``, never materialised for SLR and
+LLR) and modulates the dense embedding::
+
+    a  = softmax(W_p · w + b_p)        over the d dimensions
+    e' = normalize(a ⊙ e)
+
+SLR and LLR are sparse: ``W_p · w`` is a sum of the columns of ``W_p`` of the tokens present,
+weighted by the per-token value, computed with a segment max over ``(row, token)`` pairs and
+an ``index_add``; memory is ``O(B·L·d)``, never ``O(B·L·V)``.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .stream import TokenStream
+
+__all__ = ["HEADS", "LSBHead", "NoneHead", "SLRHead", "LLRHead", "CLRHead", "build_head"]
+
+HEADS: Dict[str, type] = {}
+
+
+def register_head(name: str):
+    def deco(cls):
+        HEADS[name] = cls
+        cls.kind = name
+        return cls
+
+    return deco
+
+
+class LSBHead(nn.Module):
+    """Base class: the projection ``W_p`` (stored transposed, ``[V, d]``) and bias ``b_p``.
+
+    ``init="zeros"`` (default) makes a new head the identity on normalised embeddings
+    (uniform ``a``), so an untrained model is exactly its backbone; ``init="random"`` uses
+    ``nn.Linear``'s default initialisation (as the reference code).
+    """
+
+    kind = "base"
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros"):
+        super().__init__()
+        if init not in ("zeros", "random"):
+            raise ValueError(f"head init must be 'zeros' or 'random', got {init!r}")
+        self.vocab_size, self.embed_dim, self.hidden_dim, self.init = int(vocab_size), int(embed_dim), int(hidden_dim), init
+        self.proj_weight = nn.Parameter(torch.zeros(self.vocab_size, self.embed_dim))
+        self.proj_bias = nn.Parameter(torch.zeros(self.embed_dim))
+        if init == "random":
+            bound = 1.0 / self.vocab_size ** 0.5
+            nn.init.uniform_(self.proj_weight, -bound, bound)
+            nn.init.uniform_(self.proj_bias, -bound, bound)
+
+    def config(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
+                "hidden_dim": self.hidden_dim, "init": self.init}
+
+    def projected(self, stream: TokenStream) -> torch.Tensor:
+        """``W_p · w`` as ``[B, d]`` (without bias)."""
+        raise NotImplementedError
+
+    def forward(self, stream: TokenStream) -> torch.Tensor:
+        """Return the modulated, L2-normalised embedding ``[B, d]``."""
+        e = stream.pooled
+        if e.shape[-1] != self.embed_dim:
+            raise ValueError(f"{self.kind} head expects embeddings of dim {self.embed_dim}, got {e.shape[-1]}")
+        if stream.vocab_size != self.vocab_size:
+            raise ValueError(f"{self.kind} head has vocab_size {self.vocab_size}, the token stream {stream.vocab_size}")
+        logits = self.projected(stream).to(self.proj_bias.dtype) + self.proj_bias
+        a = torch.softmax(logits, dim=-1).to(e.dtype)
+        return F.normalize(a * e, dim=-1)
+
+    # -- sparse core shared by SLR and LLR --------------------------------------------------
+    def _sparse_max_project(self, ids: torch.Tensor, keep: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """``sum_v W_p[:, v] * max_{j: t_j = v, keep_j} values_j`` per row, without a ``[B, V]`` or ``[B, L, V]`` tensor."""
+        b = ids.shape[0]
+        rows = torch.arange(b, device=ids.device).unsqueeze(1).expand_as(ids)[keep]
+        toks = ids[keep]
+        vals = values[keep]
+        out = torch.zeros(b, self.embed_dim, dtype=self.proj_weight.dtype, device=ids.device)
+        if toks.numel() == 0:
+            return out
+        keys = rows * self.vocab_size + toks
+        uniq, inverse = torch.unique(keys, return_inverse=True)
+        seg_max = torch.zeros(uniq.shape[0], dtype=vals.dtype, device=vals.device)
+        seg_max = seg_max.scatter_reduce(0, inverse, vals, reduce="amax", include_self=False)
+        contrib = self.proj_weight[uniq % self.vocab_size] * seg_max.unsqueeze(1).to(self.proj_weight.dtype)
+        return out.index_add(0, uniq // self.vocab_size, contrib)
+
+
+@register_head("none")
+class NoneHead(nn.Module):
+    """No modulation: the backbone embedding, normalised."""
+
+    def __init__(self, vocab_size: int = 0, embed_dim: int = 0, hidden_dim: int = 0, init: str = "zeros"):
+        super().__init__()
+        self.vocab_size, self.embed_dim, self.hidden_dim, self.init = vocab_size, embed_dim, hidden_dim, init
+
+    def config(self) -> Dict[str, Any]:
+        return {"kind": "none", "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
+                "hidden_dim": self.hidden_dim, "init": self.init}
+
+    def forward(self, stream: TokenStream) -> torch.Tensor:
+        return F.normalize(stream.pooled, dim=-1)
+
+
+@register_head("slr")
+class SLRHead(LSBHead):
+    """Statistical: ``w_v = s · [token v present]`` over non-special tokens; ``s`` learnable, init 1."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros"):
+        super().__init__(vocab_size, embed_dim, hidden_dim, init)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def projected(self, stream: TokenStream) -> torch.Tensor:
+        keep = stream.content_mask
+        values = self.scale.expand(stream.ids.shape)
+        return self._sparse_max_project(stream.ids, keep, values)
+
+
+@register_head("llr")
+class LLRHead(LSBHead):
+    """Learned: ``u_j = relu(θᵀ h_j + β)``, ``w_v = max_{j: t_j = v} u_j``; special tokens zeroed."""
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros"):
+        super().__init__(vocab_size, embed_dim, hidden_dim, init)
+        self.token_weight = nn.Linear(self.hidden_dim, 1)
+
+    def token_weights(self, stream: TokenStream) -> torch.Tensor:
+        """``u`` as ``[B, L]``."""
+        return torch.relu(self.token_weight(stream.hidden.to(self.token_weight.weight.dtype))).squeeze(-1)
+
+    def projected(self, stream: TokenStream) -> torch.Tensor:
+        return self._sparse_max_project(stream.ids, stream.content_mask, self.token_weights(stream))
+
+
+@register_head("clr")
+class CLRHead(LSBHead):
+    """Contextual: ``w = log(1 + relu(z))``, ``z`` the vocabulary logits of the input.
+
+    ``z`` comes from the checkpoint's MLM / MIM head when the stream carries one
+    (``stream.vocab_logits``), else from the tied projection ``z = g(summary) · Eᵀ`` against the
+    vocabulary embeddings ``E`` (token embeddings, or the visual-word codebook); ``g`` is a
+    learnable linear map initialised to the identity.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros"):
+        super().__init__(vocab_size, embed_dim, hidden_dim, init)
+        self.transform = nn.Linear(self.hidden_dim, self.hidden_dim)
+        with torch.no_grad():
+            self.transform.weight.copy_(torch.eye(self.hidden_dim))
+            self.transform.bias.zero_()
+
+    def vocab_logits(self, stream: TokenStream) -> torch.Tensor:
+        """``z`` as ``[B, V]``."""
+        if stream.vocab_logits is not None:
+            return stream.vocab_logits(stream.summary)
+        if stream.vocab_embeddings is None:
+            raise ValueError("CLR needs vocabulary embeddings or an MLM/MIM head in the token stream; this encoder gives neither")
+        g = self.transform(stream.summary.to(self.transform.weight.dtype))
+        return g @ stream.vocab_embeddings.to(g.dtype).t()
+
+    def projected(self, stream: TokenStream) -> torch.Tensor:
+        w = torch.log1p(torch.relu(self.vocab_logits(stream)))
+        return w.to(self.proj_weight.dtype) @ self.proj_weight
+
+
+def build_head(kind: str, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros") -> nn.Module:
+    """Create a head by name: ``none``, ``slr``, ``llr`` or ``clr``."""
+    key = str(kind).lower()
+    if key not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; expected one of {sorted(HEADS)}")
+    return HEADS[key](vocab_size, embed_dim, hidden_dim, init)

@@ -1,0 +1,81 @@
+"""Loading images from paths or PIL objects: RGB conversion and loud failures."""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Sequence, Union
+
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageLoadError, InputError
+
+__all__ = ["ImageInput", "load_image", "to_rgb", "list_image_files", "IMAGE_EXTENSIONS"]
+
+ImageInput = Union[str, os.PathLike, Image.Image]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
+    """Convert any PIL mode to RGB; transparent pixels are composited onto ``background``.
+
+    Palette images with a transparency entry, LA and RGBA all go through alpha compositing,
+    so a transparent stamp does not turn into a black square.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bit rather than clipping
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        hi = float(arr.max()) or 1.0
+        img = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype("uint8"), mode="L")
+    return img.convert("RGB")
+
+
+def load_image(item: Any, index: int | None = None) -> Image.Image:
+    """Open one image (path or PIL) as RGB; raise :class:`ImageLoadError` naming the file."""
+    if isinstance(item, Image.Image):
+        try:
+            return to_rgb(item)
+        except Exception as exc:  # a PIL object in an unusable mode
+            raise ImageLoadError(f"<PIL image #{index}>", f"cannot convert mode {item.mode!r} to RGB ({exc})") from exc
+    if not isinstance(item, (str, os.PathLike)):
+        where = f" at index {index}" if index is not None else ""
+        raise InputError(f"images must be file paths or PIL images; got {type(item).__name__}{where}")
+    path = os.fspath(item)
+    if not os.path.exists(path):
+        raise ImageLoadError(path, "no such file")
+    if os.path.isdir(path):
+        raise ImageLoadError(path, "is a directory, not an image file")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb(im)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageLoadError(path, f"not a decodable image ({exc})") from exc
+
+
+def list_image_files(folder: str, recursive: bool = True) -> List[str]:
+    """Sorted image files under ``folder`` (by extension)."""
+    if not os.path.isdir(folder):
+        raise InputError(f"image folder {folder!r} does not exist or is not a directory")
+    out: List[str] = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        out.extend(os.path.join(root, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not recursive:
+            break
+    return out
+
+
+def check_sequence(items: Sequence[Any], what: str) -> None:
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__len__"):
+        raise InputError(f"{what} must be a list, got {type(items).__name__}")
+    if len(items) == 0:
+        raise InputError(f"{what} is an empty list; nothing to encode")
