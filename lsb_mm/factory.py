@@ -49,6 +49,8 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
     the backbone (e.g. ``pooling="mean"`` for ``hf:``, ``weights=`` or ``img_size=`` for
     ``timm:``). Random initialisation is seeded by ``seed`` without touching the global RNG.
     """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
     if isinstance(name, str) and os.path.isfile(os.path.join(name, CONFIG_NAME)):
         return load_model(name, device=device)
     family, ident = parse_model_name(name)

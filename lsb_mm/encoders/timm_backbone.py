@@ -78,7 +78,13 @@ class TimmBackbone(Backbone):
     def image_transform(self) -> Callable[[Any], torch.Tensor]:
         from timm.data import create_transform, resolve_data_config
 
-        return create_transform(**resolve_data_config({}, model=self.model), is_training=False)
+        cfg = resolve_data_config({}, model=self.model)
+        size = self.kwargs.get("img_size")
+        if size:  # a model built for another resolution than its pretrained config
+            h, w = (size, size) if isinstance(size, int) else tuple(size)
+            cfg["input_size"] = (3, h, w)
+            cfg["crop_pct"] = 1.0
+        return create_transform(**cfg, is_training=False)
 
     def image_features(self, pixels: torch.Tensor) -> ImageFeatures:
         feats = self.model.forward_features(pixels)

@@ -1,0 +1,171 @@
+"""Backbones through lsb-mm equal their own libraries; visual words depend on content."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lsb_mm
+from conftest import need
+
+TEXTS = ["a photo of a cat", "a red bicycle leaning on a wall", "x", "the quick brown fox jumps over the lazy dog " * 3]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return lsb_mm.create_model("open_clip:lsb-tiny-test", head="llr", head_init="random")
+
+
+def test_tiny_open_clip_plain_equals_open_clip(tiny, rgb_images):
+    import open_clip
+
+    tok = open_clip.get_tokenizer("lsb-tiny-test")
+    with torch.no_grad():
+        ref_t = tiny.backbone.model.encode_text(tok(TEXTS), normalize=True).numpy()
+        pix = torch.stack([tiny.image_transform(im) for im in rgb_images])
+        ref_i = tiny.backbone.model.encode_image(pix, normalize=True).numpy()
+    for kw in ({"enhance": False}, {"role": "document"}):
+        np.testing.assert_allclose(tiny.encode_text(TEXTS, **kw), ref_t, atol=1e-6)
+        np.testing.assert_allclose(tiny.encode_image(rgb_images, **kw), ref_i, atol=1e-6)
+    none = lsb_mm.create_model("open_clip:lsb-tiny-test", head="none")
+    np.testing.assert_allclose(none.encode_text(TEXTS), ref_t, atol=1e-6)
+    np.testing.assert_allclose(none.encode_image(rgb_images), ref_i, atol=1e-6)
+    # the trained-looking (random) head does change query embeddings
+    assert np.abs(tiny.encode_text(TEXTS) - ref_t).max() > 1e-4
+
+
+def test_encode_output_contract(tiny, rgb_images):
+    e = tiny.encode_text(TEXTS, batch_size=3)
+    assert e.dtype == np.float32 and e.shape == (len(TEXTS), 32)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    # batching and length-sorting do not change results or order
+    np.testing.assert_allclose(e, np.stack([tiny.encode_text(t) for t in TEXTS]), atol=1e-5)
+    t = tiny.encode_image(rgb_images, convert_to="torch", batch_size=2)
+    assert isinstance(t, torch.Tensor) and t.shape == (5, 32)
+    assert tiny.encode_text("one").shape == (32,)
+
+
+def test_open_clip_tiny_builds_fast_and_deterministic():
+    import time
+
+    t0 = time.perf_counter()
+    a = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr")
+    assert time.perf_counter() - t0 < 5.0  # generous: CI machines are slow; typically ~0.2 s
+    b = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr")
+    np.testing.assert_array_equal(a.encode_text(TEXTS), b.encode_text(TEXTS))
+    assert "open_clip:lsb-tiny-test" in lsb_mm.list_models()
+
+
+def test_open_clip_local_dir_and_pretrained_file(tmp_path, tiny):
+    """open_clip's own `local-dir:` scheme and a `pretrained=` weights file both load offline."""
+    import json
+
+    from safetensors.torch import save_file
+
+    sd = {k: v.contiguous() for k, v in tiny.backbone.model.state_dict().items()}
+    d = tmp_path / "oc"
+    d.mkdir()
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny.backbone.model_cfg,
+                                                         "preprocess_cfg": {"size": 32}}))
+    save_file(sd, d / "open_clip_model.safetensors")
+    ref = tiny.encode_text(TEXTS, enhance=False)
+    m1 = lsb_mm.create_model(f"open_clip:local-dir:{d}", head="none")
+    np.testing.assert_allclose(m1.encode_text(TEXTS), ref, atol=1e-6)
+    m2 = lsb_mm.create_model("open_clip:lsb-tiny-test", head="none", pretrained=str(d / "open_clip_model.safetensors"), seed=5)
+    np.testing.assert_allclose(m2.encode_text(TEXTS), ref, atol=1e-6)
+    with pytest.raises(lsb_mm.ModelLoadError, match="neither a file nor a known tag"):
+        lsb_mm.create_model("open_clip:lsb-tiny-test", pretrained="no-such-tag")
+
+
+def test_hf_mean_pooling_equals_transformers(tiny_hf_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    m = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="slr", pooling="mean", head_init="random")
+    tok, ref_model = AutoTokenizer.from_pretrained(tiny_hf_dir), AutoModel.from_pretrained(tiny_hf_dir).eval()
+    enc = tok(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        h = ref_model(**enc).last_hidden_state
+    msk = enc["attention_mask"].unsqueeze(-1).float()
+    ref = F.normalize((h * msk).sum(1) / msk.sum(1), dim=-1).numpy()
+    np.testing.assert_allclose(m.encode_text(TEXTS, enhance=False), ref, atol=1e-5)
+    np.testing.assert_allclose(m.encode_text(TEXTS, role="document"), ref, atol=1e-5)
+    assert not m.has_image
+    with pytest.raises(lsb_mm.InputError, match="no image tower"):
+        m.encode_image(["x.png"])
+
+
+def test_hf_mlm_head_feeds_clr(tiny_hf_mlm_dir):
+    m = lsb_mm.create_model(f"hf:{tiny_hf_mlm_dir}", head="clr")
+    s = m.text_stream(TEXTS)
+    assert s.vocab_logits is not None
+    z = s.vocab_logits(s.summary)
+    assert z.shape == (len(TEXTS), 30522)
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    full = AutoModelForMaskedLM.from_pretrained(tiny_hf_mlm_dir).eval()
+    enc = AutoTokenizer.from_pretrained(tiny_hf_mlm_dir)(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = full(**enc).logits[:, 0]
+    assert torch.allclose(z, ref, atol=1e-4)
+
+
+def test_timm_cnn_and_vit_plain_equal_timm(rgb_images):
+    for name, kw in (("resnet18", {}), ("vit_tiny_patch16_224", {"img_size": 32})):
+        m = lsb_mm.create_model(f"timm:{name}", head="clr", vocab_size=64, **kw)
+        pix = torch.stack([m.image_transform(im) for im in rgb_images])
+        with torch.no_grad():
+            ref = F.normalize(m.backbone.model(pix), dim=-1).numpy()
+        np.testing.assert_allclose(m.encode_image(rgb_images, enhance=False), ref, atol=1e-5)
+        assert not m.has_text
+
+
+def test_real_minilm_matches_sentence_transformers(minilm_path):
+    from lsb_mm.datasets import load_manpages
+
+    try:
+        pages = load_manpages(limit=150)
+    except lsb_mm.InputError as exc:
+        need(False, str(exc))
+    need(len(pages) >= 100, "Debian manpages / manpages-dev not installed")
+    sentences = [p.name_line for p in pages]
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(minilm_path, device="cpu")
+    ref = st.encode(sentences, normalize_embeddings=True, batch_size=32)
+    m = lsb_mm.create_model(f"hf:{minilm_path}", head="none", pooling="mean")
+    ours = m.encode_text(sentences, batch_size=32)
+    cos = (ours * ref).sum(1)
+    assert len(sentences) >= 100 and cos.min() >= 0.9999, cos.min()
+    # also through a head with enhance=False, and with pooling read from the ST folder
+    m2 = lsb_mm.create_model(f"hf:{minilm_path}", head="llr")
+    assert m2.backbone.pooling == "mean" and m2.backbone.max_length == 256
+    assert ((m2.encode_text(sentences[:20], enhance=False) * ref[:20]).sum(1)).min() >= 0.9999
+
+
+def test_visual_words_depend_on_content(rgb_images):
+    from PIL import Image
+
+    m = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr", vocab_size=64)
+    pix = torch.stack([m.image_transform(im) for im in rgb_images[:2]])
+    s = m.image_stream(pix)
+    assert s.ids.shape == (2, 16) and s.modality == "image"
+    a, b = sorted(s.ids[0].tolist()), sorted(s.ids[1].tolist())
+    assert a != b
+    # a flat image has (nearly) one visual word everywhere, a noisy one many
+    flat = m.image_transform(Image.new("RGB", (32, 32), (120, 30, 200))).unsqueeze(0)
+    assert len(set(m.image_stream(flat).ids[0].tolist())) < len(set(a))
+
+
+def test_fit_codebook_changes_and_persists(tmp_path, image_files):
+    m = lsb_mm.create_model("open_clip:lsb-tiny-test", head="clr", vocab_size=8)
+    before = m.visual_words.centroids.clone()
+    m.fit_codebook(image_files * 2, niter=5)
+    after = m.visual_words.centroids
+    assert after.shape == before.shape and not torch.allclose(before, after)
+    m.fit_codebook(image_files, vocab_size=16, niter=5)
+    assert m.visual_words.vocab_size == 16 and m.image_head.vocab_size == 16
+    m.save_pretrained(tmp_path / "m")
+    m2 = lsb_mm.load_model(tmp_path / "m")
+    assert torch.equal(m2.visual_words.centroids, m.visual_words.centroids)
+    np.testing.assert_array_equal(m2.encode_image(image_files), m.encode_image(image_files))
+    with pytest.raises(ValueError, match="at least 1000 patch features"):
+        m.fit_codebook(image_files[:1], vocab_size=1000)
