@@ -1,0 +1,163 @@
+"""save_pretrained -> load_model is bit-exact; broken folders fail with a clear message."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import lsb_mm
+from lsb_mm.errors import ModelLoadError
+
+TEXTS = ["a cat on a mat", "dogs", "a long sentence about retrieval of fine grained things"]
+
+
+def _trained_looking(model):
+    """Random values in every head parameter and a fitted-looking codebook, so nothing is at init."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("backbone."):
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+        if model.visual_words is not None:
+            model.visual_words.centroids.copy_(torch.nn.functional.normalize(
+                torch.randn(model.visual_words.centroids.shape, generator=g), dim=-1))
+    return model
+
+
+def _assert_bit_exact(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert a.config() == b.config()
+    assert a.fingerprint() == b.fingerprint()
+
+
+@pytest.mark.parametrize("head", ["none", "slr", "llr", "clr"])
+def test_round_trip_open_clip_text_and_image(tmp_path, head, rgb_images):
+    m = _trained_looking(lsb_mm.create_model("open_clip:lsb-tiny-test", head=head, vocab_size=32, fusion_p=True))
+    m.save_pretrained(tmp_path / "m")
+    m2 = lsb_mm.load_model(tmp_path / "m")
+    _assert_bit_exact(m, m2)
+    for role in ("query", "document"):
+        np.testing.assert_array_equal(m.encode_text(TEXTS, role=role), m2.encode_text(TEXTS, role=role))
+        np.testing.assert_array_equal(m.encode_image(rgb_images, role=role), m2.encode_image(rgb_images, role=role))
+    assert m2.fusion == {"query": True, "document": True}
+
+
+@pytest.mark.parametrize("head", ["slr", "llr", "clr"])
+def test_round_trip_hf_text(tmp_path, head, tiny_hf_dir, tiny_hf_mlm_dir):
+    for src in (tiny_hf_dir, tiny_hf_mlm_dir):
+        m = _trained_looking(lsb_mm.create_model(f"hf:{src}", head=head, pooling="mean"))
+        m.save_pretrained(tmp_path / "m")
+        m2 = lsb_mm.load_model(tmp_path / "m")
+        _assert_bit_exact(m, m2)
+        np.testing.assert_array_equal(m.encode_text(TEXTS), m2.encode_text(TEXTS))
+        assert m2.backbone.pooling == "mean" and (m2.backbone.mlm_head is not None) == (src == tiny_hf_mlm_dir)
+
+
+@pytest.mark.parametrize("head", ["slr", "llr", "clr"])
+def test_round_trip_timm_image(tmp_path, head, rgb_images):
+    m = _trained_looking(lsb_mm.create_model("timm:resnet18", head=head, vocab_size=16))
+    m.save_pretrained(tmp_path / "m")
+    m2 = lsb_mm.load_model(tmp_path / "m")
+    _assert_bit_exact(m, m2)
+    np.testing.assert_array_equal(m.encode_image(rgb_images), m2.encode_image(rgb_images))
+
+
+def test_saved_folder_is_self_describing(tmp_path):
+    m = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr")
+    m.save_pretrained(tmp_path / "m")
+    files = set(os.listdir(tmp_path / "m"))
+    assert {"lsb_config.json", "model.safetensors", "README.md", "backbone"} <= files
+    assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f or ".old-" in f]
+    cfg = json.loads((tmp_path / "m" / "lsb_config.json").read_text())
+    assert cfg["format_version"] == 1 and cfg["text_head"]["kind"] == "slr" and cfg["visual_words"]["vocab_size"] == 1024
+    # create_model accepts a saved folder too
+    assert lsb_mm.create_model(str(tmp_path / "m")).fingerprint() == m.fingerprint()
+    # overwriting an existing folder works and leaves no temporary folders
+    m.save_pretrained(tmp_path / "m")
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+@pytest.fixture
+def saved(tmp_path):
+    m = lsb_mm.create_model("open_clip:lsb-tiny-test", head="llr", vocab_size=16)
+    src = tmp_path / "good"
+    m.save_pretrained(src)
+
+    def copy():
+        dst = tmp_path / f"bad{len(os.listdir(tmp_path))}"
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
+
+
+def _edit_config(folder, fn):
+    p = folder / "lsb_config.json"
+    cfg = json.loads(p.read_text())
+    fn(cfg)
+    p.write_text(json.dumps(cfg))
+
+
+def test_broken_folders_fail_clearly(saved, tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        lsb_mm.load_model(tmp_path / "nowhere")
+    d = saved(); os.remove(d / "lsb_config.json")
+    with pytest.raises(ModelLoadError, match="lsb_config.json is missing"):
+        lsb_mm.load_model(d)
+    d = saved(); os.remove(d / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="model.safetensors is missing"):
+        lsb_mm.load_model(d)
+    d = saved(); (d / "lsb_config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        lsb_mm.load_model(d)
+    d = saved(); _edit_config(d, lambda c: c.update(format_version=99))
+    with pytest.raises(ModelLoadError, match="format_version 99 is not supported"):
+        lsb_mm.load_model(d)
+    d = saved(); _edit_config(d, lambda c: c.update(format="something-else"))
+    with pytest.raises(ModelLoadError, match="field 'format'"):
+        lsb_mm.load_model(d)
+    d = saved(); _edit_config(d, lambda c: c["backbone"].update(family="keras"))
+    with pytest.raises(ModelLoadError, match="backbone family 'keras' unknown"):
+        lsb_mm.load_model(d)
+    d = saved(); _edit_config(d, lambda c: c["visual_words"].update(vocab_size=32))
+    with pytest.raises(ModelLoadError, match=r"has shape \(16, .*implies \(32"):
+        lsb_mm.load_model(d)
+    d = saved(); _edit_config(d, lambda c: c["text_head"].update(kind="slr"))
+    with pytest.raises(ModelLoadError, match="does not match the architecture"):
+        lsb_mm.load_model(d)
+    d = saved()
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        lsb_mm.load_model(d)
+    d = saved()
+    data = bytearray((d / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF  # flip bits inside a tensor: shapes still fit, values do not
+    (d / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="checksum"):
+        lsb_mm.load_model(d)
+    d = saved(); os.remove(d / "backbone" / "open_clip_config.json")
+    with pytest.raises(ModelLoadError, match="open_clip_config.json is missing"):
+        lsb_mm.load_model(d)
+
+
+def test_crash_during_save_keeps_the_old_folder(tmp_path, monkeypatch):
+    m = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr")
+    m.save_pretrained(tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+    import safetensors.torch
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        _trained_looking(m).save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m"]
+    lsb_mm.load_model(tmp_path / "m")
