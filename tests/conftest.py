@@ -68,3 +68,47 @@ def image_files(tmp_path, rgb_images):
         im.save(p)
         paths.append(str(p))
     return paths
+
+
+def _clip_tokenizer_files(folder):
+    """vocab.json + merges.txt for HF's CLIPTokenizer, from the BPE that ships with open_clip."""
+    import json
+
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}  # open_clip vs HF spelling
+    (folder / "vocab.json").write_text(json.dumps({names.get(k, k): v for k, v in tok.encoder.items()}))
+    merges = sorted(tok.bpe_ranks.items(), key=lambda kv: kv[1])
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m, _ in merges) + "\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip_dir(tmp_path_factory):
+    """A 2-layer HF CLIPModel (32-px images) with a real CLIP tokenizer and image processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_hf_clip")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=77),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=16)
+    CLIPModel(cfg).save_pretrained(folder)
+    _clip_tokenizer_files(folder)
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt")).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_vit_dir(tmp_path_factory):
+    """A 2-layer HF ViT (32-px images, 16 patches) with its image processor."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    folder = tmp_path_factory.mktemp("tiny_hf_vit")
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8)).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return str(folder)

@@ -169,3 +169,37 @@ def test_fit_codebook_changes_and_persists(tmp_path, image_files):
     np.testing.assert_array_equal(m2.encode_image(image_files), m.encode_image(image_files))
     with pytest.raises(ValueError, match="at least 1000 patch features"):
         m.fit_codebook(image_files[:1], vocab_size=1000)
+
+
+def test_hf_clip_plain_equals_transformers(tiny_hf_clip_dir, rgb_images):
+    from transformers import CLIPModel, CLIPProcessor
+
+    m = lsb_mm.create_model(f"hf:{tiny_hf_clip_dir}", head="llr", vocab_size=32, head_init="random")
+    assert m.has_text and m.has_image and m.embed_dim == 16
+    ref_model = CLIPModel.from_pretrained(tiny_hf_clip_dir).eval()
+    proc = CLIPProcessor.from_pretrained(tiny_hf_clip_dir)
+    with torch.no_grad():
+        t = ref_model.get_text_features(**proc(text=TEXTS, padding=True, return_tensors="pt"))
+        i = ref_model.get_image_features(**proc(images=rgb_images, return_tensors="pt"))
+    t = getattr(t, "pooler_output", t)  # transformers 5 returns an output object
+    i = getattr(i, "pooler_output", i)
+    np.testing.assert_allclose(m.encode_text(TEXTS, enhance=False), F.normalize(t, dim=-1).numpy(), atol=1e-5)
+    np.testing.assert_allclose(m.encode_image(rgb_images, enhance=False), F.normalize(i, dim=-1).numpy(), atol=1e-5)
+    s = m.text_stream(TEXTS)
+    assert s.vocab_size == 49408 and s.content_mask.sum() < s.mask.sum()  # BOS/EOS are special
+    assert np.abs(m.encode_text(TEXTS) - m.encode_text(TEXTS, enhance=False)).max() > 1e-4
+
+
+def test_hf_vit_patch_tokens(tiny_hf_vit_dir, rgb_images):
+    from transformers import ViTImageProcessor, ViTModel
+
+    m = lsb_mm.create_model(f"hf:{tiny_hf_vit_dir}", head="slr", vocab_size=32)
+    ref = ViTModel.from_pretrained(tiny_hf_vit_dir).eval()
+    pix = ViTImageProcessor.from_pretrained(tiny_hf_vit_dir)(images=rgb_images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        cls = ref(pixel_values=pix).last_hidden_state[:, 0]
+    np.testing.assert_allclose(m.encode_image(rgb_images), F.normalize(cls, dim=-1).numpy(), atol=1e-5)
+    s = m.image_stream(pix)
+    assert s.ids.shape == (len(rgb_images), 16) and s.hidden.shape[1] == 16
+    with pytest.raises(lsb_mm.ModelLoadError, match="pooling"):
+        lsb_mm.create_model(f"hf:{tiny_hf_vit_dir}", pooling="max")

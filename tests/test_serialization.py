@@ -161,3 +161,15 @@ def test_crash_during_save_keeps_the_old_folder(tmp_path, monkeypatch):
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m"]
     lsb_mm.load_model(tmp_path / "m")
+
+
+@pytest.mark.parametrize("head", ["slr", "clr"])
+def test_round_trip_hf_clip_and_vit(tmp_path, head, tiny_hf_clip_dir, tiny_hf_vit_dir, rgb_images):
+    for src in (tiny_hf_clip_dir, tiny_hf_vit_dir):
+        m = _trained_looking(lsb_mm.create_model(f"hf:{src}", head=head, vocab_size=16))
+        m.save_pretrained(tmp_path / "m")
+        m2 = lsb_mm.load_model(tmp_path / "m")
+        _assert_bit_exact(m, m2)
+        np.testing.assert_array_equal(m.encode_image(rgb_images), m2.encode_image(rgb_images))
+        if m.has_text:
+            np.testing.assert_array_equal(m.encode_text(TEXTS), m2.encode_text(TEXTS))
