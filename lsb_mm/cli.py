@@ -111,6 +111,112 @@ def cmd_encode(args) -> int:
     return 0
 
 
+TRAIN_EPILOG = """data formats (--train-data, --eval-data):
+  x.jsonl            {"query": ..., "pos": [...], "neg": [...]} per line; items are texts or image paths
+                     (relative to --image-root, default the file's folder), by --modality
+  x.csv / x.tsv      caption,image pairs (--csv-caption-key, --csv-img-key); --modality cross
+  folder/            images with caption sidecars (a.png + a.txt); --modality cross
+  folder/class/img   a labelled image folder; --modality image (positives: same class)
+
+examples:
+  lsb-mm train --model open_clip:lsb-tiny-test --head slr --modality text \\
+      --train-data pairs.jsonl --output runs/slr --max-steps 20 --batch-size 8
+  lsb-mm train --model hf:/path/MiniLM --head llr --train-data pairs.jsonl --train-group-size 4 \\
+      --mine-negatives --epochs 2 --output runs/llr --eval-data dev.jsonl --eval-steps 100
+  lsb-mm train --nproc 2 --cross-device-negatives ...     (torchrun; gloo on CPU, nccl on GPU)
+
+The trained model is saved to OUTPUT/final (load it with lsb_mm.load_model); checkpoints go to
+OUTPUT/checkpoint-NNNNNN, the step log to OUTPUT/train_log.jsonl, run settings to OUTPUT/run_info.json.
+"""
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .trainer import TrainConfig
+
+    d = TrainConfig(model="", train_data="", output="")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="encoder name (open_clip:..., timm:..., hf:...) or a saved lsb-mm folder")
+    g.add_argument("--head", default=d.head, choices=["clr", "slr", "llr", "none"], help="head of a new model (default: %(default)s)")
+    g.add_argument("--pooling", default=None, choices=["auto", "cls", "mean", "max"], help="pooling of hf: encoders")
+    g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words of a new image tower (default: %(default)s)")
+    g.add_argument("--fit-codebook", type=int, default=d.fit_codebook,
+                   help="fit visual words on N training images before training an image head on an unfitted "
+                        "codebook (-1: up to 1000, 0: never; default: %(default)s)")
+    g.add_argument("--fusion-q", action=argparse.BooleanOptionalAction, default=None, help="apply the head to queries (model default: yes)")
+    g.add_argument("--fusion-p", action=argparse.BooleanOptionalAction, default=None, help="apply the head to documents (model default: no)")
+    g = p.add_argument_group("data")
+    g.add_argument("--train-data", required=True, help="training data (see formats below)")
+    g.add_argument("--modality", default=d.modality, choices=["text", "image", "cross"],
+                   help="text->text, image->image, or text->image (default: %(default)s)")
+    g.add_argument("--image-root", default=None, help="folder that relative image paths start from")
+    g.add_argument("--csv-img-key", default=d.csv_img_key, help="image column of CSV/TSV data (default: %(default)s)")
+    g.add_argument("--csv-caption-key", default=d.csv_caption_key, help="caption column of CSV/TSV data (default: %(default)s)")
+    g.add_argument("--skip-bad", action="store_true", help="skip bad rows and list them in OUTPUT/skipped.jsonl instead of stopping")
+    g.add_argument("--workers", type=int, default=d.workers, help="data loading worker processes (default: %(default)s)")
+    g = p.add_argument_group("objective")
+    g.add_argument("--train-group-size", type=int, default=d.train_group_size,
+                   help="passages per query: 1 positive + N-1 hard negatives (default: %(default)s)")
+    g.add_argument("--mine-negatives", action="store_true",
+                   help="mine hard negatives each epoch with the current model (FAISS over the positives' pool)")
+    g.add_argument("--mine-top-k", type=int, default=d.mine_top_k, help="mined negatives kept per query (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=d.temperature, help="InfoNCE temperature (default: %(default)s)")
+    g.add_argument("--symmetric", action="store_true", help="cross: add the image->text direction to the loss")
+    g.add_argument("--cross-device-negatives", action="store_true",
+                   help="with several processes, score every query against all processes' passages")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train", default=d.train, choices=["heads", "all"], help="train the heads only, or the towers too (default: %(default)s)")
+    g.add_argument("--lock-text", action="store_true", help="with --train all: keep the text tower frozen")
+    g.add_argument("--lock-image", action="store_true", help="with --train all: keep the image tower frozen")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of AdamW (default: %(default)s)")
+    g.add_argument("--head-lr", type=float, default=None, help="learning rate of the heads (default: --lr)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay of matrices (default: %(default)s)")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps (default: %(default)s)")
+    g.add_argument("--scheduler", default=d.scheduler, choices=["cosine", "linear", "constant"], help="decay after warm-up (default: %(default)s)")
+    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping, 0 = off (default: %(default)s)")
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step (default: %(default)s)")
+    g.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="mixed precision on CUDA (auto: bf16 where supported); CPU runs fp32 (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="queries per process per micro-batch (default: %(default)s)")
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help="optimizer steps; 0 = use --epochs (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="epochs when --max-steps is 0 (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of model init, data order and sampling (default: %(default)s)")
+    g.add_argument("--device", default=d.device, help="cpu, cuda, ... (default: cuda when available)")
+    g = p.add_argument_group("output")
+    g.add_argument("--output", required=True, help="run folder: final model, checkpoints, logs")
+    g.add_argument("--save-steps", type=int, default=d.save_steps, help="checkpoint every N steps, and always at the end (default: %(default)s)")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept, 0 = all (default: %(default)s)")
+    g.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue exactly from the latest checkpoint in --output, or from the given checkpoint folder")
+    g.add_argument("--eval-data", default=None, help="held-out data (same formats): Recall@k / success@k in the log")
+    g.add_argument("--eval-steps", type=int, default=d.eval_steps, help="evaluate every N steps (and at step 0); 0 = at the end only")
+    g.add_argument("--log-steps", type=int, default=d.log_steps, help="log every N steps (default: %(default)s)")
+    g.add_argument("--nproc", type=int, default=1, help="launch N processes with torchrun (DDP) on this machine")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from .trainer import TrainConfig, train
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import subprocess
+
+        argv = sys.argv[1:]
+        i = argv.index("--nproc")
+        argv = argv[:i] + argv[i + 2:]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "lsb_mm", *argv]
+        return subprocess.call(cmd)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["show_progress"] = not args.quiet
+    final = train(TrainConfig(**values))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"final": final, "log": os.path.join(args.output, "train_log.jsonl")}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsb-mm", description="LexSemBridge retrieval for text and images: token-aware SLR/LLR/CLR heads "
@@ -137,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--workers", type=int, default=0, help="image decoding worker processes (default: 0)")
     enc.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     enc.set_defaults(func=cmd_encode)
+
+    tr = sub.add_parser("train", help="contrastive training of heads (and towers): text, image or cross-modal",
+                        description="Train LexSemBridge heads (and optionally the towers) with InfoNCE over in-batch "
+                                    "passages and hard negatives, on one process or several (torchrun).",
+                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG)
+    _add_train_args(tr)
+    tr.set_defaults(func=cmd_train)
     return parser
 
 

@@ -83,6 +83,16 @@ class Backbone(nn.Module):
     def image_features(self, pixels: torch.Tensor) -> ImageFeatures:
         raise NotImplementedError(f"{type(self).__name__} has no image tower")
 
+    # -- training ----------------------------------------------------------------------
+    def tower_of(self, name: str) -> Optional[str]:
+        """The tower (``"text"`` / ``"image"``) that owns parameter ``name`` (relative to this
+        backbone), or None for parameters no embedding uses (e.g. CLIP's logit scale)."""
+        if self.has_text and not self.has_image:
+            return "text"
+        if self.has_image and not self.has_text:
+            return "image"
+        raise NotImplementedError(f"{type(self).__name__} must say which tower owns {name}")
+
     # -- persistence -------------------------------------------------------------------
     def spec(self) -> Dict[str, Any]:
         raise NotImplementedError

@@ -298,6 +298,13 @@ class HFClipBackbone(HFBackbone):
         return cls(CLIPModel(config), AutoTokenizer.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder),
                    spec.get("name", folder), config)
 
+    def tower_of(self, name: str) -> Optional[str]:
+        if name.startswith(("model.vision_model.", "model.visual_projection.")):
+            return "image"
+        if name.startswith(("model.text_model.", "model.text_projection.")):
+            return "text"
+        return None
+
     def tokenize(self, texts: List[str]) -> Dict[str, torch.Tensor]:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}

@@ -153,6 +153,13 @@ class OpenClipBackbone(Backbone):
         return cls(model, spec.get("name", "saved"), saved["model_cfg"], saved.get("preprocess_cfg", {}),
                    tokenizer_source=f"local-dir:{folder}")
 
+    def tower_of(self, name: str) -> Optional[str]:
+        if name.startswith("model.visual."):
+            return "image"
+        if name in ("model.logit_scale", "model.logit_bias"):
+            return None
+        return "text"
+
     # -- text ---------------------------------------------------------------------------
     def tokenize(self, texts: List[str]) -> Dict[str, torch.Tensor]:
         ids = self.tokenizer(texts)

@@ -26,6 +26,7 @@ class VisualWords(nn.Module):
             raise ValueError(f"visual vocabulary size must be >= 2, got {vocab_size}")
         g = torch.Generator().manual_seed(int(seed))
         self.register_buffer("centroids", F.normalize(torch.randn(int(vocab_size), int(dim), generator=g), dim=-1))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))  # False until fit() ran
         self.chunk_rows = int(chunk_rows)
 
     @property
@@ -67,5 +68,6 @@ class VisualWords(nn.Module):
         km.train(x)
         cent = F.normalize(torch.from_numpy(km.centroids.copy()), dim=-1).to(self.centroids.device)
         self.centroids = cent  # replaces the buffer (size may change)
+        self.fitted.fill_(True)
         log.info("fitted %d visual words on %d patch features", k, x.shape[0])
         return self

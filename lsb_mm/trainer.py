@@ -1,0 +1,579 @@
+"""One contrastive trainer for text->text, image->image and text->image (``--modality``).
+
+``lsb_mm.train(TrainConfig(...))`` or ``Trainer(config).train()``; ``lsb-mm train`` is a thin
+layer over it. Single process or torchrun (DDP semantics: gradients averaged over ranks; with
+``cross_device_negatives`` every query also scores the other ranks' passages, with gradient).
+
+Batches: ``batch_size`` queries per process per micro-batch; each query brings its positive and
+``train_group_size - 1`` hard negatives; every other passage of the (global) batch is a negative
+too. An epoch is a seeded permutation of the examples, cut into global batches; rank ``r`` takes
+the ``r``-th slice, so N processes of batch B see exactly what one process of batch N·B sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
+from .datasets.training_data import TrainData, item_kinds, load_train_data
+from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, gather_with_grad, init_distributed
+from .errors import InputError
+from .images import load_image
+from .losses import info_nce
+
+__all__ = ["TrainConfig", "Trainer", "train", "FINAL_DIR"]
+
+log = logging.getLogger(__name__)
+FINAL_DIR = "final"
+LOG_NAME = "train_log.jsonl"
+# settings that must not change between a run and its resumption, or the result would differ
+RESUME_FIXED = ("model", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
+                "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
+                "mine_negatives", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay", "max_steps", "epochs")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (the CLI's options, one to one)."""
+
+    model: str
+    train_data: str
+    output: str
+    modality: str = "text"
+    head: str = "clr"
+    image_root: Optional[str] = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "caption"
+    skip_bad: bool = False
+    train_group_size: int = 1
+    mine_negatives: bool = False
+    mine_top_k: int = 30
+    temperature: float = 0.02
+    symmetric: bool = False
+    fusion_q: Optional[bool] = None
+    fusion_p: Optional[bool] = None
+    train: str = "heads"
+    lock_text: bool = False
+    lock_image: bool = False
+    lr: float = 1e-4
+    head_lr: Optional[float] = None
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    scheduler: str = "cosine"
+    max_grad_norm: float = 1.0
+    grad_accum: int = 1
+    precision: str = "auto"
+    seed: int = 42
+    max_steps: int = 0
+    epochs: int = 1
+    batch_size: int = 32
+    cross_device_negatives: bool = False
+    save_steps: int = 0
+    keep_checkpoints: int = 2
+    resume: Optional[str] = None
+    eval_data: Optional[str] = None
+    eval_steps: int = 0
+    log_steps: int = 10
+    workers: int = 0
+    device: str = "auto"
+    vocab_size: int = 1024
+    fit_codebook: int = -1
+    pooling: Optional[str] = None
+    show_progress: bool = True
+
+    def check(self) -> None:
+        item_kinds(self.modality)
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.train_group_size >= 1, "train_group_size must be >= 1 (1 = positive only, in-batch negatives)"),
+            (self.grad_accum >= 1, "grad_accum must be >= 1"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.lr > 0 and (self.head_lr is None or self.head_lr > 0), "lr and head_lr must be > 0"),
+            (self.max_steps > 0 or self.epochs > 0, "give max_steps or epochs > 0"),
+            (self.train in ("heads", "all"), "train must be 'heads' or 'all'"),
+            (self.scheduler in ("cosine", "linear", "constant"), "scheduler must be cosine, linear or constant"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
+            (not self.symmetric or self.modality == "cross", "symmetric applies to --modality cross"),
+            (self.mine_top_k >= 1, "mine_top_k must be >= 1"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InputError(msg)
+
+
+def _lr_lambda(cfg: TrainConfig, total: int):
+    def fn(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.scheduler == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress)) if cfg.scheduler == "cosine" else 1.0 - progress
+
+    return fn
+
+
+class _MicroBatches(torch.utils.data.Dataset):
+    """Item ``i`` is this rank's micro-batch ``start + i`` of one epoch, images already decoded."""
+
+    def __init__(self, trainer: "Trainer", epoch: int, start: int):
+        self.t, self.epoch, self.start = trainer, epoch, start
+        self.perm = trainer.epoch_order(epoch)
+
+    def __len__(self) -> int:
+        return self.t.micro_per_epoch - self.start
+
+    def __getitem__(self, i: int) -> Dict[str, Any]:
+        return self.t.micro_batch(self.epoch, self.start + i, self.perm)
+
+
+class Trainer:
+    """Contrastive training of an lsb-mm model; see the module docstring."""
+
+    def __init__(self, config: TrainConfig):
+        config.check()
+        self.cfg = cfg = config
+        self.dist: DistInfo = init_distributed(cfg.device)
+        self.device = torch.device(self._device_name())
+        self.qkind, self.pkind = item_kinds(cfg.modality)
+        self.data: TrainData = load_train_data(cfg.train_data, cfg.modality, cfg.image_root, cfg.skip_bad,
+                                               cfg.csv_img_key, cfg.csv_caption_key)
+        self.eval_data = load_train_data(cfg.eval_data, cfg.modality, cfg.image_root, cfg.skip_bad, cfg.csv_img_key,
+                                         cfg.csv_caption_key) if cfg.eval_data else None
+        self.global_batch = cfg.batch_size * self.dist.world_size
+        if self.global_batch == 1 and not cfg.mine_negatives:
+            lonely = [e.source for e in self.data.examples if not e.neg]
+            if lonely:
+                raise InputError(f"{lonely[0]}: a group with no negatives in a batch of one: there is nothing to "
+                                 "contrast with (add 'neg', use --mine-negatives or a larger --batch-size)")
+        self.micro_per_epoch = (len(self.data) // self.global_batch) // cfg.grad_accum * cfg.grad_accum
+        if self.micro_per_epoch == 0:
+            raise InputError(f"{cfg.train_data}: {len(self.data)} examples do not fill one step of "
+                             f"{self.global_batch * cfg.grad_accum} (batch size x processes x grad accumulation)")
+        self.steps_per_epoch = self.micro_per_epoch // cfg.grad_accum
+        self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * self.steps_per_epoch
+        self.resume_from = self._resume_folder()
+        self.model = self._build_model()
+        self._build_optimizer()
+        self.autocast_dtype = self._precision()
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        self.step, self.epoch, self.micro = 0, 0, 0
+        self.mined: Dict[int, List[str]] = {}
+        self._transform = None
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _device_name(self) -> str:
+        if self.cfg.device != "auto":
+            return self.cfg.device
+        if torch.cuda.is_available():
+            return f"cuda:{self.dist.local_rank}" if self.dist.enabled else "cuda"
+        return "cpu"
+
+    def _precision(self) -> Optional[torch.dtype]:
+        p = self.cfg.precision
+        if self.device.type != "cuda":
+            if p in ("bf16", "fp16"):
+                raise InputError(f"--precision {p} needs a CUDA device; this run is on {self.device}")
+            return None
+        if p == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+    def _resume_folder(self) -> Optional[str]:
+        r = self.cfg.resume
+        if not r:
+            return None
+        folder = latest_checkpoint(self.cfg.output) if r == "latest" else r
+        if folder is None:
+            raise InputError(f"--resume: no complete checkpoint under {self.cfg.output}")
+        saved = read_state(folder).get("config", {})
+        for key in RESUME_FIXED:
+            if key in saved and saved[key] != getattr(self.cfg, key):
+                raise InputError(f"--resume {folder}: {key} was {saved[key]!r}, now {getattr(self.cfg, key)!r}; "
+                                 "an exact resume needs the same setting")
+        if read_state(folder).get("world_size") != self.dist.world_size:
+            raise InputError(f"--resume {folder}: saved with {read_state(folder).get('world_size')} processes, "
+                             f"now {self.dist.world_size}")
+        return folder
+
+    def _build_model(self):
+        from .factory import create_model, load_model
+
+        cfg = self.cfg
+        if self.resume_from:
+            model = load_model(os.path.join(self.resume_from, "model"))
+        else:
+            opts = {"pooling": cfg.pooling} if cfg.pooling else {}
+            model = create_model(cfg.model, head=cfg.head, vocab_size=cfg.vocab_size, seed=cfg.seed, **opts)
+            if cfg.fusion_q is not None:
+                model.fusion["query"] = cfg.fusion_q
+            if cfg.fusion_p is not None:
+                model.fusion["document"] = cfg.fusion_p
+        for kind in {self.qkind, self.pkind}:
+            if not (model.has_text if kind == "text" else model.has_image):
+                raise InputError(f"--modality {cfg.modality} needs a {kind} tower; {cfg.model} has none")
+        return model.to(self.device)
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the trainable parameters: heads at ``head_lr``, no weight decay on vectors."""
+        cfg = self.cfg
+        self.params = self._select_trainable()
+        groups: Dict[tuple, List[torch.nn.Parameter]] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((not name.startswith("backbone."), p.ndim >= 2), []).append(p)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": ps, "lr": (cfg.head_lr or cfg.lr) if head else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
+             for (head, decay), ps in sorted(groups.items())], lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(cfg, self.total_steps))
+
+    def _select_trainable(self) -> List[torch.nn.Parameter]:
+        cfg, kinds = self.cfg, {self.qkind, self.pkind}
+        chosen = []
+        for name, p in self.model.named_parameters():
+            if name.startswith("text_head."):
+                use = "text" in kinds
+            elif name.startswith("image_head."):
+                use = "image" in kinds
+            else:
+                tower = self.model.backbone.tower_of(name[len("backbone."):])
+                locked = (tower == "text" and cfg.lock_text) or (tower == "image" and cfg.lock_image)
+                use = cfg.train == "all" and tower in kinds and not locked
+            p.requires_grad_(use)
+            if use:
+                chosen.append(p)
+        if not chosen:
+            raise InputError(f"nothing to train: head {cfg.head!r} has no parameters and --train {cfg.train}"
+                             + (" (use --train all)" if cfg.train == "heads" else ""))
+        return chosen
+
+    # -- data --------------------------------------------------------------------------------
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.data))
+
+    @property
+    def transform(self):
+        if self._transform is None:
+            self._transform = self.model.image_transform
+        return self._transform
+
+    def _load(self, items: Sequence[str], kind: str):
+        if kind == "text":
+            return list(items)
+        return torch.stack([self.transform(load_image(p)) for p in items])
+
+    def micro_batch(self, epoch: int, mb: int, perm: Optional[np.ndarray] = None) -> Dict[str, Any]:
+        """This rank's slice of global micro-batch ``mb`` of ``epoch``."""
+        perm = self.epoch_order(epoch) if perm is None else perm
+        lo = mb * self.global_batch + self.dist.rank * self.cfg.batch_size
+        idx = perm[lo: lo + self.cfg.batch_size]
+        queries, passages, pos_index = [], [], []
+        for gi in idx:
+            ex = self.data.examples[int(gi)]
+            rng = np.random.default_rng([self.cfg.seed, epoch, int(gi)])
+            group = self.data.sample_group(ex, self.cfg.train_group_size - 1, rng, self.mined.get(int(gi)))
+            queries.append(ex.query)
+            pos_index.append(len(passages))
+            passages.extend(group)
+        return {"queries": self._load(queries, self.qkind), "passages": self._load(passages, self.pkind),
+                "pos_index": torch.tensor(pos_index, dtype=torch.long), "n": len(idx)}
+
+    def _embed(self, items, kind: str, role: str) -> torch.Tensor:
+        stream = self.model.text_stream(items) if kind == "text" else self.model.image_stream(items.to(self.device))
+        return self.model.embed(stream, role=role)
+
+    # -- the step ---------------------------------------------------------------------------------
+    def compute_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
+        """InfoNCE of one micro-batch (plus the image->text direction with ``symmetric``)."""
+        cfg = self.cfg
+        ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else _nullcontext()
+        with ctx:
+            q = self._embed(batch["queries"], self.qkind, "query")
+            p = self._embed(batch["passages"], self.pkind, "document")
+            pos = batch["pos_index"].to(self.device)
+            loss = info_nce(q, p, pos, cfg.temperature, cfg.cross_device_negatives)
+            if cfg.symmetric:
+                # each positive image against the batch's captions
+                images = self._embed(batch["passages"][pos.cpu()], self.pkind, "query")
+                texts = self._embed(batch["queries"], self.qkind, "document")
+                own = torch.arange(len(batch["queries"]), device=self.device)
+                loss = 0.5 * (loss + info_nce(images, texts, own, cfg.temperature, cfg.cross_device_negatives))
+        return loss
+
+    def optimizer_step(self) -> float:
+        """Average gradients over ranks, clip, step; return the pre-clip gradient norm."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        all_reduce_grads(self.params, self.dist.world_size)
+        grads = [p for p in self.params if p.grad is not None]
+        limit = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(grads, limit) if grads else torch.zeros(())
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> str:
+        """Run to ``total_steps``; returns the final model folder (``<output>/final``)."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        os.makedirs(cfg.output, exist_ok=True)
+        if self.resume_from:
+            self._restore(self.resume_from)
+        else:
+            self._maybe_fit_codebook()
+            if self.dist.is_main:
+                self._write_report()
+                open(os.path.join(cfg.output, LOG_NAME), "w").close()
+        self._train_mode()
+        bar = self._bar()
+        t_last, seen, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
+        if self.eval_data is not None and self.step == 0 and cfg.eval_steps:
+            self._evaluate()
+        while self.step < self.total_steps:
+            if cfg.mine_negatives and self.micro == 0:
+                self._mine()
+            # own generator: creating a loader must not draw from the global RNG (dropout), or a
+            # resumed run, which creates one more loader, would drift from an uninterrupted one
+            loader = torch.utils.data.DataLoader(_MicroBatches(self, self.epoch, self.micro), batch_size=None,
+                                                 shuffle=False, num_workers=cfg.workers,
+                                                 generator=torch.Generator().manual_seed(cfg.seed))
+            for batch in loader:
+                loss = self.compute_loss(batch)
+                scaled = loss / cfg.grad_accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                loss_acc += float(loss.detach())
+                n_acc += 1
+                seen += batch["n"] * self.dist.world_size
+                self.micro += 1
+                if self.micro % cfg.grad_accum:
+                    continue
+                grad_norm = self.optimizer_step()
+                self.step += 1
+                if self.step % cfg.log_steps == 0 or self.step == self.total_steps or self.step == 1:
+                    now = time.perf_counter()
+                    rec = {"step": self.step, "epoch": self.epoch, "loss": all_reduce_mean(loss_acc / n_acc, self.device),
+                           "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                           "samples_per_s": seen / max(now - t_last, 1e-9)}
+                    self._log(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", sps=f"{rec['samples_per_s']:.1f}")
+                    t_last, seen, loss_acc, n_acc = now, 0, 0.0, 0
+                bar.update(1)
+                if self.eval_data is not None and cfg.eval_steps and self.step % cfg.eval_steps == 0:
+                    self._evaluate()
+                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                    self._save_checkpoint()
+                if self.step >= self.total_steps:
+                    break
+            if self.micro >= self.micro_per_epoch:
+                self.epoch, self.micro = self.epoch + 1, 0
+        bar.close()
+        if self.eval_data is not None and (not cfg.eval_steps or self.step % cfg.eval_steps):
+            self._evaluate()
+        self._save_checkpoint()
+        final = os.path.join(cfg.output, FINAL_DIR)
+        self._check_ranks_agree()
+        if self.dist.is_main:
+            self.model.save_pretrained(final)
+            log.info("saved %s", final)
+        barrier()
+        return final
+
+    # -- pieces of the loop ------------------------------------------------------------------------
+    def _train_mode(self) -> None:
+        """Heads train; the backbone runs in train mode (dropout) only when some of it trains."""
+        self.model.train()
+        self.model.backbone.train(any(p.requires_grad for p in self.model.backbone.parameters()))
+
+    def _bar(self):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
+                    disable=not (self.cfg.show_progress and self.dist.is_main))
+
+    def _log(self, record: Dict[str, Any]) -> None:
+        if self.dist.is_main:
+            with open(os.path.join(self.cfg.output, LOG_NAME), "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _write_report(self) -> None:
+        cfg, d = self.cfg, self.data
+        info = {"examples": len(d), "format": d.fmt, "skipped": len(d.skipped), "without_hard_negatives": d.without_negatives,
+                "world_size": self.dist.world_size, "global_batch": self.global_batch, "total_steps": self.total_steps,
+                "trainable_parameters": sum(p.numel() for p in self.params), "device": str(self.device),
+                "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg)}
+        with open(os.path.join(cfg.output, "run_info.json"), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2)
+        if d.skipped:
+            path = os.path.join(cfg.output, "skipped.jsonl")
+            with open(path, "w", encoding="utf-8") as f:
+                for row in d.skipped:
+                    f.write(json.dumps(row) + "\n")
+            log.warning("skipped %d bad rows of %s; see %s", len(d.skipped), cfg.train_data, path)
+        if d.without_negatives and cfg.train_group_size > 1 and not cfg.mine_negatives:
+            log.warning("%d of %d examples have no hard negatives: they use in-batch negatives only",
+                        d.without_negatives, len(d))
+
+    def _images_of(self, data: TrainData, limit: int) -> List[str]:
+        seen: Dict[str, None] = {}
+        for e in data.examples:
+            for item in ([e.query] if self.qkind == "image" else []) + (list(e.pos) if self.pkind == "image" else []):
+                seen.setdefault(item)
+                if len(seen) >= limit:
+                    return list(seen)
+        return list(seen)
+
+    def _maybe_fit_codebook(self) -> None:
+        """Fit the visual words on training images before training an image head on a fresh codebook.
+
+        Rank 0 fits; the others take its centroids. The vocabulary shrinks when the images give
+        fewer than 40 patch features per visual word (the same rule on every rank).
+        """
+        m, n = self.model, self.cfg.fit_codebook
+        if "image" not in (self.qkind, self.pkind) or n == 0 or m.image_head is None or m.image_head.kind == "none" \
+                or bool(m.visual_words.fitted):
+            return
+        images = self._images_of(self.data, n if n > 0 else 1000)
+        with torch.no_grad():
+            patches = m.image_stream(self.transform(load_image(images[0])).unsqueeze(0)).ids.shape[1]
+        vocab = max(2, min(m.visual_words.vocab_size, len(images) * patches // 40))  # FAISS wants >= 39 points each
+        if self.dist.is_main:
+            m.fit_codebook(images, vocab_size=vocab, seed=self.cfg.seed, show_progress_bar=False)
+        else:
+            m.resize_visual_vocab(vocab)
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            dist.broadcast(m.visual_words.centroids, 0)
+            dist.broadcast(m.visual_words.fitted, 0)
+        self._build_optimizer()  # a new vocabulary re-created the image head: own its new parameters
+
+    @torch.no_grad()
+    def _mine(self) -> None:
+        """Hard negatives for this epoch: top-ranked passages of the pool that are not positives."""
+        import faiss
+
+        was = self.model.training
+        self.model.eval()
+        pool = list(dict.fromkeys(p for e in self.data.examples for p in e.pos))
+        enc = self._encoder(self.pkind)
+        docs = enc(pool, role="document")
+        queries = self._encoder(self.qkind)([e.query for e in self.data.examples], role="query")
+        index = faiss.IndexFlatIP(docs.shape[1])
+        index.add(np.ascontiguousarray(docs, dtype=np.float32))
+        k = min(len(pool), self.cfg.mine_top_k + max(len(e.pos) for e in self.data.examples) + 1)
+        _, top = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        self.mined = {}
+        for i, e in enumerate(self.data.examples):
+            own = set(e.pos) | {e.query}
+            self.mined[i] = [pool[j] for j in top[i] if j >= 0 and pool[j] not in own][: self.cfg.mine_top_k]
+        if was:
+            self._train_mode()
+
+    def _encoder(self, kind: str):
+        m = self.model
+        return (lambda items, role: m.encode_text(items, role=role, show_progress_bar=False)) if kind == "text" else \
+            (lambda items, role: m.encode_image(items, role=role, show_progress_bar=False))
+
+    @torch.no_grad()
+    def _evaluate(self) -> Dict[str, float]:
+        """Held-out retrieval: every query against the union of the eval set's passages."""
+        was = self.model.training
+        self.model.eval()
+        metrics = retrieval_metrics(self.eval_data, self._encoder(self.qkind), self._encoder(self.pkind))
+        if was:
+            self._train_mode()
+        self._log({"step": self.step, "eval": metrics})
+        if self.dist.is_main:
+            log.info("step %d eval %s", self.step, metrics)
+        return metrics
+
+    def _state(self) -> Dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "micro": self.micro, "world_size": self.dist.world_size,
+                "config": dataclasses.asdict(self.cfg), "mined": {str(k): v for k, v in self.mined.items()}}
+
+    def _save_checkpoint(self) -> None:
+        if self.dist.is_main:
+            folder = os.path.join(self.cfg.output, f"checkpoint-{self.step:06d}")
+            save_checkpoint(folder, self.model, self.optimizer, self.scheduler, self._state())
+            prune_checkpoints(self.cfg.output, self.cfg.keep_checkpoints)
+        barrier()
+
+    def _restore(self, folder: str) -> None:
+        state = load_checkpoint(folder, self.optimizer, self.scheduler)
+        self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
+        self.mined = {int(k): v for k, v in state.get("mined", {}).items()}
+        if self.dist.is_main:  # forget log lines written after the checkpoint
+            path = os.path.join(self.cfg.output, LOG_NAME)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
+                with open(path, "w", encoding="utf-8") as f:
+                    f.writelines(keep)
+        log.info("resumed from %s at step %d", folder, self.step)
+
+    def _check_ranks_agree(self) -> None:
+        """With several processes, every rank must end with the same weights; record the digest."""
+        from .serialization import state_fingerprint
+
+        digest = state_fingerprint(self.model)
+        digests = [digest]
+        if self.dist.enabled:
+            import torch.distributed as dist
+
+            digests = [None] * self.dist.world_size
+            dist.all_gather_object(digests, digest)
+        self._log({"step": self.step, "weights_fingerprint_per_rank": digests})
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks ended with different weights: {digests}")
+
+
+def retrieval_metrics(data: TrainData, encode_query, encode_passage, ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+    """Recall@k (share of each query's positives in its top k) and success@k (any positive in the top k)."""
+    corpus = list(dict.fromkeys(p for e in data.examples for p in list(e.pos) + list(e.neg)))
+    where = {p: i for i, p in enumerate(corpus)}
+    q = torch.from_numpy(encode_query([e.query for e in data.examples], role="query"))
+    d = torch.from_numpy(encode_passage(corpus, role="document"))
+    kmax = min(max(ks), len(corpus))
+    top = (q @ d.t()).topk(kmax, dim=1).indices
+    rel = [torch.tensor([where[p] for p in e.pos]) for e in data.examples]
+    out = {}
+    for k in ks:
+        kk = min(k, kmax)
+        hits = [torch.isin(top[i, :kk], r).sum().item() for i, r in enumerate(rel)]
+        out[f"recall@{k}"] = float(np.mean([h / min(len(r), kk) for h, r in zip(hits, rel)]))
+        out[f"success@{k}"] = float(np.mean([h > 0 for h in hits]))
+    return out
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(config: TrainConfig | Dict[str, Any]) -> str:
+    """Train from a :class:`TrainConfig` (or a dict of its fields); returns the final model folder."""
+    if isinstance(config, dict):
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(config) - fields)
+        if unknown:
+            raise InputError(f"unknown training settings {unknown}")
+        config = TrainConfig(**config)
+    return Trainer(config).train()

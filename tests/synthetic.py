@@ -1,0 +1,93 @@
+"""Small structured training sets where retrieval can be learned in a few CPU steps."""
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+WORDS = ("apple river stone cloud tiger piano lemon forest candle rocket violet marble desert anchor "
+         "falcon copper meadow harbor lantern glacier orchid saddle thunder walnut beacon canyon ember "
+         "fossil garnet hollow island jasmine kettle lagoon mosaic nectar oyster pepper quartz raven").split()
+
+
+def passage_queries(n_passages, per_passage=4, dev=60, negatives=0, seed=0):
+    """Train / held-out records over one corpus of 8-word passages; each query is 2 of its words.
+
+    Held-out queries are word pairs never used in training, over the first ``dev`` passages.
+    """
+    import itertools
+
+    rs = np.random.RandomState(seed)
+    passages = [" ".join(rs.choice(WORDS, 8, replace=False)) for _ in range(n_passages)]
+    train, held_out = [], []
+    for i, p in enumerate(passages):
+        pairs = list(itertools.combinations(p.split(), 2))
+        rs.shuffle(pairs)
+        for a, b in pairs[:per_passage]:
+            rec = {"query": f"{a} {b}", "pos": [p]}
+            if negatives:
+                rec["neg"] = [passages[(i + j + 1) % n_passages] for j in range(negatives)]
+            train.append(rec)
+        if i < dev:
+            a, b = pairs[per_passage]
+            held_out.append({"query": f"{a} {b}", "pos": [p]})
+    return train, held_out
+
+
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40),
+          "purple": (140, 40, 170), "orange": (240, 140, 20)}
+SHAPES = ("square", "stripes", "dot")
+
+
+def draw(color, shape, rs, size=32, noise=False):
+    """A coloured pattern on a grey background (noisy, with jittered colour, when ``noise``)."""
+    arr = rs.randint(90, 160, (size, size, 3)).astype(np.uint8)
+    c = np.array(COLORS[color], dtype=np.int64)
+    if noise:
+        arr = rs.randint(0, 256, (size, size, 3)).astype(np.uint8)
+        c = c + rs.randint(-40, 41, 3)
+    c = np.clip(c, 0, 255).astype(np.uint8)
+    if shape == "square":
+        o = rs.randint(0, 10)
+        arr[o:o + 20, o:o + 20] = c
+    elif shape == "stripes":
+        arr[:, ::4] = c
+        arr[:, 1::4] = c
+    else:
+        yy, xx = np.mgrid[:size, :size]
+        cy, cx = rs.randint(12, 20, 2)
+        arr[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = c
+    return Image.fromarray(arr)
+
+
+def labelled_folder(root, per_class=6, seed=0, noise=False):
+    """class_name/img.png with one class per colour+shape."""
+    rs = np.random.RandomState(seed)
+    for color in COLORS:
+        for shape in SHAPES:
+            d = os.path.join(root, f"{color}_{shape}")
+            os.makedirs(d, exist_ok=True)
+            for i in range(per_class):
+                draw(color, shape, rs, noise=noise).save(os.path.join(d, f"{i}.png"))
+    return str(root)
+
+
+def caption_items(root, n, seed=0):
+    """n images with captions '<colour> <shape>'; returns [(caption, path)]."""
+    rs = np.random.RandomState(seed)
+    os.makedirs(root, exist_ok=True)
+    out = []
+    names = [(c, s) for c in COLORS for s in SHAPES]
+    for i in range(n):
+        c, s = names[i % len(names)]
+        p = os.path.join(root, f"img_{seed}_{i}.png")
+        draw(c, s, rs).save(p)
+        out.append((f"a {c} {s}", p))
+    return out
+
+
+def write_jsonl(path, records):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
