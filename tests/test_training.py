@@ -33,23 +33,27 @@ def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_sets")
     text_train, text_dev = synthetic.passage_queries(200, per_passage=4, dev=60, seed=0)
     rs = np.random.RandomState(5)
-    dev_img = []
+    dev_img = []  # unseen images; relevant: the unseen images of the same class
     (root / "imgdev").mkdir()
     for c in synthetic.COLORS:
         for s in synthetic.SHAPES:
-            a, b = root / "imgdev" / f"{c}_{s}_a.png", root / "imgdev" / f"{c}_{s}_b.png"
-            synthetic.draw(c, s, rs, noise=True).save(a)
-            synthetic.draw(c, s, rs, noise=True).save(b)
-            dev_img.append({"query": str(a), "pos": [str(b)]})
+            same = [str(root / "imgdev" / f"{c}_{s}_{k}b.png") for k in range(3)]
+            for path in same:
+                synthetic.draw(c, s, rs, noise=True).save(path)
+            for k in range(3):
+                query = root / "imgdev" / f"{c}_{s}_{k}a.png"
+                synthetic.draw(c, s, rs, noise=True).save(query)
+                dev_img.append({"query": str(query), "pos": same})
     cap_train = synthetic.caption_items(root / "cap_train", 360, seed=0)
-    cap_dev = synthetic.caption_items(root / "cap_dev", 18, seed=1)
+    cap_dev = synthetic.caption_items(root / "cap_dev", 54, seed=1)  # caption -> every unseen image it describes
+    cap_dev = [{"query": c, "pos": [p for c2, p in cap_dev if c2 == c]} for c in dict.fromkeys(c for c, _ in cap_dev)]
     return {
         "text": (synthetic.write_jsonl(root / "text_train.jsonl", text_train),
                  synthetic.write_jsonl(root / "text_dev.jsonl", text_dev)),
         "image": (synthetic.labelled_folder(root / "labelled", per_class=8, seed=0, noise=True),
                   synthetic.write_jsonl(root / "img_dev.jsonl", dev_img)),
         "cross": (synthetic.write_jsonl(root / "cap_train.jsonl", [{"query": c, "pos": [p]} for c, p in cap_train]),
-                  synthetic.write_jsonl(root / "cap_dev.jsonl", [{"query": c, "pos": [p]} for c, p in cap_dev])),
+                  synthetic.write_jsonl(root / "cap_dev.jsonl", cap_dev)),
     }
 
 
@@ -60,7 +64,7 @@ def test_training_improves_held_out_recall(modality, head, sets, tmp_path, tiny_
     model = f"hf:{tiny_hf_dir}" if modality == "text" else "open_clip:lsb-tiny-test"
     out = str(tmp_path / "run")
     final = train(TrainConfig(model=model, head=head, pooling="mean" if modality == "text" else None, modality=modality,
-                              train_data=train_data, eval_data=dev, eval_steps=40, output=out, max_steps=40,
+                              train_data=train_data, eval_data=dev, eval_steps=60, output=out, max_steps=60,
                               batch_size=16, lr=3e-3, head_lr=1e-2, train="all", temperature=0.05, log_steps=5,
                               show_progress=False))
     log = read_log(out)
@@ -229,3 +233,25 @@ def test_csv_and_caption_folder_and_labelled_folder(tmp_path):
     assert all(os.path.dirname(n) != os.path.dirname(e.query) for n in e.neg)
     with pytest.raises(InputError, match="serves --modality cross"):
         load_train_data(str(csv), "text")
+
+
+def test_mining_symmetric_accumulation_and_locks(tmp_path, sets):
+    """Mined negatives exclude the positives; symmetric cross loss, grad accumulation, a locked tower, workers."""
+    train_data, dev = sets["cross"]
+    t = Trainer(TrainConfig(model="open_clip:lsb-tiny-test", head="slr", modality="cross", train_data=train_data,
+                            output=str(tmp_path / "o"), max_steps=3, batch_size=8, grad_accum=2, mine_negatives=True,
+                            mine_top_k=5, train_group_size=3, symmetric=True, train="all", lock_image=True, workers=1,
+                            show_progress=False))
+    assert not any(p.requires_grad for n, p in t.model.named_parameters() if n.startswith("backbone.model.visual."))
+    assert any(p.requires_grad for n, p in t.model.named_parameters() if n.startswith("backbone.model.transformer."))
+    visual_before = {n: p.detach().clone() for n, p in t.model.named_parameters() if n.startswith("backbone.model.visual.")}
+    t.train()
+    assert len(t.mined) == len(t.data) and all(len(v) == 5 for v in t.mined.values())
+    for i, ex in enumerate(t.data.examples):
+        assert not set(t.mined[i]) & set(ex.pos)
+    after = dict(t.model.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in visual_before.items())  # the locked tower did not move
+    batch = t.micro_batch(0, 0)
+    assert batch["passages"].shape[0] == 8 * 3  # positive + 2 mined negatives per query
+    log = read_log(tmp_path / "o")
+    assert [r["step"] for r in log if "loss" in r] == [1, 3] and all(np.isfinite(r["loss"]) for r in log if "loss" in r)
