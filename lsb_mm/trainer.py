@@ -11,6 +11,7 @@ the ``r``-th slice, so N processes of batch B see exactly what one process of ba
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -295,7 +296,7 @@ class Trainer:
     def compute_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
         """InfoNCE of one micro-batch (plus the image->text direction with ``symmetric``)."""
         cfg = self.cfg
-        ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else _nullcontext()
+        ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
         with ctx:
             q = self._embed(batch["queries"], self.qkind, "query")
             p = self._embed(batch["passages"], self.pkind, "document")
@@ -558,14 +559,6 @@ def retrieval_metrics(data: TrainData, encode_query, encode_passage, ks: Sequenc
         out[f"recall@{k}"] = float(np.mean([h / min(len(r), kk) for h, r in zip(hits, rel)]))
         out[f"success@{k}"] = float(np.mean([h > 0 for h in hits]))
     return out
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(config: TrainConfig | Dict[str, Any]) -> str:
