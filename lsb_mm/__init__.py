@@ -7,6 +7,7 @@ from .heads import build_head  # noqa: E402
 from .model import LSBModel  # noqa: E402
 from .factory import add_model_config, create_model, list_models, load_model  # noqa: E402
 from .trainer import TrainConfig, Trainer, train  # noqa: E402
+from .index import Index  # noqa: E402
 
 __all__ = ["__version__", "TokenStream", "LSBModel", "create_model", "load_model", "list_models",
-           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]
+           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]

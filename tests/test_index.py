@@ -1,0 +1,138 @@
+"""lsb_mm.Index: exact search equals brute force, ANN recall, persistence, shards, refusals."""
+import os
+
+import numpy as np
+import pytest
+
+from lsb_mm.index import DEFAULT_ANN, Index, SearchIndexError
+
+
+def unit(n, d, seed=0):
+    x = np.random.RandomState(seed).randn(n, d).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(x, q, k):
+    s = q @ x.T
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, top, 1), top
+
+
+def test_flat_equals_brute_force():
+    x, q = unit(3000, 48), unit(200, 48, seed=1)
+    ix = Index.build(x, ids=[f"d{i}" for i in range(len(x))], factory="Flat")
+    scores, ids = ix.search(q, k=10, batch_size=64)
+    ref_s, ref_i = brute_force(x, q, 10)
+    np.testing.assert_allclose(scores, ref_s, atol=1e-5)
+    assert (ids == np.vectorize(lambda i: f"d{i}")(ref_i)).mean() > 0.999  # ties aside
+    assert ix.device == "cpu" and len(ix) == 3000
+
+
+def test_default_ann_recall_on_100k_random_vectors():
+    x, q = unit(100_000, 64), unit(500, 64, seed=1)
+    exact = Index.build(x, factory="Flat").search(q, 10)[1]
+    ann = Index.build(x, factory=DEFAULT_ANN).search(q, 10)[1]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ann, exact)])
+    assert recall >= 0.95, recall
+
+
+def test_search_parameters_and_ivf_pq():
+    x = unit(5000, 32)
+    ivf = Index.build(x, factory="IVF64,Flat")
+    ivf.nprobe = 64  # all lists: exact
+    np.testing.assert_array_equal(ivf.search(x[:50], 5)[1], Index.build(x).search(x[:50], 5)[1])
+    assert ivf.nprobe == 64
+    h = Index.build(x, factory="HNSW16")
+    h.ef_search = 32
+    assert h.ef_search == 32
+    pq = Index.build(unit(5000, 32), factory="IVF16,PQ8x4")
+    assert pq.search(x[:3], 4)[1].shape == (3, 4)
+    with pytest.raises(SearchIndexError, match="no search parameter 'nprobe'"):
+        Index.build(x).set_search_params(nprobe=3)
+    with pytest.raises(SearchIndexError, match="cannot build index factory"):
+        Index.build(x, factory="NotAnIndex")
+
+
+def test_save_load_identical_and_shards(tmp_path):
+    x, q = unit(6000, 32), unit(100, 32, seed=2)
+    ids = [f"doc-{i}" for i in range(len(x))]
+    meta = [{"path": f"/img/{i}.png", "caption": f"<b>{i}</b>"} for i in range(len(x))]
+    whole = Index.build(x, ids=ids, metadata=meta, fingerprint="model-a")
+    whole.save(tmp_path / "whole")
+    again = Index.load(tmp_path / "whole")
+    s1, i1 = whole.search(q, 10)
+    s2, i2 = again.search(q, 10)
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(i1, i2)
+    assert again.metadata[5] == meta[5] and again.fingerprint == "model-a"
+    cuts = [0, 2000, 4100, 6000]
+    folders = []
+    for a, b in zip(cuts, cuts[1:]):
+        Index.build(x[a:b], ids=ids[a:b], metadata=meta[a:b], fingerprint="model-a").save(tmp_path / f"s{a}")
+        folders.append(tmp_path / f"s{a}")
+    shards = Index.load(folders)
+    s3, i3 = shards.search(q, 10)
+    np.testing.assert_array_equal(i3, i1)
+    np.testing.assert_allclose(s3, s1, atol=1e-6)
+    assert len(shards) == 6000 and shards.metadata[4500] == meta[4500]
+
+
+def test_k_larger_than_index_and_add():
+    ix = Index.build(unit(3, 8), ids=["a", "b", "c"])
+    s, i = ix.search(unit(2, 8, seed=3), k=5)
+    assert list(i[0, 3:]) == [None, None] and np.isneginf(s[0, 3:]).all()
+    ix.add(unit(2, 8, seed=4), ids=["d", "e"])
+    assert len(ix) == 5 and set(ix.search(unit(1, 8, seed=5), k=5)[1][0]) == set("abcde")
+    with pytest.raises(SearchIndexError, match="duplicate id 'a'"):
+        ix.add(unit(1, 8), ids=["a"])
+
+
+def test_refusals(tmp_path):
+    x = unit(100, 16)
+    ix = Index.build(x, fingerprint="model-a")
+    with pytest.raises(SearchIndexError, match="dimension 8, the index holds dimension 16"):
+        ix.search(unit(2, 8), 3)
+    with pytest.raises(SearchIndexError, match="queries come from model model-b"):
+        ix.search(x[:2], 3, fingerprint="model-b")
+    with pytest.raises(SearchIndexError, match="L2-normalised"):
+        Index.build(x * 3)
+    assert len(Index.build(x * 3, normalize=True)) == 100
+    with pytest.raises(SearchIndexError, match="NaN"):
+        Index.build(np.full((2, 4), np.nan))
+    ix.save(tmp_path / "a")
+    Index.build(unit(10, 16), fingerprint="model-b").save(tmp_path / "b")
+    with pytest.raises(SearchIndexError, match="fingerprint"):
+        Index.load([tmp_path / "a", tmp_path / "b"])
+
+
+def test_half_written_folder_is_never_loaded(tmp_path, monkeypatch):
+    import faiss
+
+    x = unit(50, 8)
+    Index.build(x).save(tmp_path / "idx")
+    before = Index.load(tmp_path / "idx").search(x[:2], 3)[1]
+
+    real = faiss.write_index
+
+    def crash(index, path):
+        real(index, path)
+        raise OSError("killed while writing")
+
+    monkeypatch.setattr(faiss, "write_index", crash)
+    with pytest.raises(OSError):
+        Index.build(unit(60, 8, seed=9)).save(tmp_path / "idx")
+    with pytest.raises(OSError):
+        Index.build(x).save(tmp_path / "new")
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["idx"]  # no partial folder under any name that loads
+    np.testing.assert_array_equal(Index.load(tmp_path / "idx").search(x[:2], 3)[1], before)
+    # a folder without its manifest (as a crash before the final write would leave it) is refused
+    os.makedirs(tmp_path / "partial")
+    real(faiss.IndexFlatIP(8), str(tmp_path / "partial" / "index.faiss"))
+    with pytest.raises(SearchIndexError, match="manifest.json is missing"):
+        Index.load(tmp_path / "partial")
+    # a changed index file is refused
+    with open(tmp_path / "idx" / "index.faiss", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SearchIndexError, match="checksum"):
+        Index.load(tmp_path / "idx")
