@@ -51,10 +51,10 @@ def _read_texts(path: str) -> List[str]:
     return texts
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True,
+def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
+    p.add_argument("--model", required=True, action="append" if multiple else "store",
                    help="a saved lsb-mm folder, or an encoder name: open_clip:<config>, open_clip:local-dir:/path, "
-                        "timm:<name>, hf:<folder>")
+                        "timm:<name>, hf:<folder>" + (" (repeat to compare models)" if multiple else ""))
     p.add_argument("--head", default="clr", choices=["clr", "slr", "llr", "none"],
                    help="head for a new model built from an encoder name (ignored for saved folders; default: clr)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file")
@@ -217,6 +217,128 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_index(args) -> int:
+    from .corpus import read_documents, shard_slice
+    from .images import check_images
+    from .index import Index
+
+    docs = read_documents(args.images, args.corpus, args.csv, args.csv_img_key, args.csv_caption_key, args.image_root)
+    if args.shard:
+        docs = docs.subset(list(shard_slice(len(docs.ids), args.shard)))
+    skipped = []
+    if docs.kind == "image" and args.skip_bad:
+        good, skipped = check_images(docs.items)
+        keep = set(good)
+        docs = docs.subset([i for i, p in enumerate(docs.items) if p in keep])
+    model = _load(args)
+    t0 = time.perf_counter()
+    kw = dict(role="document", batch_size=args.batch_size, show_progress_bar=not args.quiet)
+    emb = model.encode_image(docs.items, num_workers=args.workers, **kw) if docs.kind == "image" else \
+        model.encode_text(docs.items, **kw)
+    t_enc = time.perf_counter() - t0
+    index = Index.build(emb, ids=docs.ids, metadata=docs.metadata, factory=args.factory, device=args.index_device,
+                        fingerprint=model.fingerprint())
+    index.save(args.output)
+    report = None
+    if skipped:
+        report = args.output.rstrip("/") + ".skipped.jsonl"
+        with open(report, "w", encoding="utf-8") as f:
+            for path, reason in skipped:
+                f.write(json.dumps({"path": path, "reason": reason}) + "\n")
+        print(f"skipped {len(skipped)} unreadable files; see {report}", file=sys.stderr)
+    print(json.dumps({"index": args.output, "count": len(index), "kind": docs.kind, "factory": args.factory,
+                      "device": index.device, "encode_seconds": round(t_enc, 2), "skipped": len(skipped),
+                      "skipped_report": report, "fingerprint": index.fingerprint}))
+    return 0
+
+
+def cmd_search(args) -> int:
+    from .index import Index
+
+    index = Index.load(args.index if len(args.index) > 1 else args.index[0])
+    model = _load(args)
+    if args.text is not None:
+        q = model.encode_text([args.text], role="query")
+    else:
+        q = model.encode_image([args.image], role="query")
+    scores, ids = index.search(q, k=args.k, fingerprint=model.fingerprint())
+    where = {i: n for n, i in enumerate(index.ids)}
+    hits = []
+    for rank, (s, i) in enumerate(zip(scores[0], ids[0]), 1):
+        if i is None:
+            break
+        hit = {"rank": rank, "score": round(float(s), 6), "id": i}
+        if index.metadata is not None:
+            hit.update(index.metadata[where[i]])
+        hits.append(hit)
+    if args.json:
+        print(json.dumps({"query": args.text if args.text is not None else args.image, "hits": hits}, ensure_ascii=False))
+    else:
+        print(f"{'rank':>4}  {'score':>8}  id")
+        for h in hits:
+            extra = h.get("caption") or h.get("text", "")
+            print(f"{h['rank']:>4}  {h['score']:>8.4f}  {h['id']}" + (f"  | {extra[:80]}" if extra else ""))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate, find_tasks
+    from .reports import write_reports
+
+    folders = find_tasks(args.tasks)
+    runs = []
+    for name in list(args.model):
+        args.model = name
+        model = _load(args)
+        model.name = name
+        cache: dict = {}
+        runs.append(evaluate(model, folders, ks=args.k, batch_size=args.batch_size, factory=args.factory,
+                             show_progress_bar=not args.quiet, _corpus_cache=cache))
+        if args.compare_plain:
+            plain = evaluate(model, folders, ks=args.k, batch_size=args.batch_size, factory=args.factory,
+                             enhance=False, show_progress_bar=not args.quiet, _corpus_cache=cache)
+            plain["model"] = f"{name} (plain)"
+            runs.append(plain)
+    paths = write_reports(runs, args.output)
+    print(json.dumps(paths))
+    return 0
+
+
+def cmd_build_tasks(args) -> int:
+    from .datasets import tasks as T
+
+    made: List[str] = []
+    if args.pairs or args.beir:
+        if args.pairs:
+            pairs = []
+            with open(args.pairs, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            rec = json.loads(line)
+                            pairs.append((rec["query"], rec["passage"]))
+                        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                            raise InputError(f"{args.pairs}:{n}: expected {{\"query\": ..., \"passage\": ...}} ({exc})") from exc
+        else:
+            pairs = T.read_beir_pairs(args.beir)
+        made += T.text_tasks(pairs, args.output, kinds=args.text_tasks, seed=args.seed)
+    if args.labelled:
+        made += T.image_tasks(args.labelled, args.output, kinds=args.image_tasks, position=args.position, seed=args.seed,
+                              max_per_class=args.max_per_class)
+    if args.captions:
+        from .corpus import read_documents
+
+        docs = read_documents(images=args.captions)
+        items = [(m["caption"], p) for p, m in zip(docs.items, docs.metadata) if "caption" in m]
+        if not items:
+            raise InputError(f"--captions {args.captions}: no image has a caption sidecar (x.png + x.txt)")
+        made += T.cross_tasks(items, args.output)
+    if not made:
+        raise InputError("give --pairs, --beir, --labelled or --captions")
+    print(json.dumps({"tasks": made}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsb-mm", description="LexSemBridge retrieval for text and images: token-aware SLR/LLR/CLR heads "
@@ -250,6 +372,72 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG)
     _add_train_args(tr)
     tr.set_defaults(func=cmd_train)
+
+    ix = sub.add_parser("index", help="encode documents (images, a JSONL/BEIR corpus, or a CSV) into a FAISS index folder",
+                        description="Encode documents with role=document and write an index folder (manifest.json, "
+                                    "index.faiss, ids.jsonl, metadata.jsonl) atomically.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  lsb-mm index --model runs/m/final --images photos/ --output photos.index\n"
+                               "  lsb-mm index --model hf:/path/MiniLM --corpus beir/scifact --factory HNSW32 --output sf.index\n"
+                               "  lsb-mm index ... --shard 2/4 --output part2.index   (then search --index part1.index part2.index ...)")
+    _add_model_args(ix)
+    srcs = ix.add_mutually_exclusive_group(required=True)
+    srcs.add_argument("--images", help="a folder of images (recursive; x.txt sidecars become captions)")
+    srcs.add_argument("--corpus", help="a JSONL corpus ({_id, text|image}) or a BEIR folder")
+    srcs.add_argument("--csv", help="a CSV/TSV of images (--csv-img-key) with captions (--csv-caption-key)")
+    ix.add_argument("--csv-img-key", default="filepath")
+    ix.add_argument("--csv-caption-key", default="caption")
+    ix.add_argument("--image-root", default=None, help="folder that relative image paths start from")
+    ix.add_argument("--output", required=True, help="index folder to write")
+    ix.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32 ...")
+    ix.add_argument("--index-device", default="auto", choices=["auto", "cpu", "gpu"], help="where the index lives (auto: all GPUs when FAISS sees one)")
+    ix.add_argument("--shard", default=None, help="index only slice i/n of the documents (e.g. 2/4)")
+    ix.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in OUTPUT.skipped.jsonl")
+    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--workers", type=int, default=2, help="image decoding worker processes (default: 2)")
+    ix.add_argument("-q", "--quiet", action="store_true")
+    ix.set_defaults(func=cmd_index)
+
+    se = sub.add_parser("search", help="search an index with a text or an image query",
+                        description="Encode one query (role=query) and print the top-k as a table or JSON. The model "
+                                    "must be the one that built the index (its fingerprint is checked).")
+    _add_model_args(se)
+    se.add_argument("--index", nargs="+", required=True, help="index folder(s); several shards are searched together")
+    q = se.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text", help="a text query")
+    q.add_argument("--image", help="an image query (file path)")
+    se.add_argument("-k", type=int, default=10, help="results to return (default: 10)")
+    se.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    se.set_defaults(func=cmd_search)
+
+    ev = sub.add_parser("eval", help="evaluate models on task folders: JSON, markdown table, PNG plot",
+                        description="Encode each task's corpus once per model, search it with FAISS and report "
+                                    "NDCG@k, MRR@k, Recall@k, MAP@k (k = 1, 3, 5, 10).")
+    _add_model_args(ev, multiple=True)
+    ev.add_argument("--tasks", nargs="+", required=True, help="task folders, or folders of task folders")
+    ev.add_argument("--output", required=True, help="folder for results.json, results.md and recall.png")
+    ev.add_argument("--k", type=int, nargs="+", default=[1, 3, 5, 10], help="cut-offs (default: 1 3 5 10)")
+    ev.add_argument("--factory", default="Flat", help="FAISS index for the corpus (default: Flat, exact)")
+    ev.add_argument("--compare-plain", action="store_true", help="also score each model without its head")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("-q", "--quiet", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+
+    bt = sub.add_parser("build-tasks", help="build fine-grained retrieval tasks (BEIR layout)",
+                        description="Text: query / keyword / pop-N from (query, passage) pairs or a BEIR folder. "
+                                    "Images: class / snippet-P from a labelled folder. Cross-modal: caption2image "
+                                    "and image2caption from images with caption sidecars.")
+    bt.add_argument("--pairs", help="JSONL of {\"query\": ..., \"passage\": ...}")
+    bt.add_argument("--beir", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+    bt.add_argument("--labelled", help="a labelled image folder (class/image)")
+    bt.add_argument("--captions", help="a folder of images with caption sidecars")
+    bt.add_argument("--text-tasks", nargs="+", default=["query", "keyword", "pop-16", "pop-32", "pop-64", "pop-128", "pop-256"])
+    bt.add_argument("--image-tasks", nargs="+", default=["class", "snippet-10", "snippet-30", "snippet-50", "snippet-80"])
+    bt.add_argument("--position", default="top-left", choices=["top-left", "random"], help="where snippets are cut")
+    bt.add_argument("--max-per-class", type=int, default=None, help="sample at most N images per class")
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--output", required=True, help="folder that receives one sub-folder per task")
+    bt.set_defaults(func=cmd_build_tasks)
     return parser
 
 

@@ -79,3 +79,15 @@ def check_sequence(items: Sequence[Any], what: str) -> None:
         raise InputError(f"{what} must be a list, got {type(items).__name__}")
     if len(items) == 0:
         raise InputError(f"{what} is an empty list; nothing to encode")
+
+
+def check_images(paths: Sequence[str]) -> tuple:
+    """Decode every image once: ``(readable paths, [(path, reason), ...])``. For ``--skip-bad``."""
+    good, bad = [], []
+    for p in paths:
+        try:
+            load_image(p)
+            good.append(p)
+        except ImageLoadError as exc:
+            bad.append((str(p), exc.reason or str(exc)))
+    return good, bad

@@ -1,0 +1,102 @@
+"""Documents to index: a folder of images, a JSONL / BEIR corpus, or a CSV of images with captions."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .errors import InputError
+from .images import list_image_files
+
+__all__ = ["Documents", "read_documents", "shard_slice"]
+
+
+@dataclass
+class Documents:
+    kind: str  # "text" or "image"
+    ids: List[str]
+    items: List[str]  # texts or image paths
+    metadata: List[Dict[str, str]]
+
+    def subset(self, keep: List[int]) -> "Documents":
+        return Documents(self.kind, [self.ids[i] for i in keep], [self.items[i] for i in keep], [self.metadata[i] for i in keep])
+
+
+def _caption(path: str) -> Optional[str]:
+    side = os.path.splitext(path)[0] + ".txt"
+    if os.path.isfile(side):
+        with open(side, encoding="utf-8", errors="replace") as f:
+            return f.readline().strip() or None
+    return None
+
+
+def read_documents(images: Optional[str] = None, corpus: Optional[str] = None, csv_path: Optional[str] = None,
+                   csv_img_key: str = "filepath", csv_caption_key: str = "caption", image_root: Optional[str] = None) -> Documents:
+    """Exactly one of ``images`` (folder), ``corpus`` (.jsonl or BEIR folder) or ``csv_path``."""
+    if sum(x is not None for x in (images, corpus, csv_path)) != 1:
+        raise InputError("give exactly one of --images, --corpus, --csv")
+    if images is not None:
+        paths = list_image_files(images)
+        if not paths:
+            raise InputError(f"--images {images}: no image files found")
+        meta = []
+        for p in paths:
+            m = {"path": os.path.abspath(p)}
+            cap = _caption(p)
+            if cap:
+                m["caption"] = cap
+            meta.append(m)
+        return Documents("image", [os.path.relpath(p, images) for p in paths], [os.path.abspath(p) for p in paths], meta)
+    if corpus is not None:
+        path = os.path.join(corpus, "corpus.jsonl") if os.path.isdir(corpus) else corpus
+        if not os.path.isfile(path):
+            raise InputError(f"--corpus {corpus}: no corpus.jsonl / JSONL file there")
+        ids, items, meta, kind = [], [], [], None
+        root = os.path.dirname(os.path.abspath(path))
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+                k = "image" if "image" in rec else "text" if "text" in rec else None
+                if k is None or "_id" not in rec:
+                    raise InputError(f"{path}:{n}: expected '_id' and 'text' or 'image'")
+                if kind is None:
+                    kind = k
+                elif k != kind:
+                    raise InputError(f"{path}:{n}: mixes text and image records")
+                item = rec[k] if k == "text" else os.path.join(image_root or root, rec[k])
+                if k == "text" and rec.get("title"):
+                    item = f"{rec['title']} {item}"
+                ids.append(str(rec["_id"]))
+                items.append(item)
+                meta.append({"text": item[:300]} if k == "text" else {"path": item})
+        if not ids:
+            raise InputError(f"{path} holds no documents")
+        return Documents(kind, ids, items, meta)
+    sep = "\t" if csv_path.endswith(".tsv") else ","
+    root = image_root or os.path.dirname(os.path.abspath(csv_path))
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter=sep)
+        if csv_img_key not in (reader.fieldnames or []):
+            raise InputError(f"{csv_path}:1: no column {csv_img_key!r} (--csv-img-key); the columns are {reader.fieldnames}")
+        rows = list(reader)
+    paths = [os.path.join(root, r[csv_img_key]) for r in rows]
+    meta = [{"path": p, **({"caption": r[csv_caption_key]} if r.get(csv_caption_key) else {})} for p, r in zip(paths, rows)]
+    return Documents("image", [r[csv_img_key] for r in rows], paths, meta)
+
+
+def shard_slice(n: int, shard: str) -> range:
+    """Rows of shard ``i/n`` (1-based ``i``) of ``n`` documents: contiguous, sizes differing by at most one."""
+    try:
+        i, k = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise InputError(f"--shard must look like 2/5, got {shard!r}") from None
+    if not 1 <= i <= k:
+        raise InputError(f"--shard {shard}: expected 1 <= i <= n")
+    return range(n * (i - 1) // k, n * i // k)

@@ -1,0 +1,64 @@
+"""Reports of evaluation runs: JSON for machines, a markdown table and a Recall@k plot for people."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Sequence
+
+__all__ = ["write_reports", "markdown_table"]
+
+COLUMNS = ("ndcg@10", "mrr@10", "recall@10")
+
+
+def markdown_table(runs: Sequence[Dict[str, object]], columns: Sequence[str] = COLUMNS) -> str:
+    """Models x tasks; each cell holds the chosen metrics, separated by ' / '."""
+    tasks: List[str] = list(dict.fromkeys(t for r in runs for t in r["tasks"]))
+    head = "| model | " + " | ".join(tasks) + " |"
+    lines = [f"Cells: {' / '.join(c.upper().replace('RECALL', 'R') for c in columns)}", "", head,
+             "|---|" + "---|" * len(tasks)]
+    for r in runs:
+        cells = []
+        for t in tasks:
+            m = r["tasks"].get(t, {}).get("metrics")
+            cells.append(" / ".join(f"{m[c]:.3f}" for c in columns) if m else "-")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(runs: Sequence[Dict[str, object]], folder: str) -> Dict[str, str]:
+    """``results.json``, ``results.md`` and ``recall.png`` (Recall@k per task, one line per model)."""
+    os.makedirs(folder, exist_ok=True)
+    paths = {"json": os.path.join(folder, "results.json"), "markdown": os.path.join(folder, "results.md"),
+             "plot": os.path.join(folder, "recall.png")}
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(list(runs), f, indent=2)
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(markdown_table(runs))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(t for r in runs for t in r["tasks"]))
+    cols = min(4, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        for r in runs:
+            m = r["tasks"].get(task, {}).get("metrics")
+            if not m:
+                continue
+            ks = sorted(int(k.split("@")[1]) for k in m if k.startswith("recall@"))
+            ax.plot(ks, [m[f"recall@{k}"] for k in ks], marker="o", label=r["model"])
+        ax.set_title(task)
+        ax.set_xlabel("k")
+        ax.set_ylabel("Recall@k")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(paths["plot"], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,128 @@
+"""index / search / eval / build-tasks end to end, on real images (scikit-learn's digits as PNG)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import lsb_mm
+from lsb_mm.evaluation import evaluate
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+MODEL = "open_clip:lsb-tiny-test"
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli(*args, check=True, subprocess_run=False):
+    """Run the CLI in this process (fast); ``subprocess_run`` goes through ``python -m lsb_mm``."""
+    if subprocess_run:
+        r = subprocess.run([sys.executable, "-m", "lsb_mm", *args], capture_output=True, text=True, env=ENV, timeout=600)
+    else:
+        import contextlib
+        import io
+
+        from lsb_mm.cli import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+        r = Result(code, out.getvalue(), err.getvalue())
+    if check:
+        assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    """120 real 8x8 digits (scikit-learn), upscaled to 32x32 PNGs in class folders, with captions."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    d = load_digits()
+    names = "zero one two three four five six seven eight nine".split()
+    for i in range(120):
+        label = int(d.target[i])
+        folder = root / "labelled" / names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray((d.images[i] * (255 / 16)).astype(np.uint8)).resize((32, 32), Image.NEAREST)
+        img.save(folder / f"{i:04d}.png")
+        (folder / f"{i:04d}.txt").write_text(f"a handwritten {names[label]}\n")
+    return root
+
+
+def test_index_then_search_finds_the_query_image_first(digits, tmp_path):
+    lab = digits / "labelled"
+    out = tmp_path / "digits.index"
+    r = cli("index", "--model", MODEL, "--head", "slr", "--images", str(lab), "--output", str(out), "-q", "--workers", "2",
+            subprocess_run=True)
+    summary = json.loads(r.stdout)
+    assert summary["count"] == 120 and summary["kind"] == "image"
+    for name in ("three/0003.png", "seven/0017.png"):
+        r = cli("search", "--model", MODEL, "--head", "slr", "--index", str(out), "--image", str(lab / name), "-k", "3", "--json")
+        hits = json.loads(r.stdout)["hits"]
+        assert hits[0]["id"] == name and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        assert hits[0]["caption"].startswith("a handwritten")
+    r = cli("search", "--model", MODEL, "--head", "slr", "--index", str(out), "--text", "a handwritten seven", "-k", "2")
+    assert r.stdout.splitlines()[0].split() == ["rank", "score", "id"] and len(r.stdout.splitlines()) == 3
+    # another model is refused: its fingerprint differs from the index's
+    r = cli("search", "--model", MODEL, "--head", "llr", "--index", str(out), "--text", "seven", check=False,
+            subprocess_run=True)
+    assert r.returncode == 2 and "encode with the same model" in r.stderr
+
+
+def test_sharded_indexing_equals_one_index(digits, tmp_path):
+    lab = str(digits / "labelled")
+    cli("index", "--model", MODEL, "--images", lab, "--output", str(tmp_path / "all"), "-q", "--workers", "0")
+    for i in (1, 2, 3):
+        cli("index", "--model", MODEL, "--images", lab, "--shard", f"{i}/3", "--output", str(tmp_path / f"s{i}"), "-q",
+            "--workers", "0")
+    q = str(digits / "labelled" / "five" / "0005.png")
+    one = json.loads(cli("search", "--model", MODEL, "--index", str(tmp_path / "all"), "--image", q, "--json").stdout)
+    three = json.loads(cli("search", "--model", MODEL, "--index", *[str(tmp_path / f"s{i}") for i in (1, 2, 3)],
+                           "--image", q, "--json").stdout)
+    assert [h["id"] for h in one["hits"]] == [h["id"] for h in three["hits"]]
+
+
+def test_skip_bad_reports_unreadable_images(digits, tmp_path):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    shutil.copytree(digits / "labelled" / "one", folder)
+    (folder / "broken.png").write_bytes(b"not a png")
+    r = cli("index", "--model", MODEL, "--images", str(folder), "--output", str(tmp_path / "i"), "-q", check=False)
+    assert r.returncode == 2 and "broken.png" in r.stderr
+    r = cli("index", "--model", MODEL, "--images", str(folder), "--output", str(tmp_path / "i"), "-q", "--skip-bad")
+    s = json.loads(r.stdout)
+    assert s["skipped"] == 1 and s["count"] == len(list(folder.glob("*.png"))) - 1
+    report = [json.loads(x) for x in open(s["skipped_report"])]
+    assert report[0]["path"].endswith("broken.png")
+
+
+def test_build_tasks_and_eval(digits, tmp_path):
+    tasks = tmp_path / "tasks"
+    cli("build-tasks", "--labelled", str(digits / "labelled"), "--image-tasks", "class", "snippet-50", "--output", str(tasks))
+    cli("build-tasks", "--captions", str(digits / "labelled" / "three"), "--output", str(tasks))
+    assert sorted(os.listdir(tasks)) == ["caption2image", "class", "image2caption", "snippet-50-top-left"]
+    out = tmp_path / "results"
+    r = cli("eval", "--model", MODEL, "--model", "open_clip:lsb-tiny-test", "--head", "slr", "--tasks", str(tasks),
+            "--output", str(out), "--compare-plain", "-q")
+    paths = json.loads(r.stdout)
+    runs = json.load(open(paths["json"]))
+    assert [x["model"] for x in runs][:2] == [MODEL, f"{MODEL} (plain)"]
+    assert set(runs[0]["tasks"]) == {"caption2image", "class", "image2caption", "snippet-50-top-left"}
+    md = open(paths["markdown"]).read()
+    assert "| model | " in md and "snippet-50-top-left" in md
+    with Image.open(paths["plot"]) as im:
+        assert im.size[0] > 400
+    # the Python API agrees with the CLI
+    model = lsb_mm.create_model(MODEL, head="slr")
+    res = evaluate(model, str(tasks / "class"))
+    assert res["tasks"]["class"]["metrics"] == pytest.approx(runs[0]["tasks"]["class"]["metrics"], abs=1e-6)
+    assert 0 < res["tasks"]["class"]["metrics"]["ndcg@10"] <= 1
