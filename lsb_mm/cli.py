@@ -13,6 +13,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError, LSBError
+from .jsonl import iter_jsonl
 
 log = logging.getLogger("lsb_mm")
 
@@ -28,21 +29,16 @@ def _read_texts(path: str) -> List[str]:
     if not os.path.isfile(path):
         raise InputError(f"--texts {path}: no such file")
     texts: List[str] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if path.endswith(".jsonl"):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-                text = obj.get("text") if isinstance(obj, dict) else obj
-                if not isinstance(text, str):
-                    raise InputError(f"{path}:{n}: expected a string or an object with a string 'text' field")
-                texts.append(text)
-            else:
+    if path.endswith(".jsonl"):
+        for n, obj in iter_jsonl(path):
+            text = obj.get("text") if isinstance(obj, dict) else obj
+            if not isinstance(text, str):
+                raise InputError(f"{path}:{n}: expected a string or an object with a string 'text' field")
+            texts.append(text)
+    else:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                line = line.rstrip("\n")
                 if not line.strip():
                     raise InputError(f"{path}:{n}: empty line (one text per line is expected)")
                 texts.append(line)
@@ -311,14 +307,10 @@ def cmd_build_tasks(args) -> int:
     if args.pairs or args.beir:
         if args.pairs:
             pairs = []
-            with open(args.pairs, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if line.strip():
-                        try:
-                            rec = json.loads(line)
-                            pairs.append((rec["query"], rec["passage"]))
-                        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                            raise InputError(f"{args.pairs}:{n}: expected {{\"query\": ..., \"passage\": ...}} ({exc})") from exc
+            for n, rec in iter_jsonl(args.pairs):
+                if not isinstance(rec, dict) or not isinstance(rec.get("query"), str) or not isinstance(rec.get("passage"), str):
+                    raise InputError(f"{args.pairs}:{n}: expected {{\"query\": <text>, \"passage\": <text>}}")
+                pairs.append((rec["query"], rec["passage"]))
         else:
             pairs = T.read_beir_pairs(args.beir)
         made += T.text_tasks(pairs, args.output, kinds=args.text_tasks, seed=args.seed)

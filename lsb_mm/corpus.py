@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from .errors import InputError
 from .images import list_image_files
+from .jsonl import iter_jsonl
 
 __all__ = ["Documents", "read_documents", "shard_slice"]
 
@@ -55,27 +55,20 @@ def read_documents(images: Optional[str] = None, corpus: Optional[str] = None, c
             raise InputError(f"--corpus {corpus}: no corpus.jsonl / JSONL file there")
         ids, items, meta, kind = [], [], [], None
         root = os.path.dirname(os.path.abspath(path))
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-                k = "image" if "image" in rec else "text" if "text" in rec else None
-                if k is None or "_id" not in rec:
-                    raise InputError(f"{path}:{n}: expected '_id' and 'text' or 'image'")
-                if kind is None:
-                    kind = k
-                elif k != kind:
-                    raise InputError(f"{path}:{n}: mixes text and image records")
-                item = rec[k] if k == "text" else os.path.join(image_root or root, rec[k])
-                if k == "text" and rec.get("title"):
-                    item = f"{rec['title']} {item}"
-                ids.append(str(rec["_id"]))
-                items.append(item)
-                meta.append({"text": item[:300]} if k == "text" else {"path": item})
+        for n, rec in iter_jsonl(path):
+            k = ("image" if "image" in rec else "text" if "text" in rec else None) if isinstance(rec, dict) else None
+            if k is None or "_id" not in rec:
+                raise InputError(f"{path}:{n}: expected '_id' and 'text' or 'image'")
+            if kind is None:
+                kind = k
+            elif k != kind:
+                raise InputError(f"{path}:{n}: mixes text and image records")
+            item = rec[k] if k == "text" else os.path.join(image_root or root, rec[k])
+            if k == "text" and rec.get("title"):
+                item = f"{rec['title']} {item}"
+            ids.append(str(rec["_id"]))
+            items.append(item)
+            meta.append({"text": item[:300]} if k == "text" else {"path": item})
         if not ids:
             raise InputError(f"{path} holds no documents")
         return Documents(kind, ids, items, meta)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..images import list_image_files, load_image
+from ..jsonl import iter_jsonl
 
 __all__ = ["write_task", "read_task", "text_tasks", "image_tasks", "cross_tasks", "read_beir_pairs", "Task"]
 
@@ -81,21 +82,15 @@ def read_task(folder: str) -> Task:
         if not os.path.isfile(path):
             raise InputError(f"task folder {folder}: {name} is missing")
         out = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
-                    if "_id" not in rec or not ({"text", "image"} & set(rec)):
-                        raise InputError(f"{path}:{n}: expected '_id' and 'text' or 'image'")
-                    rec["_id"] = str(rec["_id"])
-                    if "image" in rec and not os.path.isabs(rec["image"]):
-                        rec["image"] = os.path.join(folder, rec["image"])
-                    if "text" in rec and rec.get("title"):
-                        rec["text"] = f"{rec['title']} {rec['text']}"
-                    out.append(rec)
+        for n, rec in iter_jsonl(path):
+            if not isinstance(rec, dict) or "_id" not in rec or not ({"text", "image"} & set(rec)):
+                raise InputError(f"{path}:{n}: expected '_id' and 'text' or 'image'")
+            rec["_id"] = str(rec["_id"])
+            if "image" in rec and not os.path.isabs(rec["image"]):
+                rec["image"] = os.path.join(folder, rec["image"])
+            if "text" in rec and rec.get("title"):
+                rec["text"] = f"{rec['title']} {rec['text']}"
+            out.append(rec)
         if not out:
             raise InputError(f"{path} holds no records")
         return out

@@ -13,7 +13,6 @@ writes them to a report); without it the first bad row raises :class:`InputError
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -22,6 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..images import IMAGE_EXTENSIONS, list_image_files
+from ..jsonl import iter_jsonl
 
 __all__ = ["MODALITIES", "TrainExample", "TrainData", "load_train_data", "item_kinds"]
 
@@ -100,33 +100,25 @@ def _check_item(value, kind: str, root: Optional[str], what: str) -> str:
 
 def _read_jsonl(path: str, modality: str, root: Optional[str], rows: _Rows) -> None:
     qk, pk = item_kinds(modality)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            src = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                rows.bad(src, f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            try:
-                if not isinstance(obj, dict):
-                    raise ValueError("expected a JSON object with 'query' and 'pos'")
-                if "query" not in obj:
-                    raise ValueError("field 'query' is missing")
-                query = _check_item(obj["query"], qk, root, "query")
-                pos, neg = obj.get("pos"), obj.get("neg") or []
-                if not isinstance(pos, list) or not pos:
-                    raise ValueError("field 'pos' must be a non-empty list")
-                if not isinstance(neg, list):
-                    raise ValueError("field 'neg' must be a list")
-                pos = [_check_item(p, pk, root, f"pos[{i}]") for i, p in enumerate(pos)]
-                neg = [_check_item(p, pk, root, f"neg[{i}]") for i, p in enumerate(neg)]
-            except ValueError as exc:
-                rows.bad(src, str(exc))
-                continue
-            rows.examples.append(TrainExample(query, pos, neg, src))
+    for n, obj in iter_jsonl(path, on_error=rows.bad):
+        src = f"{path}:{n}"
+        try:
+            if not isinstance(obj, dict):
+                raise ValueError("expected a JSON object with 'query' and 'pos'")
+            if "query" not in obj:
+                raise ValueError("field 'query' is missing")
+            query = _check_item(obj["query"], qk, root, "query")
+            pos, neg = obj.get("pos"), obj.get("neg") or []
+            if not isinstance(pos, list) or not pos:
+                raise ValueError("field 'pos' must be a non-empty list")
+            if not isinstance(neg, list):
+                raise ValueError("field 'neg' must be a list")
+            pos = [_check_item(p, pk, root, f"pos[{i}]") for i, p in enumerate(pos)]
+            neg = [_check_item(p, pk, root, f"neg[{i}]") for i, p in enumerate(neg)]
+        except ValueError as exc:
+            rows.bad(src, str(exc))
+            continue
+        rows.examples.append(TrainExample(query, pos, neg, src))
 
 
 def _read_csv(path: str, img_key: str, caption_key: str, root: Optional[str], rows: _Rows) -> None:
