@@ -126,3 +126,30 @@ def test_build_tasks_and_eval(digits, tmp_path):
     res = evaluate(model, str(tasks / "class"))
     assert res["tasks"]["class"]["metrics"] == pytest.approx(runs[0]["tasks"]["class"]["metrics"], abs=1e-6)
     assert 0 < res["tasks"]["class"]["metrics"]["ndcg@10"] <= 1
+
+
+def test_image_search_script_writes_an_escaped_gallery(digits, tmp_path):
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("image_search", os.path.join(os.path.dirname(__file__), "..", "scripts",
+                                                                                 "image_search.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    folder = tmp_path / "imgs"
+    shutil.copytree(digits / "labelled" / "four", folder)
+    first = sorted(folder.glob("*.png"))[0]
+    (folder / first.name.replace(".png", ".txt")).write_text('<script>alert("x")</script> & "four"\n')
+    evil = folder / "a<b>&c.png"
+    shutil.copy(first, evil)
+    assert mod.main(["index", "--model", MODEL, "--images", str(folder), "--output", str(tmp_path / "idx"), "--workers", "0"]) == 0
+    html_path = tmp_path / "gallery.html"
+    assert mod.main(["query", "--model", MODEL, "--index", str(tmp_path / "idx"), "--image", str(first), "--text",
+                     "a handwritten four", "-k", "4", "--html", str(html_path)]) == 0
+    page = html_path.read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;four&quot;" in page
+    assert "a&lt;b&gt;&amp;c.png" in page and "a<b>" not in page
+    assert page.count("data:image/png;base64,") == 1 + 4 + 4  # the query image, then 4 hits per query
+    image_section = page.split("Query: image ")[1]
+    first_hit = image_section[image_section.index("#1"):]
+    assert first_hit.split("class='name'>")[1].startswith(first.name)  # the query image itself ranks first
