@@ -141,7 +141,7 @@ def test_image_search_script_writes_an_escaped_gallery(digits, tmp_path):
     first = sorted(folder.glob("*.png"))[0]
     (folder / first.name.replace(".png", ".txt")).write_text('<script>alert("x")</script> & "four"\n')
     evil = folder / "a<b>&c.png"
-    shutil.copy(first, evil)
+    shutil.copy(sorted(folder.glob("*.png"))[1], evil)
     assert mod.main(["index", "--model", MODEL, "--images", str(folder), "--output", str(tmp_path / "idx"), "--workers", "0"]) == 0
     html_path = tmp_path / "gallery.html"
     assert mod.main(["query", "--model", MODEL, "--index", str(tmp_path / "idx"), "--image", str(first), "--text",
