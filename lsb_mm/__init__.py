@@ -8,6 +8,7 @@ from .model import LSBModel  # noqa: E402
 from .factory import add_model_config, create_model, list_models, load_model  # noqa: E402
 from .trainer import TrainConfig, Trainer, train  # noqa: E402
 from .index import Index  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
 
 __all__ = ["__version__", "TokenStream", "LSBModel", "create_model", "load_model", "list_models",
-           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]
+           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "evaluate", "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]

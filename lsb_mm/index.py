@@ -88,6 +88,7 @@ class Index:
         self.ids, self.metadata, self.fingerprint, self.device = list(ids), metadata, fingerprint, device
         self.metric = "ip"
         self._id_set = set(self.ids)
+        self._lookup: Optional[np.ndarray] = None  # ids as an object array (+ None for missing), built once
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -151,6 +152,7 @@ class Index:
         if (metadata is None) != (self.metadata is None) and n0:
             raise SearchIndexError("give metadata for every batch added, or for none")
         self._index.add(x)
+        self._lookup = None
         self.ids.extend(new_ids)
         self._id_set.update(new_ids)
         if metadata is not None:
@@ -174,9 +176,9 @@ class Index:
         labels = np.empty((q.shape[0], k), dtype=np.int64)
         for s in range(0, q.shape[0], batch_size):
             scores[s:s + batch_size], labels[s:s + batch_size] = self._index.search(q[s:s + batch_size], k)
-        ids = np.empty(labels.shape, dtype=object)
-        lookup = np.asarray(self.ids + [None], dtype=object)
-        ids[:] = lookup[np.where(labels < 0, len(self.ids), labels)]
+        if self._lookup is None:
+            self._lookup = np.asarray(self.ids + [None], dtype=object)
+        ids = self._lookup[np.where(labels < 0, len(self.ids), labels)]
         scores[labels < 0] = -np.inf
         return scores, ids
 
