@@ -26,7 +26,7 @@ import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
 from .datasets.training_data import TrainData, item_kinds, load_train_data
-from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, gather_with_grad, init_distributed
+from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, init_distributed
 from .errors import InputError
 from .images import load_image
 from .losses import info_nce

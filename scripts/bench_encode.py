@@ -8,9 +8,7 @@ Writes ``encode.json`` and ``encode.md``. Texts are real man-page NAME lines (De
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
@@ -18,9 +16,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 import lsb_mm  # noqa: E402
+from lsb_mm.benchmarking import machine_info, write_benchmark  # noqa: E402
 
 HEADS = ["none", "slr", "llr", "clr"]
 
@@ -49,7 +47,7 @@ def bench(name: str, build, inputs, kind: str, repeats: int, batch_size: int, re
              "ratio_vs_none": round(statistics.median(r) / base, 3)} for h, r in rates.items()]
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("--texts", type=int, default=512)
@@ -57,7 +55,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--skip-minilm", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     from PIL import Image
 
     from lsb_mm.datasets import load_manpages
@@ -79,18 +77,12 @@ def main() -> int:
         st = SentenceTransformer(str(path), device="cpu")
         ref = ("sentence-transformers (peer)", lambda: st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True))
         rows += bench("all-MiniLM-L6-v2", mini, texts, "text", args.repeats, args.batch_size, reference=ref)
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "device": "cpu"}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "encode.json"), "w") as f:
-        json.dump({"machine": machine, "batch_size": args.batch_size, "repeats": args.repeats, "results": rows}, f, indent=2)
-    lines = [f"Encode throughput on {machine['device']} ({machine['threads']} threads, torch {machine['torch']}), "
+    machine = machine_info()
+    lines = [f"Encode throughput on {machine['cuda'] or 'CPU'} ({machine['threads']} threads, torch {machine['torch']}), "
              f"batch {args.batch_size}, median of {args.repeats} interleaved runs.", "",
              "| encoder | modality | head | items/s | vs none |", "|---|---|---|---:|---:|"]
     lines += [f"| {r['encoder']} | {r['modality']} | {r['head']} | {r['per_second']} | {r['ratio_vs_none']:.2f} |" for r in rows]
-    with open(os.path.join(args.out, "encode.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_benchmark(args.out, "encode", {"batch_size": args.batch_size, "repeats": args.repeats, "results": rows}, lines)
     return 0
 
 

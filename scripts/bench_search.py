@@ -10,9 +10,6 @@ against Index on the same slice.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 
 import numpy as np
@@ -49,9 +46,10 @@ def per_pair_loop(x, q, k):
     return np.array(out)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     import faiss
 
+    from lsb_mm.benchmarking import machine_info, write_benchmark
     from lsb_mm.index import Index
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +61,7 @@ def main() -> int:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of the Index / raw FAISS pair")
     ap.add_argument("--out", default="bench_results")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     x, q = unit(args.n, args.dim, 0), unit(args.queries, args.dim, 1)
     ids = [str(i) for i in range(args.n)]
     t_build, index = timed(lambda: Index.build(x, ids=ids, factory="Flat", device="cpu"))
@@ -92,11 +90,7 @@ def main() -> int:
     rows["loop"] = {"n": args.loop_n, "queries": args.loop_queries, "index_search_s": round(t_small, 4),
                     "per_pair_loop_s": round(t_loop, 2), "loop_vs_index": round(t_loop / t_small, 1),
                     "same_ids": float(np.mean(small_ids.astype(np.int64) == loop_i))}
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "faiss": faiss.__version__,
-               "faiss_gpus": faiss.get_num_gpus()}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "search.json"), "w") as f:
-        json.dump({"machine": machine, **rows}, f, indent=2)
+    machine = machine_info()
     r, l = rows["full"], rows["loop"]
     lines = [f"Exact top-{args.k} search on CPU ({machine['cores']} cores, faiss {machine['faiss']}), random unit vectors.", "",
              f"{r['n']:,} x {r['dim']} corpus, {r['queries']:,} queries (Index and raw FAISS: median of {args.repeats} interleaved runs):", "",
@@ -108,9 +102,7 @@ def main() -> int:
              "| method | seconds | ratio |", "|---|---:|---:|",
              f"| lsb_mm.Index (Flat) | {l['index_search_s']} | 1 |",
              f"| per-pair Python loop | {l['per_pair_loop_s']} | {l['loop_vs_index']:,} |"]
-    with open(os.path.join(args.out, "search.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_benchmark(args.out, "search", rows, lines)
     return 0
 
 

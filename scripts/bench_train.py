@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,8 +20,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
-
+from lsb_mm.benchmarking import machine_info, write_benchmark  # noqa: E402
 from lsb_mm.trainer import TrainConfig, Trainer  # noqa: E402
 
 HEADS = ["none", "slr", "llr", "clr"]
@@ -82,14 +80,14 @@ def ddp_rates(data: str, tmp: str, steps: int):
     return out
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_results")
     ap.add_argument("--steps", type=int, default=6, help="steps per timed round (MiniLM: half)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds, order rotated each round")
     ap.add_argument("--skip-minilm", action="store_true")
     ap.add_argument("--skip-ddp", action="store_true")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     rows, ddp = [], []
     with tempfile.TemporaryDirectory() as tmp:
         data = write_pairs(os.path.join(tmp, "pairs.jsonl"), 400)
@@ -101,10 +99,7 @@ def main() -> int:
                                args.rounds, tmp, label="all-MiniLM-L6-v2")
         if not args.skip_ddp:
             ddp = ddp_rates(data, tmp, 12)
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "train.json"), "w") as f:
-        json.dump({"machine": machine, "steps": args.steps, "rounds": args.rounds, "heads": rows, "ddp": ddp}, f, indent=2)
+    machine = machine_info()
     lines = [f"Train step throughput on CPU ({machine['cores']} cores, torch {machine['torch']}), --train all, "
              f"median of {args.rounds} rotated rounds of {args.steps} steps ({max(2, args.steps // 2)} for MiniLM).", "",
              "| model | head | batch | samples/s | vs none |", "|---|---|---:|---:|---:|"]
@@ -113,9 +108,7 @@ def main() -> int:
         lines += ["", "Processes (gloo, tiny model, llr head, cross-device negatives, global batch 32):", "",
                   "| processes | batch/process | samples/s | loss at step 1 |", "|---:|---:|---:|---:|"]
         lines += [f"| {r['processes']} | {r['batch_per_process']} | {r['samples_per_s']} | {r['loss_step1']} |" for r in ddp]
-    with open(os.path.join(args.out, "train.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_benchmark(args.out, "train", {"steps": args.steps, "rounds": args.rounds, "heads": rows, "ddp": ddp}, lines)
     return 0
 
 

