@@ -246,9 +246,13 @@ class Trainer:
             elif name.startswith("image_head."):
                 use = "image" in kinds
             else:
-                tower = self.model.backbone.tower_of(name[len("backbone."):])
-                locked = (tower == "text" and cfg.lock_text) or (tower == "image" and cfg.lock_image)
-                use = cfg.train == "all" and tower in kinds and not locked
+                inner = name[len("backbone."):]
+                tower = self.model.backbone.tower_of(inner)
+                if inner.startswith(self.model.backbone.adapter_prefixes()):
+                    use = tower in kinds  # new projections train like heads (LiT: towers locked)
+                else:
+                    locked = (tower == "text" and cfg.lock_text) or (tower == "image" and cfg.lock_image)
+                    use = cfg.train == "all" and tower in kinds and not locked
             p.requires_grad_(use)
             if use:
                 chosen.append(p)
@@ -396,9 +400,16 @@ class Trainer:
 
     # -- pieces of the loop ------------------------------------------------------------------------
     def _train_mode(self) -> None:
-        """Heads train; the backbone runs in train mode (dropout) only when some of it trains."""
-        self.model.train()
-        self.model.backbone.train(any(p.requires_grad for p in self.model.backbone.parameters()))
+        """Train mode (dropout) only for modules with something to train; frozen towers stay in eval."""
+        def visit(module: torch.nn.Module) -> None:
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+                return
+            module.training = True
+            for child in module.children():
+                visit(child)
+
+        visit(self.model)
 
     def _bar(self):
         from tqdm.auto import tqdm

@@ -93,6 +93,10 @@ class Backbone(nn.Module):
             return "image"
         raise NotImplementedError(f"{type(self).__name__} must say which tower owns {name}")
 
+    def adapter_prefixes(self) -> tuple:
+        """Parameter-name prefixes of new layers (e.g. projections) that train like heads."""
+        return ()
+
     # -- persistence -------------------------------------------------------------------
     def spec(self) -> Dict[str, Any]:
         raise NotImplementedError
