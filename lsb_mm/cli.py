@@ -149,6 +149,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--csv-caption-key", default=d.csv_caption_key, help="caption column of CSV/TSV data (default: %(default)s)")
     g.add_argument("--skip-bad", action="store_true", help="skip bad rows and list them in OUTPUT/skipped.jsonl instead of stopping")
     g.add_argument("--workers", type=int, default=d.workers, help="data loading worker processes (default: %(default)s)")
+    g.add_argument("--feature-cache-gb", type=float, default=d.feature_cache_gb,
+                   help="memory for the features of a locked image tower, computed once per image and reused "
+                        "every epoch (0 = off; default: %(default)s)")
     g = p.add_argument_group("objective")
     g.add_argument("--train-group-size", type=int, default=d.train_group_size,
                    help="passages per query: 1 positive + N-1 hard negatives (default: %(default)s)")

@@ -27,6 +27,7 @@ import torch
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
 from .datasets.training_data import TrainData, item_kinds, load_train_data
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, init_distributed
+from .encoders.feature_cache import ImageFeatureCache, image_tower_frozen
 from .errors import InputError
 from .images import load_image
 from .losses import info_nce
@@ -89,6 +90,7 @@ class TrainConfig:
     vocab_size: int = 1024
     fit_codebook: int = -1
     pooling: Optional[str] = None
+    feature_cache_gb: float = 4.0
     show_progress: bool = True
 
     def check(self) -> None:
@@ -105,6 +107,7 @@ class TrainConfig:
             (self.precision in ("auto", "fp32", "bf16", "fp16"), "precision must be auto, fp32, bf16 or fp16"),
             (not self.symmetric or self.modality == "cross", "symmetric applies to --modality cross"),
             (self.mine_top_k >= 1, "mine_top_k must be >= 1"),
+            (self.feature_cache_gb >= 0, "feature_cache_gb must be >= 0 (0 = off)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -138,11 +141,18 @@ class _MicroBatches(torch.utils.data.Dataset):
 
 
 class Trainer:
-    """Contrastive training of an lsb-mm model; see the module docstring."""
+    """Contrastive training of an lsb-mm model; see the module docstring.
 
-    def __init__(self, config: TrainConfig):
+    With a locked image tower (``--train heads``, ``--lock-image``, or a dual encoder's towers) its
+    features are computed once per distinct image and served from an
+    :class:`~lsb_mm.encoders.ImageFeatureCache` (``feature_cache_gb``, 0 = off); pass
+    ``feature_cache`` to share one cache between runs over the same tower.
+    """
+
+    def __init__(self, config: TrainConfig, feature_cache: Optional[ImageFeatureCache] = None):
         config.check()
         self.cfg = cfg = config
+        self.feature_cache = feature_cache
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = torch.device(self._device_name())
         self.qkind, self.pkind = item_kinds(cfg.modality)
@@ -334,6 +344,19 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------------
     def train(self) -> str:
         """Run to ``total_steps``; returns the final model folder (``<output>/final``)."""
+        with self._image_cache():
+            return self._train()
+
+    def _image_cache(self):
+        """Serve a locked image tower's features from the cache for the whole run, else nothing."""
+        if "image" not in (self.qkind, self.pkind) or not image_tower_frozen(self.model) or \
+                (self.feature_cache is None and self.cfg.feature_cache_gb <= 0):
+            return contextlib.nullcontext()
+        if self.feature_cache is None:
+            self.feature_cache = ImageFeatureCache(self.cfg.feature_cache_gb)
+        return self.feature_cache.attach(self.model)
+
+    def _train(self) -> str:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         os.makedirs(cfg.output, exist_ok=True)
@@ -572,7 +595,7 @@ def retrieval_metrics(data: TrainData, encode_query, encode_passage, ks: Sequenc
     return out
 
 
-def train(config: TrainConfig | Dict[str, Any]) -> str:
+def train(config: TrainConfig | Dict[str, Any], feature_cache: Optional[ImageFeatureCache] = None) -> str:
     """Train from a :class:`TrainConfig` (or a dict of its fields); returns the final model folder."""
     if isinstance(config, dict):
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -580,4 +603,4 @@ def train(config: TrainConfig | Dict[str, Any]) -> str:
         if unknown:
             raise InputError(f"unknown training settings {unknown}")
         config = TrainConfig(**config)
-    return Trainer(config).train()
+    return Trainer(config, feature_cache).train()

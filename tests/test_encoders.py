@@ -203,3 +203,16 @@ def test_hf_vit_patch_tokens(tiny_hf_vit_dir, rgb_images):
     assert s.ids.shape == (len(rgb_images), 16) and s.hidden.shape[1] == 16
     with pytest.raises(lsb_mm.ModelLoadError, match="pooling"):
         lsb_mm.create_model(f"hf:{tiny_hf_vit_dir}", pooling="max")
+
+
+def test_timm_cnn_img_size_changes_only_the_preprocessing(rgb_images, tmp_path):
+    m = lsb_mm.create_model("timm:resnet18", head="slr", vocab_size=16, img_size=64)
+    assert m.image_transform(rgb_images[0]).shape == (3, 64, 64)
+    assert m.image_stream(torch.stack([m.image_transform(im) for im in rgb_images])).ids.shape == (5, 4)  # 2x2 cells
+    assert "img_size" not in m.backbone.kwargs and m.backbone.channels_last
+    m.save_pretrained(tmp_path / "m")
+    again = lsb_mm.load_model(tmp_path / "m")
+    assert again.image_transform(rgb_images[0]).shape == (3, 64, 64)
+    np.testing.assert_array_equal(again.encode_image(rgb_images), m.encode_image(rgb_images))
+    with pytest.raises(lsb_mm.ModelLoadError, match="img_size must be an integer"):
+        lsb_mm.create_model("timm:resnet18", img_size="big")

@@ -93,6 +93,11 @@ class Backbone(nn.Module):
             return "image"
         raise NotImplementedError(f"{type(self).__name__} must say which tower owns {name}")
 
+    def image_tower(self) -> "Backbone":
+        """The module whose ``image_features`` are the frozen part of the image side (a feature
+        cache wraps it); a composite backbone returns its inner image tower."""
+        return self
+
     def adapter_prefixes(self) -> tuple:
         """Parameter-name prefixes of new layers (e.g. projections) that train like heads."""
         return ()

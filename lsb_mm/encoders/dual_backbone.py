@@ -87,6 +87,9 @@ class DualBackbone(Backbone):
     def adapter_prefixes(self) -> tuple:
         return ("text_proj.", "image_proj.")
 
+    def image_tower(self) -> Backbone:
+        return self.image
+
     # -- text --------------------------------------------------------------------------
     def tokenize(self, texts: List[str]) -> Dict[str, torch.Tensor]:
         return self.text.tokenize(texts)
