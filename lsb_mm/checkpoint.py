@@ -134,6 +134,12 @@ def latest_checkpoint(output: str) -> Optional[str]:
     return found[-1][1] if found else None
 
 
+def remove_checkpoints(output: str) -> None:
+    """Delete every checkpoint under ``output`` (a finished run's ``final`` model folder stays)."""
+    for _, path in _checkpoints(output):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def prune_checkpoints(output: str, keep: int) -> None:
     """Delete all but the ``keep`` newest complete checkpoints (``keep <= 0`` keeps all)."""
     if keep > 0:

@@ -47,6 +47,23 @@ def _read_texts(path: str) -> List[str]:
     return texts
 
 
+def _model_option(text: str):
+    """``KEY=VALUE`` -> (key, value); the value is read as JSON when it parses (numbers, objects), else kept as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _add_model_option(p) -> None:
+    p.add_argument("--model-option", dest="model_options", type=_model_option, action="append", default=None, metavar="KEY=VALUE",
+                   help="an option of a new model, repeatable; VALUE is JSON or text, e.g. embed_dim=256, img_size=160, "
+                        "image_options='{\"weights\": \"lite0.pth\"}' (see lsb_mm.create_model)")
+
+
 def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     p.add_argument("--model", required=True, action="append" if multiple else "store",
                    help="a saved lsb-mm folder, or an encoder name: open_clip:<config>, open_clip:local-dir:/path, "
@@ -55,6 +72,7 @@ def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
                    help="head for a new model built from an encoder name (ignored for saved folders; default: clr)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file")
     p.add_argument("--pooling", default=None, choices=["auto", "cls", "mean", "max"], help="pooling of hf: text encoders")
+    _add_model_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
@@ -66,7 +84,7 @@ def _load(args):
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    opts = {}
+    opts = dict(args.model_options or [])
     if args.pooling:
         opts["pooling"] = args.pooling
     return create_model(args.model, head=args.head, pretrained=args.pretrained, device=device, **opts)
@@ -134,6 +152,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True, help="encoder name (open_clip:..., timm:..., hf:...) or a saved lsb-mm folder")
     g.add_argument("--head", default=d.head, choices=["clr", "slr", "llr", "none"], help="head of a new model (default: %(default)s)")
     g.add_argument("--pooling", default=None, choices=["auto", "cls", "mean", "max"], help="pooling of hf: encoders")
+    _add_model_option(g)
     g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words of a new image tower (default: %(default)s)")
     g.add_argument("--fit-codebook", type=int, default=d.fit_codebook,
                    help="fit visual words on N training images before training an image head on an unfitted "
@@ -210,6 +229,7 @@ def cmd_train(args) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["show_progress"] = not args.quiet
+    values["model_options"] = dict(args.model_options or [])
     final = train(TrainConfig(**values))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"final": final, "log": os.path.join(args.output, "train_log.jsonl")}))
@@ -334,6 +354,14 @@ def cmd_build_tasks(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.output, head=args.head, epochs_cross=args.epochs_cross, epochs_image=args.epochs_image,
+             max_steps=args.max_steps, limit=args.limit, stamps_root=args.stamps, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lsb-mm", description="LexSemBridge retrieval for text and images: token-aware SLR/LLR/CLR heads "
@@ -433,6 +461,24 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seed", type=int, default=0)
     bt.add_argument("--output", required=True, help="folder that receives one sub-folder per task")
     bt.set_defaults(func=cmd_build_tasks)
+
+    de = sub.add_parser("demo", help="the whole method on real data, offline, in minutes: train, index, evaluate, gallery",
+                        description="Build the MiniLM + EfficientNet-Lite0 dual encoder from packaged weights, train "
+                                    "a baseline and a LexSemBridge head (towers locked) on Tux Paint stamps, index and "
+                                    "evaluate held-out stamps (caption->image, 30% crop->image, class), print the table "
+                                    "and write an HTML gallery. Needs the Debian package tuxpaint-stamps-default.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example:\n  lsb-mm demo                      # ~5 minutes on 2 CPU cores\n"
+                               "  lsb-mm demo --head llr --output runs/demo-llr")
+    de.add_argument("--output", default="runs/demo", help="folder for results, indexes, gallery.html (replaced; default: %(default)s)")
+    de.add_argument("--head", default="slr", choices=["slr", "llr", "clr"], help="the LexSemBridge head (default: %(default)s)")
+    de.add_argument("--epochs-cross", type=int, default=8, help="epochs of text->image training (default: %(default)s)")
+    de.add_argument("--epochs-image", type=int, default=4, help="epochs of image->image training (default: %(default)s)")
+    de.add_argument("--max-steps", type=int, default=0, help="cap on steps per training (0: the epochs)")
+    de.add_argument("--limit", type=int, default=0, help="use the first N stamps only (a quick look; 0: all)")
+    de.add_argument("--stamps", default=None, help="a Tux Paint stamps folder (default: the Debian package's)")
+    de.add_argument("--seed", type=int, default=0)
+    de.set_defaults(func=cmd_demo)
     return parser
 
 

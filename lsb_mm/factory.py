@@ -61,7 +61,10 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
         opts["pretrained"] = pretrained
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        backbone = BACKBONES[family].create(ident, **opts)
+        try:
+            backbone = BACKBONES[family].create(ident, **opts)
+        except TypeError as exc:  # an option this family does not take
+            raise ModelLoadError(f"{name}: bad options {sorted(opts)}: {exc}") from exc
         model = LSBModel(backbone, head=head, text_head=text_head, image_head=image_head, vocab_size=vocab_size,
                          fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed)
     model.name = name

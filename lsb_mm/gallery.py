@@ -15,7 +15,7 @@ STYLE = """body{font-family:system-ui,sans-serif;margin:16px;background:#fafafa;
 h1{font-size:20px} .query{margin:18px 0 6px;font-weight:600} .row{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px;width:150px;font-size:12px}
 .card img{width:150px;height:150px;object-fit:contain;background:#eee;image-rendering:pixelated}
-.q{border-color:#36c} .rank{font-weight:700} .score{color:#666} .name{color:#888;word-break:break-all}"""
+.q{border-color:#36c} .rel{border:2px solid #2a2;background:#f3fbf3} .rank{font-weight:700} .score{color:#666} .name{color:#888;word-break:break-all}"""
 
 
 def thumbnail_data_uri(path: str, size: int = 150) -> str:
@@ -33,13 +33,15 @@ def _card(img_path: Optional[str], lines: Sequence[str], cls: str = "card") -> s
 
 
 def write_gallery(path: str, title: str, results: List[Dict]) -> str:
-    """``results``: one dict per query ``{"query": str, "query_image": path or None, "hits": [{rank, score, id,
-    path?, caption?, text?}]}``. Writes one HTML file; returns its path."""
+    """``results``: one dict per query ``{"query": str, "query_image": path or None, "note": str?, "hits": [{rank,
+    score, id, path?, caption?, text?, relevant?}]}``; relevant hits get a green frame. Writes one HTML file;
+    returns its path."""
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{STYLE}</style>"
              f"</head><body><h1>{esc(title)}</h1>"]
     for res in results:
-        parts.append(f'<div class="query">Query: {esc(str(res["query"]))}</div><div class="row">')
+        note = f' <span class="score">{esc(res["note"])}</span>' if res.get("note") else ""
+        parts.append(f'<div class="query">Query: {esc(str(res["query"]))}{note}</div><div class="row">')
         if res.get("query_image"):
             parts.append(_card(res["query_image"], ["<span class='rank'>query</span>"], "card q"))
         for h in res["hits"]:
@@ -47,7 +49,7 @@ def write_gallery(path: str, title: str, results: List[Dict]) -> str:
             if h.get("caption") or h.get("text"):
                 lines.append(esc(str(h.get("caption") or h.get("text"))[:160]))
             lines.append(f"<span class='name'>{esc(str(h['id']))}</span>")
-            parts.append(_card(h.get("path"), lines))
+            parts.append(_card(h.get("path"), lines, "card rel" if h.get("relevant") else "card"))
         parts.append("</div>")
     parts.append("</body></html>")
     tmp = path + ".tmp"

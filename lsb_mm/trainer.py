@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 FINAL_DIR = "final"
 LOG_NAME = "train_log.jsonl"
 # settings that must not change between a run and its resumption, or the result would differ
-RESUME_FIXED = ("model", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
+RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
                 "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
                 "mine_negatives", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay", "max_steps", "epochs")
 
@@ -90,6 +90,7 @@ class TrainConfig:
     vocab_size: int = 1024
     fit_codebook: int = -1
     pooling: Optional[str] = None
+    model_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     feature_cache_gb: float = 4.0
     show_progress: bool = True
 
@@ -223,7 +224,7 @@ class Trainer:
         if self.resume_from:
             model = load_model(os.path.join(self.resume_from, "model"))
         else:
-            opts = {"pooling": cfg.pooling} if cfg.pooling else {}
+            opts = {**cfg.model_options, **({"pooling": cfg.pooling} if cfg.pooling else {})}
             model = create_model(cfg.model, head=cfg.head, vocab_size=cfg.vocab_size, seed=cfg.seed, **opts)
             if cfg.fusion_q is not None:
                 model.fusion["query"] = cfg.fusion_q

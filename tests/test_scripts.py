@@ -51,3 +51,65 @@ def test_quickstart_small(manpages_present, minilm_path, capsys):
     assert load("quickstart").main(["--pages", "30"]) == 0
     out = capsys.readouterr().out
     assert "Recall@1" in out and "bit-exact: True" in out
+
+
+def _need_data(loader):
+    from lsb_mm.errors import InputError
+
+    try:
+        loader()
+    except InputError as exc:
+        need(False, str(exc))
+
+
+def _check_repro(path, rows, tasks):
+    res = json.load(open(path))
+    summary = res["summary"]
+    assert set(rows) <= set(summary), sorted(summary)
+    for row in rows:
+        assert set(summary[row]) == set(tasks)
+        assert all(0.0 <= m[0] <= 1.0 and m[2] >= 1 for t in summary[row].values() for m in t.values())
+    assert "machine" in res
+    return res
+
+
+def test_repro_text_small(tmp_path, manpages_present, minilm_path):
+    assert load("repro_text").main(["--pages", "40", "--seeds", "0", "--max-steps", "1", "--batch-size", "4",
+                                    "--heads", "none", "slr", "--pop", "16", "--work", str(tmp_path / "w"),
+                                    "--out", str(tmp_path)]) == 0
+    res = _check_repro(tmp_path / "repro_text.json", ["untuned", "BM25", "none", "slr", "slr (head off)"],
+                       ["query", "keyword", "pop-16"])
+    assert res["data"]["train_examples"] == res["data"]["train_pages"] > 0
+    kinds = {json.loads(line)["kind"] for line in open(tmp_path / "w" / "train.jsonl")}
+    assert kinds <= {"query", "keyword", "pop-16"} and len(kinds) >= 2
+    md = (tmp_path / "repro_text.md").read_text()
+    assert "| untuned |" in md and "Verdicts" in md
+
+
+def test_repro_cross_small(tmp_path, minilm_path):
+    from lsb_mm.datasets import load_tuxpaint
+
+    _need_data(load_tuxpaint)
+    assert load("repro_cross").main(["--limit", "50", "--seeds", "0", "--max-steps", "1", "--batch-size", "8", "--heads", "none", "llr",
+                                     "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
+    res = _check_repro(tmp_path / "repro_cross.json", ["untrained", "none", "llr", "llr (head off)"],
+                       ["caption2image", "image2caption"])
+    assert res["data"]["feature_cache"]["hits"] > 0  # the locked image tower ran once per image
+    assert "R@1" in (tmp_path / "repro_cross.md").read_text()
+
+
+def test_repro_image_small(tmp_path, minilm_path):
+    from lsb_mm.datasets import load_fashion_mnist, load_tuxpaint
+
+    _need_data(load_tuxpaint)
+    _need_data(load_fashion_mnist)
+    assert load("repro_image").main(["--per-class", "3", "--limit", "60", "--seeds", "0", "--max-steps", "1", "--batch-size", "8",
+                                     "--heads", "none", "slr", "--snippets", "30", "--work", str(tmp_path / "w"),
+                                     "--out", str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "repro_image.json"))
+    for name, size in (("fashion-mnist", 112), ("tuxpaint", 160)):
+        ds = res["datasets"][name]
+        assert ds["img_size"] == size
+        assert set(ds["summary"]) >= {"EfficientNet-Lite0 (untuned)", "none", "slr", "slr (head off)"}
+        assert set(ds["summary"]["none"]) == {"class", "snippet-30-random"}
+    assert "## fashion-mnist" in (tmp_path / "repro_image.md").read_text()

@@ -25,7 +25,8 @@ from ..errors import InputError
 from ..images import list_image_files, load_image
 from ..jsonl import iter_jsonl
 
-__all__ = ["write_task", "read_task", "text_tasks", "image_tasks", "cross_tasks", "read_beir_pairs", "Task"]
+__all__ = ["write_task", "read_task", "text_tasks", "image_tasks", "cross_tasks", "read_beir_pairs", "Task",
+           "image_pair_training_data"]
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9_\-]+")
 STOP = set("""a an and are as at be by for from has have in is it its of on or that the this to was were will with
@@ -259,6 +260,31 @@ def image_tasks(folder: str, out_dir: str, kinds: Sequence[str] = ("class", "sni
         else:
             raise InputError(f"unknown image task {kind!r}; expected class or snippet-P")
     return made
+
+
+def image_pair_training_data(folder: str, out_file: str, percents: Sequence[int] = (10, 30, 50, 80), seed: int = 0) -> int:
+    """Image-to-image training data (JSONL) from a labelled folder: for each image, a crop keeping a
+    random one of ``percents``% of each side at a random position -> the image, and the image -> the
+    other images of its class (when it has any). Crops go to ``<out_file's folder>/train_crops``.
+    Returns the number of examples."""
+    by_class = _labelled(folder)
+    rs = np.random.default_rng(seed)
+    crops = os.path.join(os.path.dirname(os.path.abspath(out_file)), "train_crops")
+    os.makedirs(crops, exist_ok=True)
+    n = 0
+    with open(out_file, "w", encoding="utf-8") as f:
+        for images in by_class.values():
+            images = [os.path.abspath(p) for p in images]
+            for i, path in enumerate(images):
+                img = load_image(path)
+                crop = os.path.join(crops, f"{n:06d}.png")
+                img.crop(crop_box(img.width, img.height, int(rs.choice(percents)), "random", rs)).save(crop)
+                f.write(json.dumps({"query": crop, "pos": [path]}) + "\n")
+                n += 1
+                if len(images) > 1:
+                    f.write(json.dumps({"query": path, "pos": images[:i] + images[i + 1:]}) + "\n")
+                    n += 1
+    return n
 
 
 # -- cross-modal -------------------------------------------------------------------------------

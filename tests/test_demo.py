@@ -1,0 +1,36 @@
+"""`lsb-mm demo` on a slice of the real Tux Paint stamps, and its message when the data is missing."""
+import json
+
+import lsb_mm
+from conftest import need
+from test_search_cli import cli
+
+
+def test_demo_small(tmp_path, minilm_path):
+    from lsb_mm.datasets import load_tuxpaint
+    from lsb_mm.demo import run_demo
+
+    try:
+        load_tuxpaint()
+    except lsb_mm.InputError as exc:
+        need(False, str(exc))
+    out = tmp_path / "demo"
+    res = run_demo(str(out), head="llr", limit=70, max_steps=1, gallery_queries=2)
+    saved = json.load(open(out / "results.json"))
+    assert saved["results"] == json.loads(json.dumps(res["results"]))
+    assert set(res["results"]) == {"baseline (none)", "LexSemBridge (llr)"}
+    for row in res["results"].values():
+        assert set(row) == {"caption2image", "snippet-30-random", "class"}
+        assert all(0 <= v <= 1 for t in row.values() for v in t["metrics"].values())
+    assert res["feature_cache"]["hits"] > 0
+    page = (out / "gallery.html").read_text()
+    assert page.count('<div class="query">') == 8  # 2 queries x (text->image, image->image) x (baseline, head)
+    assert 'class="card rel"' in page and ".rel{" in page
+    assert "Δ" in (out / "results.md").read_text()
+    for name in ("index-none", "index-llr"):
+        assert len(lsb_mm.Index.load(str(out / name))) == res["test"]
+
+
+def test_demo_without_the_data_says_what_to_install(tmp_path):
+    r = cli("demo", "--output", str(tmp_path / "d"), "--stamps", str(tmp_path / "nowhere"), check=False)
+    assert r.returncode == 2 and "apt-get install tuxpaint-stamps-default" in r.stderr and "Traceback" not in r.stderr
