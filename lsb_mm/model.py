@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .encoders import Backbone, VisualWords, image_stream, text_stream
 from .errors import InputError
 from .heads import build_head
-from .images import ImageInput, check_sequence, load_image
+from .images import ImageInput, check_sequence, load_image, on_one_thread
 from .stream import TokenStream
 
 __all__ = ["LSBModel", "ROLES"]
@@ -168,7 +168,8 @@ class LSBModel(nn.Module):
 
     def _pixel_batches(self, images: Sequence[ImageInput], batch_size: int, num_workers: int = 0) -> Iterable[torch.Tensor]:
         ds = _ImageDataset(images, self.image_transform)
-        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        return loader if num_workers else on_one_thread(loader)  # workers already run on one thread
 
     # -- visual words ----------------------------------------------------------------------
     def fit_codebook(self, images: Sequence[ImageInput], vocab_size: Optional[int] = None, batch_size: int = 64,

@@ -29,7 +29,7 @@ from .datasets.training_data import TrainData, item_kinds, load_train_data
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, init_distributed
 from .encoders.feature_cache import ImageFeatureCache, image_tower_frozen
 from .errors import InputError
-from .images import load_image
+from .images import load_image, one_thread
 from .losses import info_nce
 
 __all__ = ["TrainConfig", "Trainer", "train", "FINAL_DIR"]
@@ -285,7 +285,8 @@ class Trainer:
     def _load(self, items: Sequence[str], kind: str):
         if kind == "text":
             return list(items)
-        return torch.stack([self.transform(load_image(p)) for p in items])
+        with one_thread():  # preprocessing on one thread, as in a DataLoader worker (see one_thread)
+            return torch.stack([self.transform(load_image(p)) for p in items])
 
     def micro_batch(self, epoch: int, mb: int, perm: Optional[np.ndarray] = None) -> Dict[str, Any]:
         """This rank's slice of global micro-batch ``mb`` of ``epoch``."""

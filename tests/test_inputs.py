@@ -120,3 +120,23 @@ def test_cli_errors_exit_2_without_traceback(tmp_path):
     assert r.returncode == 0 and "encode" in r.stdout
     r = run_cli("encode", "--help")
     assert r.returncode == 0 and "--role" in r.stdout and "examples" in r.stdout
+
+
+def test_image_preprocessing_runs_on_one_thread_and_the_count_is_restored(model, rgb_images):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen, transform = [], model.image_transform
+
+    def recording(img):
+        seen.append(torch.get_num_threads())
+        return transform(img)
+
+    model._image_transform = recording
+    try:
+        model.encode_image(rgb_images, batch_size=2)
+        assert seen == [1] * len(rgb_images) and torch.get_num_threads() == 2
+    finally:
+        model._image_transform = None
+        torch.set_num_threads(before)
