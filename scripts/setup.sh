@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Set up lsb-mm on a fresh machine: the Debian data the tests and demos read (when apt is
-# available) and the Python package with its test extras. Safe to run again.
+# Set up lsb-mm on a fresh machine: the Debian data the tests, demo and reproductions read (man
+# pages, Tux Paint stamps, Fashion-MNIST; when apt is available) and the Python package with its
+# test extras. Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS="manpages manpages-dev"
+DEBS="manpages manpages-dev tuxpaint-stamps-default dataset-fashion-mnist"
 missing=""
 for p in $DEBS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q $missing >/dev/null; }
+    apt-get install -y -q --no-install-recommends $missing >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $missing >/dev/null; }
   elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    sudo apt-get install -y -q $missing
+    sudo apt-get install -y -q --no-install-recommends $missing
   else
-    echo "note: install the Debian packages$missing for the man-page data (tests that need it will say so)" >&2
+    echo "note: install the Debian packages$missing for the real data (man pages, Tux Paint stamps, Fashion-MNIST);" \
+         "lsb-mm demo and the tests that need them say so" >&2
   fi
 fi
 
