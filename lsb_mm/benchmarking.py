@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
-__all__ = ["machine_info", "write_benchmark"]
+__all__ = ["machine_info", "render_saved", "write_benchmark"]
 
 
 def machine_info() -> Dict[str, Any]:
@@ -25,10 +25,21 @@ def machine_info() -> Dict[str, Any]:
 
 
 def write_benchmark(out_dir: str, name: str, payload: Dict[str, Any], lines: List[str]) -> None:
-    """``out_dir/name.json`` (payload + machine) and ``out_dir/name.md`` (lines); prints the table."""
+    """``out_dir/name.json`` (machine + payload; a payload's own ``machine`` wins) and ``out_dir/name.md``
+    (lines), each written atomically; prints the table."""
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
-        json.dump({"machine": machine_info(), **payload}, f, indent=2)
-    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    for ext, text in (("json", json.dumps({"machine": machine_info(), **payload}, indent=2)), ("md", "\n".join(lines) + "\n")):
+        path = os.path.join(out_dir, f"{name}.{ext}")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
     print("\n".join(lines))
+
+
+def render_saved(path: str, render: Callable[[Dict[str, Any]], List[str]]) -> int:
+    """Re-write the markdown of a saved result JSON (``--render``): tables and verdicts from its numbers."""
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    out_dir, name = os.path.split(os.path.splitext(path)[0])
+    write_benchmark(out_dir or ".", name, payload, render(payload))
+    return 0

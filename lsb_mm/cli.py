@@ -52,6 +52,10 @@ def _model_option(text: str):
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    from .factory import reserved_options
+
+    if key in reserved_options():
+        raise argparse.ArgumentTypeError(f"{key!r} is not a backbone option: it has its own flag or setting (--{key.replace('_', '-')})")
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:

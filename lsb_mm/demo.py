@@ -48,6 +48,28 @@ def _check_data():
                          "Without apt, copy a Tux Paint stamps folder and pass --stamps <folder>.") from exc
 
 
+MARKER = ".lsb-mm-demo"
+
+
+def _check_output(output: str) -> None:
+    """The demo replaces its output folder: refuse a file, or a non-empty folder no earlier demo wrote."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise InputError(f"--output {output!r} is a file; give a folder for the demo's results")
+    if os.path.isdir(output) and os.listdir(output) and not os.path.exists(os.path.join(output, MARKER)):
+        raise InputError(f"--output {output!r} is a non-empty folder that no earlier demo wrote; the demo replaces "
+                         "its output folder, so give a new or empty folder (or an earlier demo's)")
+
+
+def _fresh_output(output: str) -> None:
+    """Empty ``output`` for a new run (deleting only an earlier demo's folder) and mark it as the demo's."""
+    _check_output(output)
+    if os.path.isdir(output):
+        shutil.rmtree(output)
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, MARKER), "w", encoding="utf-8") as f:
+        f.write("written by lsb-mm demo; the next demo run with this --output replaces this folder\n")
+
+
 def _table(results: Dict[str, dict], rows: List[str]) -> List[str]:
     cols = [(t, m) for t, ms in TASK_METRICS.items() for m in ms]
     head = "| model | " + " | ".join(f"{t} {m.replace('recall', 'R').replace('ndcg', 'NDCG')}" for t, m in cols) + " |"
@@ -92,12 +114,12 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
 
     if head == "none":
         raise InputError("--head must be a LexSemBridge head (slr, llr or clr); the baseline 'none' always runs")
+    _check_output(output)
     t0 = time.perf_counter()
     data = load_tuxpaint(stamps_root) if stamps_root else _check_data()
     stamps = data.stamps[: limit or None]
     train_set, test_set = stratified_split(stamps, lambda s: s.category, 0.4, seed=0)
-    if os.path.isdir(output):
-        shutil.rmtree(output)
+    _fresh_output(output)
     work = os.path.join(output, "work")
     os.makedirs(work)
     _say(f"[1/5] data: {len(stamps)} Tux Paint stamps ({len(data.skipped)} without a caption left out), "

@@ -52,6 +52,8 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if isinstance(name, str) and os.path.isfile(os.path.join(name, CONFIG_NAME)):
+        if backbone_options:
+            raise ModelLoadError(f"{name} is a saved model: its backbone is fixed, options {sorted(backbone_options)} do not apply")
         return load_model(name, device=device)
     family, ident = parse_model_name(name)
     opts = dict(backbone_options)
@@ -97,3 +99,10 @@ def add_model_config(path: str) -> None:
     if not os.path.exists(path):
         raise ModelLoadError(f"model config path {path} does not exist")
     open_clip.add_model_config(path)
+
+
+def reserved_options() -> set:
+    """``create_model``'s own arguments: not backbone options (``--model-option``, ``TrainConfig.model_options``)."""
+    import inspect
+
+    return {n for n, p in inspect.signature(create_model).parameters.items() if p.kind is not p.VAR_KEYWORD}

@@ -92,18 +92,40 @@ def summarize(rows: Dict[str, List[Dict[str, object]]]) -> Summary:
     return out
 
 
-def compare(summary: Summary, row: str, baseline: str, task: str, metric: str) -> Tuple[float, str]:
-    """``(difference of means, verdict)``: ``better`` / ``worse`` when the difference exceeds the pooled
-    std of the two rows (and is not 0), ``same`` when it does not, ``one run`` when neither row has
-    two seeds (no spread to judge by)."""
+ALPHA = 0.05  # significance level of the verdicts
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of Welch's t-test on two ``(mean, std, n)`` rows. A row of one run counts as
+    exact (a deterministic reference such as the untuned model or BM25): a one-sample test against it."""
+    from scipy import stats
+
+    diff = a[0] - b[0]
+    va, vb = (r[1] ** 2 / r[2] if r[2] > 1 else 0.0 for r in (a, b))
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return 1.0 if abs(diff) < 1e-12 else 0.0
+    terms = [v ** 2 / (r[2] - 1) for v, r in ((va, a), (vb, b)) if r[2] > 1]
+    df = (va + vb) ** 2 / sum(terms)
+    return float(2 * stats.t.sf(abs(diff) / se, df))
+
+
+def compare(summary: Summary, row: str, baseline: str, task: str, metric: str) -> Tuple[float, str, float]:
+    """``(difference of means, verdict, p)``: ``better`` / ``worse`` when Welch's t-test over the seeds
+    gives p < ``ALPHA``, ``same`` otherwise, ``one run`` when neither row has two seeds (p is nan)."""
     a, b = summary[row][task][metric], summary[baseline][task][metric]
     diff = a[0] - b[0]
     if a[2] < 2 and b[2] < 2:
-        return diff, "one run"
-    spread = math.sqrt((a[1] ** 2 + b[1] ** 2) / 2)
-    if abs(diff) > max(spread, 1e-9):
-        return diff, "better" if diff > 0 else "worse"
-    return diff, "same"
+        return diff, "one run", float("nan")
+    p = welch_p(a, b)
+    if p < ALPHA:
+        return diff, "better" if diff > 0 else "worse", p
+    return diff, "same", p
+
+
+def _cell(stat: Sequence[float]) -> str:
+    """``mean ± std`` over seeds; a single run shows its value alone (no spread to report)."""
+    return f"{stat[0]:.3f} ± {stat[1]:.3f}" if stat[2] > 1 else f"{stat[0]:.3f}"
 
 
 def _label(metric: str) -> str:
@@ -127,13 +149,13 @@ def results_table(summary: Summary, metrics: Sequence[str], baseline: str = "", 
             s = summary[r].get(t)
             if s is None:
                 continue
-            cells = [t, r, str(int(s[metrics[0]][2]))] + [f"{s[m][0]:.3f} ± {s[m][1]:.3f}" for m in metrics]
+            cells = [t, r, str(int(s[metrics[0]][2]))] + [_cell(s[m]) for m in metrics]
             if baseline:
                 if r == baseline or t not in summary.get(baseline, {}):
                     cells.append("")
                 else:
-                    diff, verdict = compare(summary, r, baseline, t, delta_metric)
-                    cells.append(f"{diff:+.3f} ({verdict})")
+                    diff, verdict, p = compare(summary, r, baseline, t, delta_metric)
+                    cells.append(f"{diff:+.3f} ({verdict}{'' if math.isnan(p) else f', p={p:.2g}'})")
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -144,7 +166,7 @@ def compact_table(summary: Summary, metric: str, order: Sequence[str] = ()) -> L
     tasks = list(dict.fromkeys(t for r in rows for t in summary[r]))
     lines = [f"| {_label(metric)} | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for r in rows:
-        cells = [f"{summary[r][t][metric][0]:.3f} ± {summary[r][t][metric][1]:.3f}" if t in summary[r] else "-" for t in tasks]
+        cells = [_cell(summary[r][t][metric]) if t in summary[r] else "-" for t in tasks]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return lines
 
@@ -156,13 +178,13 @@ def verdicts(summary: Summary, heads: Sequence[str], baseline: str, metric: str)
         tasks = [t for t in summary[h] if t in summary[baseline]]
         by: Dict[str, List[str]] = {"better": [], "same": [], "worse": [], "one run": []}
         for t in tasks:
-            diff, v = compare(summary, h, baseline, t, metric)
-            by[v].append(f"{t} ({diff:+.3f})")
+            diff, v, p = compare(summary, h, baseline, t, metric)
+            by[v].append(f"{t} ({diff:+.3f}{'' if math.isnan(p) else f', p={p:.2g}'})")
         parts = []
         if by["better"]:
             parts.append("beats the baseline on " + ", ".join(by["better"]))
         if by["same"]:
-            parts.append("does not beat it (difference within the seeds' spread) on " + ", ".join(by["same"]))
+            parts.append(f"does not beat it (no significant difference, Welch's t-test p ≥ {ALPHA}) on " + ", ".join(by["same"]))
         if by["worse"]:
             parts.append("is worse on " + ", ".join(by["worse"]))
         if by["one run"]:

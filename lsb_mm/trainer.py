@@ -218,12 +218,16 @@ class Trainer:
         return folder
 
     def _build_model(self):
-        from .factory import create_model, load_model
+        from .factory import create_model, load_model, reserved_options
 
         cfg = self.cfg
         if self.resume_from:
             model = load_model(os.path.join(self.resume_from, "model"))
         else:
+            clash = sorted(set(cfg.model_options) & reserved_options())
+            if clash:
+                raise InputError(f"model_options {clash} are not backbone options: set them as train settings "
+                                 f"(e.g. --{clash[0].replace('_', '-')}), not through --model-option")
             opts = {**cfg.model_options, **({"pooling": cfg.pooling} if cfg.pooling else {})}
             model = create_model(cfg.model, head=cfg.head, vocab_size=cfg.vocab_size, seed=cfg.seed, **opts)
             if cfg.fusion_q is not None:
@@ -425,9 +429,11 @@ class Trainer:
 
     # -- pieces of the loop ------------------------------------------------------------------------
     def _train_mode(self) -> None:
-        """Train mode (dropout) only for modules with something to train; frozen towers stay in eval."""
+        """Train mode (dropout) for every module with something to train and for the parameter-free
+        modules (dropout) inside them; a module whose parameters are all frozen stays in eval."""
         def visit(module: torch.nn.Module) -> None:
-            if not any(p.requires_grad for p in module.parameters()):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
                 module.eval()
                 return
             module.training = True

@@ -11,7 +11,9 @@ Pairs (each side with its own library's code, fed the same inputs):
   through ``open_clip:<arch>`` + ``pretrained=<file>``) vs ``open_clip.create_model_and_transforms``,
   on NAME lines and on Tux Paint stamps (each side with its own preprocessing);
 - ``timm:tf_efficientnet_lite0`` with the real ImageNet weights vs the reference EfficientNet-Lite
-  implementation (``efficientnet-lite-pytorch``: pooled ``extract_features``), on Tux Paint stamps.
+  implementation (``efficientnet-lite-pytorch``: pooled ``extract_features``), on Tux Paint stamps; both
+  fed our preprocessed pixels (the reference package has no preprocessing of its own): this pair checks
+  the weight mapping and the network, not the preprocessing.
 
 Images are the stamps as RGB PIL images (alpha composited onto white by ``lsb_mm.images.load_image``).
 Reports min / mean cosine and max absolute difference per pair. Writes ``fidelity.json`` and ``fidelity.md``.

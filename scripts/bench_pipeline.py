@@ -10,7 +10,8 @@ transformed, held in memory as pixel batches (``model.embed(model.image_stream(p
 inference mode). Both give the same embeddings (checked). Interleaved repeats, median; the ratio
 end-to-end / forward-only below ~0.9 means loading is the bottleneck. A one-process profile splits
 the time per image into decoding, RGB conversion, each preprocessing step and the forward pass, with
-torch's threads as set (what ``num_workers=0`` does) and with 1 thread (what a DataLoader worker does).
+torch's threads as set and with 1 thread (what a DataLoader worker does, and what ``encode_image(num_workers=0)``
+does per batch since preprocessing runs on one thread).
 Writes ``pipeline.json`` and ``pipeline.md``.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
 
 def stage_ms(paths: Sequence[str], transform, threads: int) -> Dict[str, float]:
     """Milliseconds per image of each loading stage in this process with ``threads`` torch threads
-    (as ``encode_image(num_workers=0)`` runs it; DataLoader workers use 1): decode, RGB, each transform step."""
+    (``encode_image`` and DataLoader workers preprocess on 1): decode, RGB, each transform step."""
     from PIL import Image
 
     from lsb_mm.images import to_rgb
@@ -103,8 +104,8 @@ def main(argv=None) -> int:
              f"median of {args.repeats} interleaved runs; same embeddings (max diff {same:.1e}).", "",
              "| run | images/s | vs forward-only |", "|---|---:|---:|"]
     lines += [f"| {r['run']} | {r['images_per_s']} | {r['ratio_vs_forward']:.2f} |" for r in rows]
-    lines += ["", f"Where the time goes (one process, one pass, {threads} torch threads as in num_workers=0; "
-              "loading also with 1 thread, as in a DataLoader worker):", "",
+    lines += ["", f"Where the time goes (one process, one pass, {threads} torch threads; "
+              "loading also with 1 thread, as encode_image and DataLoader workers preprocess):", "",
               "| stage | ms / image | share | ms / image, 1 thread |", "|---|---:|---:|---:|"]
     lines += [f"| {p['stage']} | {p['ms_per_image']:.2f} | {100 * p['share']:.0f}% | "
               f"{'' if p['ms_per_image_1_thread'] is None else format(p['ms_per_image_1_thread'], '.2f')} |" for p in profile]

@@ -25,10 +25,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import machine_info, write_benchmark  # noqa: E402
+from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.pretrained import dual_encoder  # noqa: E402
-from lsb_mm.reproduce import compact_table, results_table, run_grid, stratified_split, summarize, verdicts  # noqa: E402
+from lsb_mm.reproduce import ALPHA, compact_table, results_table, run_grid, stratified_split, summarize, verdicts  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "recall@10", "ndcg@10", "mrr@10")
 
@@ -48,6 +48,7 @@ def add_lit_args(ap: argparse.ArgumentParser, epochs: int, batch_size: int, img_
     ap.add_argument("--head-lr", type=float, default=1e-3, help="learning rate of the heads (default: %(default)s)")
     ap.add_argument("--temperature", type=float, default=0.02)
     ap.add_argument("--out", default="results", help="where the JSON / markdown go")
+    ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved result JSON (no training)")
 
 
 def lit_config(args, modality: str, train_file: str, work: str, **extra):
@@ -64,9 +65,10 @@ def lit_config(args, modality: str, train_file: str, work: str, **extra):
     return config
 
 
-def machine_line(seconds: float) -> str:
-    m = machine_info()
-    return f"Machine: {m['cuda'] or m['cpu']} ({m['threads']} threads, torch {m['torch']}); total {seconds:.0f} s."
+def machine_line(payload: dict) -> str:
+    m, seconds = payload["machine"], payload.get("total_seconds")
+    return (f"Machine: {m['cuda'] or m['cpu']}, {m['cores']} cores ({m['threads']} torch thread(s), torch {m['torch']})"
+            + (f"; total {seconds:.0f} s." if seconds is not None else "."))
 
 
 def describe(args, what: str) -> list:
@@ -76,12 +78,33 @@ def describe(args, what: str) -> list:
             f"{args.vocab_size} visual words; seeds {args.seeds}; mean ± std over seeds.", ""]
 
 
+def head_tables(summary: dict, heads: list, order: list, metrics: tuple, metric: str) -> list:
+    """Compact table on ``metric``, the full table with each row's difference to ``none``, and the verdicts."""
+    lines = compact_table(summary, metric, order) + ["", "All metrics:", ""]
+    lines += results_table(summary, metrics, baseline="none" if "none" in heads else "", order=order, delta_metric=metric)
+    named = [h for h in heads if h != "none"]
+    if "none" in heads and named:
+        lines += ["", f"Verdicts (Welch's t-test over the seeds, p < {ALPHA}):", ""]
+        lines += verdicts(summary, named, "none", metric)
+    return lines
+
+
+def render(payload: dict) -> list:
+    args, info = argparse.Namespace(**payload["settings"]), payload["data"]
+    order = ["untrained"] + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
+    lines = [f"# Text -> image: Tux Paint captions -> stamps ({info['test']} held-out stamps, {info['train']} for training)", ""]
+    lines += [machine_line(payload)] + describe(args, "symmetric InfoNCE on captions")
+    return lines + head_tables(payload["summary"], list(args.heads), order, METRICS, "recall@10")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_lit_args(ap, epochs=15, batch_size=32, img_size=160)
     ap.add_argument("--limit", type=int, default=0, help="use the first N stamps (0: all)")
     ap.add_argument("--work", default="runs/repro_cross", help="tasks, training data and models")
     args = ap.parse_args(argv)
+    if args.render:
+        return render_saved(args.render, render)
     from lsb_mm.datasets import load_tuxpaint
     from lsb_mm.datasets.tasks import cross_tasks
 
@@ -102,20 +125,11 @@ def main(argv=None) -> int:
         rows = {"untrained": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)]}
     grid, runs = run_grid(config, args.heads, args.seeds, folders, feature_cache=cache, log=lambda line: print(line, flush=True))
     rows.update(grid)
-    summary = summarize(rows)
-    order = ["untrained"] + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
-    heads = [h for h in args.heads if h != "none"]
-    lines = [f"# Text -> image: Tux Paint captions -> stamps ({len(test)} held-out stamps, {len(train)} for training)", ""]
-    lines += [machine_line(time.perf_counter() - t_start)] + describe(args, "symmetric InfoNCE on captions")
-    lines += compact_table(summary, "recall@10", order) + ["", "All metrics:", ""]
-    lines += results_table(summary, METRICS, baseline="none" if "none" in args.heads else "", order=order, delta_metric="recall@10")
-    if "none" in args.heads and heads:
-        lines += ["", "Verdicts (a difference counts only beyond the pooled std of the seeds):", ""]
-        lines += verdicts(summary, heads, "none", "recall@10")
     info = {"stamps": len(stamps), "train": len(train), "test": len(test), "skipped": data.skipped,
             "categories": len({s.category for s in stamps}), "feature_cache": cache.stats()}
-    write_benchmark(args.out, "repro_cross", {"settings": vars(args), "data": info, "runs": runs, "summary": summary,
-                                              "results": rows}, lines)
+    payload = {"settings": vars(args), "data": info, "runs": runs, "summary": summarize(rows), "results": rows,
+               "machine": machine_info(), "total_seconds": round(time.perf_counter() - t_start, 1)}
+    write_benchmark(args.out, "repro_cross", payload, render(payload))
     return 0
 
 

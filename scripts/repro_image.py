@@ -28,13 +28,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import write_benchmark  # noqa: E402
+from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
-from lsb_mm.reproduce import compact_table, results_table, run_grid, stratified_split, summarize, verdicts  # noqa: E402
+from lsb_mm.reproduce import run_grid, stratified_split, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from repro_cross import add_lit_args, describe, lit_config, machine_line  # noqa: E402
+from repro_cross import add_lit_args, describe, head_tables, lit_config, machine_line  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10")
 IMG_SIZE = {"fashion-mnist": 112, "tuxpaint": 160}  # 28 px images x4; stamps: 5x5 cells
@@ -57,7 +57,7 @@ def prepare(name: str, args, work: str) -> tuple:
             {"stamps": len(stamps), "train": len(train), "test": len(test), "skipped": data.skipped})
 
 
-def run_dataset(name: str, args, cache: ImageFeatureCache) -> tuple:
+def run_dataset(name: str, args, cache: ImageFeatureCache) -> dict:
     from lsb_mm.datasets.tasks import image_pair_training_data, image_tasks
 
     work = os.path.join(args.work, name)
@@ -80,17 +80,19 @@ def run_dataset(name: str, args, cache: ImageFeatureCache) -> tuple:
     grid, runs = run_grid(lit_config(args, "image", train_file, work), args.heads, args.seeds, folders, feature_cache=cache,
                           log=lambda line: print(f"{name}: {line}", flush=True))
     rows.update(grid)
-    summary = summarize(rows)
-    order = ["EfficientNet-Lite0 (untuned)"] + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
-    heads = [h for h in args.heads if h != "none"]
-    lines = [f"## {name}: {info.get('test', 10 * args.per_class)} held-out images", ""]
-    lines += describe(args, f"{info['train_examples']} training pairs (crops and same-class images)")
-    lines += compact_table(summary, "ndcg@10", order) + ["", "All metrics:", ""]
-    lines += results_table(summary, METRICS, baseline="none" if "none" in args.heads else "", order=order)
-    if "none" in args.heads and heads:
-        lines += ["", "Verdicts (a difference counts only beyond the pooled std of the seeds):", ""]
-        lines += verdicts(summary, heads, "none", "ndcg@10")
-    return {"data": info, "img_size": args.img_size, "runs": runs, "summary": summary, "results": rows}, lines
+    return {"data": info, "img_size": args.img_size, "runs": runs, "summary": summarize(rows), "results": rows}
+
+
+def render(payload: dict) -> list:
+    lines = ["# Image -> image: class and snippet tasks", "", machine_line(payload) + " Snippet crops are at random positions.", ""]
+    for name, part in payload["datasets"].items():
+        args = argparse.Namespace(**{**payload["settings"], "img_size": part["img_size"]})
+        info = part["data"]
+        order = ["EfficientNet-Lite0 (untuned)"] + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
+        lines += [f"## {name}: {info.get('test', 10 * args.per_class)} held-out images", ""]
+        lines += describe(args, f"{info['train_examples']} training pairs (crops and same-class images)")
+        lines += head_tables(part["summary"], list(args.heads), order, METRICS, "ndcg@10") + [""]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -102,17 +104,16 @@ def main(argv=None) -> int:
     ap.add_argument("--snippets", type=int, nargs="+", default=[10, 30, 50, 80], help="crop percentages of the snippet tasks")
     ap.add_argument("--work", default="runs/repro_image", help="images, tasks, training data and models")
     args = ap.parse_args(argv)
+    if args.render:
+        return render_saved(args.render, render)
     args.img_size_arg = args.img_size  # None: per dataset (IMG_SIZE)
     t_start = time.perf_counter()
     cache = ImageFeatureCache(max_gb=8)
-    payload, lines = {"settings": dict(vars(args)), "datasets": {}}, ["# Image -> image: class and snippet tasks", ""]
+    payload = {"settings": dict(vars(args)), "datasets": {}}
     for name in args.datasets:
-        payload["datasets"][name], section = run_dataset(name, args, cache)
-        lines += section + [""]
-    payload["feature_cache"] = cache.stats()
-    lines.insert(2, machine_line(time.perf_counter() - t_start) + " Snippet crops are at random positions.")
-    lines.insert(3, "")
-    write_benchmark(args.out, "repro_image", payload, lines)
+        payload["datasets"][name] = run_dataset(name, args, cache)
+    payload.update(feature_cache=cache.stats(), machine=machine_info(), total_seconds=round(time.perf_counter() - t_start, 1))
+    write_benchmark(args.out, "repro_image", payload, render(payload))
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,8 +31,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import machine_info, write_benchmark  # noqa: E402
-from lsb_mm.reproduce import compact_table, results_table, run_grid, stratified_split, summarize, verdicts  # noqa: E402
+from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
+from lsb_mm.reproduce import run_grid, stratified_split, summarize  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from repro_cross import head_tables, machine_line  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10")
 
@@ -141,7 +145,10 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=0.02)
     ap.add_argument("--work", default="runs/repro_text", help="tasks, training data and models")
     ap.add_argument("--out", default="results", help="where repro_text.json / .md go")
+    ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved result JSON (no training)")
     args = ap.parse_args(argv)
+    if args.render:
+        return render_saved(args.render, render)
     label = args.model or "all-MiniLM-L6-v2"
     if args.model is None:
         from lsb_mm.pretrained import minilm_name
@@ -161,27 +168,23 @@ def main(argv=None) -> int:
 
     grid, runs = run_grid(config, args.heads, args.seeds, folders, log=lambda line: print(line, flush=True))
     rows.update(grid)
-    summary = summarize(rows)
-    order = ["untuned", "BM25"] + [h for h in args.heads] + [f"{h} (head off)" for h in args.heads if h != "none"]
-    heads = [h for h in args.heads if h != "none"]
-    machine = machine_info()
-    lines = [f"# Text: Linux man pages, NAME line -> page (held-out {data_info['test_pages']} pages)", "",
-             f"Machine: {machine['cuda'] or machine['cpu']} ({machine['threads']} threads, torch {machine['torch']}); "
-             f"total {time.perf_counter() - t_start:.0f} s.",
+    payload = {"settings": vars(args), "label": label, "data": data_info, "runs": runs, "summary": summarize(rows),
+               "results": rows, "machine": machine_info(), "total_seconds": round(time.perf_counter() - t_start, 1)}
+    write_benchmark(args.out, "repro_text", payload, render(payload))
+    return 0
+
+
+def render(payload: dict) -> list:
+    args, info = argparse.Namespace(**payload["settings"]), payload["data"]
+    label = payload.get("label", "all-MiniLM-L6-v2")
+    order = ["untuned", "BM25"] + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
+    lines = [f"# Text: Linux man pages, NAME line -> page (held-out {info['test_pages']} pages)", "", machine_line(payload),
              f"Fine-tuned rows: {label} trained in full + head, {args.epochs} epoch(s)"
              f"{f' / {args.max_steps} steps' if args.max_steps else ''}, batch {args.batch_size}, lr {args.lr}, head lr "
              f"{args.head_lr}, temperature {args.temperature}, {args.group_size - 1} mined hard negative(s) per query, "
-             f"{data_info['train_pages']} training pages, one query each "
-             f"drawn from {args.train_queries or 'all evaluated kinds'}; "
+             f"{info['train_pages']} training pages, one query each drawn from {args.train_queries or 'all evaluated kinds'}; "
              f"seeds {args.seeds}; mean ± std over seeds.", ""]
-    lines += compact_table(summary, "ndcg@10", order) + ["", "All metrics:", ""]
-    lines += results_table(summary, METRICS, baseline="none" if "none" in args.heads else "", order=order)
-    if "none" in args.heads and heads:
-        lines += ["", "Verdicts (a difference counts only beyond the pooled std of the seeds):", ""]
-        lines += verdicts(summary, heads, "none", "ndcg@10")
-    write_benchmark(args.out, "repro_text", {"settings": vars(args), "data": data_info, "runs": runs, "summary": summary,
-                                             "results": rows}, lines)
-    return 0
+    return lines + head_tables(payload["summary"], list(args.heads), order, METRICS, "ndcg@10")
 
 
 if __name__ == "__main__":

@@ -34,3 +34,23 @@ def test_demo_small(tmp_path, minilm_path):
 def test_demo_without_the_data_says_what_to_install(tmp_path):
     r = cli("demo", "--output", str(tmp_path / "d"), "--stamps", str(tmp_path / "nowhere"), check=False)
     assert r.returncode == 2 and "apt-get install tuxpaint-stamps-default" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "thesis.tex").write_text("precious")
+    r = cli("demo", "--output", str(keep), check=False)
+    assert r.returncode == 2 and "no earlier demo wrote" in r.stderr and "Traceback" not in r.stderr
+    assert (keep / "thesis.tex").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    r = cli("demo", "--output", str(tmp_path / "file"), check=False)
+    assert r.returncode == 2 and "is a file" in r.stderr
+    from lsb_mm.demo import MARKER, _fresh_output
+
+    old = tmp_path / "old_demo"
+    old.mkdir()
+    (old / MARKER).write_text("")
+    (old / "results.json").write_text("{}")
+    _fresh_output(str(old))  # an earlier demo's folder is replaced
+    assert sorted(p.name for p in old.iterdir()) == [MARKER]

@@ -40,6 +40,27 @@ def test_the_cache_refuses_a_training_tower(rgb_images):
     pix = torch.stack([m.image_transform(im) for im in rgb_images])
     with ImageFeatureCache().attach(m), pytest.raises(RuntimeError, match="trainable"):
         m.image_stream(pix)  # grad enabled and the tower's parameters require grad
+    m.requires_grad_(False)
+    m.train()  # batch norm on batch statistics: not a fixed function of the image
+    with ImageFeatureCache().attach(m), pytest.raises(RuntimeError, match="train mode"):
+        m.image_stream(pix)
+    m.eval()
+    cache = ImageFeatureCache()
+    with cache.attach(m), pytest.raises(RuntimeError, match="already attached"):
+        with cache.attach(m):
+            pass
+
+
+def test_cached_features_are_float32_under_autocast(rgb_images):
+    m = cnn().eval()
+    pix = torch.stack([m.image_transform(im) for im in rgb_images])
+    cache = ImageFeatureCache()
+    with cache.attach(m), torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            m.image_stream(pix[:3])
+        assert all(t.dtype == torch.float32 for row in cache.rows.values() for t in row)
+        mixed = m.image_stream(pix)  # 3 rows from the cache and 2 fresh ones, one dtype
+    assert mixed.hidden.dtype == torch.float32
 
 
 def test_full_cache_computes_the_rest_each_time(rgb_images):

@@ -31,20 +31,27 @@ def test_summary_verdicts_and_tables():
     rows = {"none": [result(q=0.50, k=0.60), result(q=0.52, k=0.60)],
             "slr": [result(q=0.60, k=0.61), result(q=0.62, k=0.59)],
             "llr": [result(q=0.40, k=0.60), result(q=0.42, k=0.60)],
-            "BM25": [result(q=0.55, k=0.70)]}
+            "BM25": [result(q=0.70, k=0.52)]}
     s = summarize(rows)
     mean, std, n = s["slr"]["q"]["ndcg@10"]
     assert (round(mean, 6), round(std, 6), n) == (0.61, round(np.std([0.60, 0.62], ddof=1), 6), 2)
     assert compare(s, "slr", "none", "q", "ndcg@10")[1] == "better"
     assert compare(s, "llr", "none", "q", "ndcg@10")[1] == "worse"
     assert compare(s, "slr", "none", "k", "ndcg@10")[1] == "same"  # 0.600 vs 0.600 +- 0.014
-    assert compare(s, "BM25", "none", "q", "ndcg@10")[1] == "better"  # one run against three: judged by their spread
+    # Welch's t-test: slr's +0.100 on q with stds 0.014 over 2 seeds each: t = 7.07, df = 2, p = 0.019
+    assert compare(s, "slr", "none", "q", "ndcg@10")[2] == pytest.approx(0.0194, abs=1e-3)
+    # one exact run (BM25) against two seeds: a one-sample test, t = 19, df = 1, p = 0.033 < 0.05
+    assert compare(s, "BM25", "none", "q", "ndcg@10")[1] == "better"
+    assert compare(s, "BM25", "none", "k", "ndcg@10")[:2] == (pytest.approx(-0.08), "worse")  # spread 0 on both sides
+    close = summarize({"a": [result(q=0.50), result(q=0.60)], "b": [result(q=0.45), result(q=0.47)]})
+    assert compare(close, "a", "b", "q", "ndcg@10")[1] == "same"  # +0.09 is beyond the pooled std (0.051) but p = 0.3
     one = summarize({"a": [result(q=0.5)], "b": [result(q=0.6)]})
     assert compare(one, "a", "b", "q", "ndcg@10")[1] == "one run"
     lines = verdicts(s, ["slr", "llr"], "none", "ndcg@10")
-    assert "beats the baseline on q (+0.100)" in lines[0] and "does not beat it" in lines[0] and "is worse on q" in lines[1]
+    assert "beats the baseline on q (+0.100, p=0.019)" in lines[0] and "does not beat it" in lines[0] and "is worse on q" in lines[1]
     table = "\n".join(results_table(s, ("ndcg@10", "recall@10"), baseline="none", order=["none", "slr"]))
-    assert "| q | slr | 2 | 0.610 ± 0.014 | 0.305 ± 0.007 | +0.100 (better) |" in table
+    assert "| q | slr | 2 | 0.610 ± 0.014 | 0.305 ± 0.007 | +0.100 (better, p=0.019) |" in table
+    assert "| BM25 | 0.700 | 0.520 |" in "\n".join(compact_table(s, "ndcg@10", ["BM25"]))  # one run: no ± 0.000
     assert "| slr | 0.610 ± 0.014 | 0.600 ± 0.014 |" in "\n".join(compact_table(s, "ndcg@10", ["none", "slr"]))
 
 
@@ -110,6 +117,9 @@ def test_model_options_on_the_command_line(tmp_path, image_files):
     bad = cli("encode", "--model", "timm:resnet18", "--model-option", "colour=1", "--images", folder,
               "--output", str(out), check=False)
     assert bad.returncode == 2 and "colour" in bad.stderr and "Traceback" not in bad.stderr
+    with pytest.raises(SystemExit) as exc:  # create_model's own argument: its own flag, not a backbone option
+        cli("encode", "--model", "timm:resnet18", "--model-option", "head=llr", "--images", folder, "--output", str(out))
+    assert exc.value.code == 2
 
 
 def test_train_config_model_options_build_the_model(tmp_path, tiny_hf_dir):
@@ -132,3 +142,8 @@ def test_train_config_model_options_build_the_model(tmp_path, tiny_hf_dir):
     assert m.embed_dim == 12 and m.image_transform(load_image(items[0][1])).shape == (3, 32, 32)
     info = json.load(open(tmp_path / "run" / "run_info.json"))
     assert info["config"]["model_options"]["embed_dim"] == 12
+    with pytest.raises(lsb_mm.InputError, match="vocab_size"):
+        lsb_mm.Trainer(lsb_mm.TrainConfig(model=f"hf:{tiny_hf_dir}", model_options={"vocab_size": 8}, train_data=data,
+                                          output=str(tmp_path / "run2"), max_steps=1, batch_size=8, show_progress=False))
+    with pytest.raises(lsb_mm.ModelLoadError, match="saved model"):
+        lsb_mm.create_model(final, embed_dim=4)

@@ -73,6 +73,14 @@ def _check_repro(path, rows, tasks):
     return res
 
 
+def _check_render(script, folder, name):
+    """``--render`` re-writes the same markdown from the saved JSON, without training."""
+    md = (folder / f"{name}.md").read_text()
+    (folder / f"{name}.md").unlink()
+    assert load(script).main(["--render", str(folder / f"{name}.json")]) == 0
+    assert (folder / f"{name}.md").read_text() == md
+
+
 def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     assert load("repro_text").main(["--pages", "40", "--seeds", "0", "--max-steps", "1", "--batch-size", "4",
                                     "--heads", "none", "slr", "--pop", "16", "--work", str(tmp_path / "w"),
@@ -84,6 +92,7 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     assert kinds <= {"query", "keyword", "pop-16"} and len(kinds) >= 2
     md = (tmp_path / "repro_text.md").read_text()
     assert "| untuned |" in md and "Verdicts" in md
+    _check_render("repro_text", tmp_path, "repro_text")
 
 
 def test_repro_cross_small(tmp_path, minilm_path):
@@ -96,6 +105,7 @@ def test_repro_cross_small(tmp_path, minilm_path):
                        ["caption2image", "image2caption"])
     assert res["data"]["feature_cache"]["hits"] > 0  # the locked image tower ran once per image
     assert "R@1" in (tmp_path / "repro_cross.md").read_text()
+    _check_render("repro_cross", tmp_path, "repro_cross")
 
 
 def test_repro_image_small(tmp_path, minilm_path):
@@ -113,3 +123,4 @@ def test_repro_image_small(tmp_path, minilm_path):
         assert set(ds["summary"]) >= {"EfficientNet-Lite0 (untuned)", "none", "slr", "slr (head off)"}
         assert set(ds["summary"]["none"]) == {"class", "snippet-30-random"}
     assert "## fashion-mnist" in (tmp_path / "repro_image.md").read_text()
+    _check_render("repro_image", tmp_path, "repro_image")

@@ -255,3 +255,21 @@ def test_mining_symmetric_accumulation_and_locks(tmp_path, sets):
     assert batch["passages"].shape[0] == 8 * 3  # positive + 2 mined negatives per query
     log = read_log(tmp_path / "o")
     assert [r["step"] for r in log if "loss" in r] == [1, 3] and all(np.isfinite(r["loss"]) for r in log if "loss" in r)
+
+
+def test_train_mode_keeps_dropout_of_trained_modules_and_freezes_locked_ones(tiny_hf_dir):
+    """Dropout (no parameters) follows the module that holds it; a fully frozen module stays in eval."""
+    from types import SimpleNamespace
+
+    trained = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    locked = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    locked.requires_grad_(False)
+    toy = torch.nn.Sequential(trained, locked, torch.nn.Dropout(0.1)).eval()
+    Trainer._train_mode(SimpleNamespace(model=toy))
+    assert trained.training and trained[1].training and toy[2].training and toy.training
+    assert not locked.training and not locked[1].training
+
+    m = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="llr").eval()  # --train all: every dropout trains
+    Trainer._train_mode(SimpleNamespace(model=m))
+    drops = [mod for mod in m.modules() if isinstance(mod, torch.nn.Dropout)]
+    assert drops and all(d.training for d in drops)

@@ -73,6 +73,8 @@ class ImageFeatureCache:
         from ..serialization import _digest
 
         tower = model.backbone.image_tower()
+        if "image_features" in vars(tower):
+            raise RuntimeError("image feature cache: this image tower is already attached to a cache")
         digest = _digest({k: v.detach().cpu() for k, v in _image_state(tower).items()})
         if digest != self.tower_digest:
             if self.rows:
@@ -86,6 +88,9 @@ class ImageFeatureCache:
             if torch.is_grad_enabled() and any(p.requires_grad for p in params):
                 raise RuntimeError("image feature cache: the image tower has trainable parameters; "
                                    "features of a training tower cannot be cached")
+            if tower.training:
+                raise RuntimeError("image feature cache: the image tower is in train mode (batch statistics, "
+                                   "dropout); call .eval() on it to cache its features")
             return self._features(compute, pixels)
 
         tower.image_features = cached  # an instance attribute shadows the method
@@ -101,8 +106,9 @@ class ImageFeatureCache:
         first = {k: i for i, k in reversed(list(enumerate(keys)))}  # one computation per distinct input
         todo = [i for k, i in first.items() if k not in self.rows]
         fresh = {}
-        if todo:
-            f = compute(pixels[todo])
+        if todo:  # float32 without autocast: the same features whatever the caller's precision
+            with torch.autocast(pixels.device.type, enabled=False):
+                f = compute(pixels[todo].float())
             for j, i in enumerate(todo):
                 fresh[keys[i]] = (f.hidden[j], f.pooled[j], f.summary[j])
             self._store(fresh)
