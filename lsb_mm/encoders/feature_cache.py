@@ -39,6 +39,12 @@ def _image_params(tower: Backbone) -> List[torch.nn.Parameter]:
     return [p for n, p in tower.named_parameters() if tower.tower_of(n) == "image"]
 
 
+def _image_modules(tower: Backbone) -> List[torch.nn.Module]:
+    """Modules holding image-tower parameters (batch norm included): they must be in eval mode."""
+    return [m for name, m in tower.named_modules()
+            if any(tower.tower_of(f"{name}.{n}" if name else n) == "image" for n, _ in m.named_parameters(recurse=False))]
+
+
 def image_tower_frozen(model) -> bool:
     """Whether no parameter of ``model``'s image tower trains (its features can be cached)."""
     return not any(p.requires_grad for p in _image_params(model.backbone.image_tower()))
@@ -81,14 +87,14 @@ class ImageFeatureCache:
                 log.info("image feature cache: another tower (%s); emptied", digest[:12])
             self.clear()
             self.tower_digest = digest
-        params = _image_params(tower)
+        params, modules = _image_params(tower), _image_modules(tower)
         compute = tower.image_features  # the bound method of the tower's class
 
         def cached(pixels: torch.Tensor) -> ImageFeatures:
             if torch.is_grad_enabled() and any(p.requires_grad for p in params):
                 raise RuntimeError("image feature cache: the image tower has trainable parameters; "
                                    "features of a training tower cannot be cached")
-            if tower.training:
+            if any(m.training for m in modules):
                 raise RuntimeError("image feature cache: the image tower is in train mode (batch statistics, "
                                    "dropout); call .eval() on it to cache its features")
             return self._features(compute, pixels)
