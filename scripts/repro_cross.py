@@ -1,6 +1,6 @@
 """Text -> image reproduction on real Tux Paint stamps: the MiniLM + EfficientNet-Lite0 dual encoder.
 
-    python3 scripts/repro_cross.py                     # full run: 3 seeds x 4 heads (~20 min on 2 CPU cores)
+    python3 scripts/repro_cross.py                     # full run: 3 seeds x 4 heads (62 min on 2 CPU cores at 1 thread, beside 2 other jobs)
     python3 scripts/repro_cross.py --limit 80 --seeds 0 --max-steps 2   # a smoke run
 
 Data: Debian ``tuxpaint-stamps-default``, every captioned PNG stamp (English caption = first line of

@@ -1,6 +1,6 @@
 """Image -> image reproduction on real data: Fashion-MNIST and Tux Paint categories, `class` and `snippet-P`.
 
-    python3 scripts/repro_image.py                     # full run: both datasets, 3 seeds x 4 heads (~40 min on 2 CPU cores)
+    python3 scripts/repro_image.py                     # full run: both datasets, 3 seeds x 4 heads (41 min on 2 CPU cores at 1 thread, beside 2 other jobs)
     python3 scripts/repro_image.py --datasets tuxpaint --limit 120 --seeds 0 --max-steps 2   # a smoke run
 
 Data: Debian ``dataset-fashion-mnist`` (a seeded, class-balanced sample: ``--per-class`` images of
