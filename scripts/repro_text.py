@@ -1,6 +1,7 @@
 """Text reproduction on real Linux man pages: fine-tuned MiniLM, baseline vs SLR / LLR / CLR.
 
-    python3 scripts/repro_text.py                      # full run: all pages, 3 seeds (~2 h on 2 CPU cores)
+    python3 scripts/repro_text.py --max-steps 20 --group-size 1   # the README's numbers: 94 min on 2 CPU cores (1 thread, shared)
+    python3 scripts/repro_text.py                      # the default: a full epoch (42 steps) with a mined negative each (~3x the compute)
     python3 scripts/repro_text.py --pages 60 --seeds 0 --max-steps 2    # a smoke run
 
 Data: Debian ``manpages`` + ``manpages-dev``. Query = the NAME line, passage = the page body cut
