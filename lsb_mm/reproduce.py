@@ -3,7 +3,7 @@
 A *row* is a named model configuration (``untuned``, ``none``, ``slr`` ...) with one
 :func:`lsb_mm.evaluate` result per seed. :func:`summarize` turns rows into mean / std / n per
 task and metric; :func:`results_table` renders them for people and :func:`verdicts` says, per
-head and task, whether it beats the baseline by more than the seeds' spread.
+head and task, whether it beats the baseline (Welch's t-test over the seeds, p < ``ALPHA``).
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-__all__ = ["stratified_split", "run_grid", "summarize", "results_table", "compact_table", "verdicts", "compare"]
+__all__ = ["stratified_split", "run_grid", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
+           "head_tables", "machine_line", "ALPHA"]
 
 T = TypeVar("T")
 Summary = Dict[str, Dict[str, Dict[str, List[float]]]]  # row -> task -> metric -> [mean, std, n]
@@ -191,3 +192,21 @@ def verdicts(summary: Summary, heads: Sequence[str], baseline: str, metric: str)
             parts.append("cannot be judged from one seed on " + ", ".join(by["one run"]))
         lines.append(f"- `{h}` vs `{baseline}`, {_label(metric)}: " + "; ".join(parts) + ".")
     return lines
+
+
+def head_tables(summary: Summary, heads: Sequence[str], order: Sequence[str], metrics: Sequence[str], metric: str) -> List[str]:
+    """Compact table on ``metric``, the full table with each row's difference to ``none``, and the verdicts."""
+    lines = compact_table(summary, metric, order) + ["", "All metrics:", ""]
+    lines += results_table(summary, metrics, baseline="none" if "none" in heads else "", order=order, delta_metric=metric)
+    named = [h for h in heads if h != "none"]
+    if "none" in heads and named:
+        lines += ["", f"Verdicts (Welch's t-test over the seeds, p < {ALPHA}):", ""]
+        lines += verdicts(summary, named, "none", metric)
+    return lines
+
+
+def machine_line(payload: Dict[str, Any]) -> str:
+    """``Machine: ...`` of a saved result (its ``machine`` and, when known, ``total_seconds``)."""
+    m, seconds = payload["machine"], payload.get("total_seconds")
+    return (f"Machine: {m['cuda'] or m['cpu']}, {m['cores']} cores ({m['threads']} torch thread(s), torch {m['torch']})"
+            + (f"; total {seconds:.0f} s." if seconds is not None else "."))

@@ -28,7 +28,7 @@ import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.pretrained import dual_encoder  # noqa: E402
-from lsb_mm.reproduce import ALPHA, compact_table, results_table, run_grid, stratified_split, summarize, verdicts  # noqa: E402
+from lsb_mm.reproduce import head_tables, machine_line, run_grid, stratified_split, summarize  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "recall@10", "ndcg@10", "mrr@10")
 
@@ -65,28 +65,11 @@ def lit_config(args, modality: str, train_file: str, work: str, **extra):
     return config
 
 
-def machine_line(payload: dict) -> str:
-    m, seconds = payload["machine"], payload.get("total_seconds")
-    return (f"Machine: {m['cuda'] or m['cpu']}, {m['cores']} cores ({m['threads']} torch thread(s), torch {m['torch']})"
-            + (f"; total {seconds:.0f} s." if seconds is not None else "."))
-
-
 def describe(args, what: str) -> list:
     return [f"Dual encoder all-MiniLM-L6-v2 + EfficientNet-Lite0 (ImageNet) at {args.img_size} px, towers locked, "
             f"{args.embed_dim}-d projections; {what}; {args.epochs} epoch(s){f' / {args.max_steps} steps' if args.max_steps else ''}, "
             f"batch {args.batch_size}, lr {args.lr}, head lr {args.head_lr}, temperature {args.temperature}, "
             f"{args.vocab_size} visual words; seeds {args.seeds}; mean ± std over seeds.", ""]
-
-
-def head_tables(summary: dict, heads: list, order: list, metrics: tuple, metric: str) -> list:
-    """Compact table on ``metric``, the full table with each row's difference to ``none``, and the verdicts."""
-    lines = compact_table(summary, metric, order) + ["", "All metrics:", ""]
-    lines += results_table(summary, metrics, baseline="none" if "none" in heads else "", order=order, delta_metric=metric)
-    named = [h for h in heads if h != "none"]
-    if "none" in heads and named:
-        lines += ["", f"Verdicts (Welch's t-test over the seeds, p < {ALPHA}):", ""]
-        lines += verdicts(summary, named, "none", metric)
-    return lines
 
 
 def render(payload: dict) -> list:

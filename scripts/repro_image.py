@@ -31,10 +31,10 @@ import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
-from lsb_mm.reproduce import run_grid, stratified_split, summarize  # noqa: E402
+from lsb_mm.reproduce import head_tables, machine_line, run_grid, stratified_split, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from repro_cross import add_lit_args, describe, head_tables, lit_config, machine_line  # noqa: E402
+from repro_cross import add_lit_args, describe, lit_config  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10")
 IMG_SIZE = {"fashion-mnist": 112, "tuxpaint": 160}  # 28 px images x4; stamps: 5x5 cells

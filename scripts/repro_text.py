@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,10 +32,7 @@ import numpy as np  # noqa: E402
 
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.reproduce import run_grid, stratified_split, summarize  # noqa: E402
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from repro_cross import head_tables, machine_line  # noqa: E402
+from lsb_mm.reproduce import head_tables, machine_line, run_grid, stratified_split, summarize  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10")
 
