@@ -1,5 +1,5 @@
 """lsb-mm: LexSemBridge token-aware embedding heads for text and vision retrieval."""
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import ImageLoadError, InputError, LSBError, ModelLoadError  # noqa: E402
 from .stream import TokenStream  # noqa: E402
@@ -8,7 +8,7 @@ from .model import LSBModel  # noqa: E402
 from .factory import add_model_config, create_model, list_models, load_model  # noqa: E402
 from .trainer import TrainConfig, Trainer, train  # noqa: E402
 from .index import Index  # noqa: E402
-from .evaluation import evaluate  # noqa: E402
+from .evaluation import CorpusCache, evaluate  # noqa: E402
 
 __all__ = ["__version__", "TokenStream", "LSBModel", "create_model", "load_model", "list_models",
-           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "evaluate", "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]
+           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "evaluate", "CorpusCache", "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]

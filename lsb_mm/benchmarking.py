@@ -6,6 +6,8 @@ import os
 import platform
 from typing import Any, Callable, Dict, List
 
+from .files import write_text
+
 __all__ = ["machine_info", "render_saved", "write_benchmark"]
 
 
@@ -29,10 +31,7 @@ def write_benchmark(out_dir: str, name: str, payload: Dict[str, Any], lines: Lis
     (lines), each written atomically; prints the table."""
     os.makedirs(out_dir, exist_ok=True)
     for ext, text in (("json", json.dumps({"machine": machine_info(), **payload}, indent=2)), ("md", "\n".join(lines) + "\n")):
-        path = os.path.join(out_dir, f"{name}.{ext}")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_text(os.path.join(out_dir, f"{name}.{ext}"), text)
     print("\n".join(lines))
 
 

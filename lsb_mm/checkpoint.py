@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .serialization import atomic_folder
+from .files import atomic_folder
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints", "STATE_NAME"]
 

@@ -11,9 +11,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import InputError, LSBError
-from .jsonl import iter_jsonl
+from .files import atomic_write, iter_jsonl, write_text
 
 log = logging.getLogger("lsb_mm")
 
@@ -113,15 +113,10 @@ def cmd_encode(args) -> int:
         rows = [{"row": i, "path": p} for i, p in enumerate(items)]
     dt = time.perf_counter() - t0
     out = args.output
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp.npy"
-    np.save(tmp, emb.astype(np.float32))
-    os.replace(tmp, out)
+    with atomic_write(out, "wb") as f:
+        np.save(f, emb.astype(np.float32))
     rows_path = os.path.splitext(out)[0] + ".rows.jsonl"
-    with open(rows_path + ".tmp", "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(rows_path + ".tmp", rows_path)
+    write_text(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     summary = {"output": out, "rows": rows_path, "count": int(emb.shape[0]), "dim": int(emb.shape[1]),
                "seconds": round(dt, 3), "per_second": round(emb.shape[0] / max(dt, 1e-9), 1),
                "model": args.model, "fingerprint": model.fingerprint(), "role": args.role, "enhance": not args.no_enhance}
@@ -265,9 +260,7 @@ def cmd_index(args) -> int:
     report = None
     if skipped:
         report = args.output.rstrip("/") + ".skipped.jsonl"
-        with open(report, "w", encoding="utf-8") as f:
-            for path, reason in skipped:
-                f.write(json.dumps({"path": path, "reason": reason}) + "\n")
+        write_text(report, "".join(json.dumps({"path": path, "reason": reason}) + "\n" for path, reason in skipped))
         print(f"skipped {len(skipped)} unreadable files; see {report}", file=sys.stderr)
     print(json.dumps({"index": args.output, "count": len(index), "kind": docs.kind, "factory": args.factory,
                       "device": index.device, "encode_seconds": round(t_enc, 2), "skipped": len(skipped),
@@ -305,21 +298,22 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate, find_tasks
+    from .evaluation import CorpusCache, check_ks, evaluate, find_tasks
     from .reports import write_reports
 
+    check_ks(args.k)
     folders = find_tasks(args.tasks)
     runs = []
     for name in list(args.model):
         args.model = name
         model = _load(args)
         model.name = name
-        cache: dict = {}
+        cache = CorpusCache()  # one model's documents, shared by its plain row
         runs.append(evaluate(model, folders, ks=args.k, batch_size=args.batch_size, factory=args.factory,
-                             show_progress_bar=not args.quiet, _corpus_cache=cache))
+                             show_progress_bar=not args.quiet, corpus_cache=cache))
         if args.compare_plain:
             plain = evaluate(model, folders, ks=args.k, batch_size=args.batch_size, factory=args.factory,
-                             enhance=False, show_progress_bar=not args.quiet, _corpus_cache=cache)
+                             enhance=False, show_progress_bar=not args.quiet, corpus_cache=cache)
             plain["model"] = f"{name} (plain)"
             runs.append(plain)
     paths = write_reports(runs, args.output)

@@ -1,14 +1,14 @@
 """Documents to index: a folder of images, a JSONL / BEIR corpus, or a CSV of images with captions."""
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from .datasets.sources import read_caption, read_csv
 from .errors import InputError
 from .images import list_image_files
-from .jsonl import iter_jsonl
+from .files import iter_jsonl
 
 __all__ = ["Documents", "read_documents", "shard_slice"]
 
@@ -24,14 +24,6 @@ class Documents:
         return Documents(self.kind, [self.ids[i] for i in keep], [self.items[i] for i in keep], [self.metadata[i] for i in keep])
 
 
-def _caption(path: str) -> Optional[str]:
-    side = os.path.splitext(path)[0] + ".txt"
-    if os.path.isfile(side):
-        with open(side, encoding="utf-8", errors="replace") as f:
-            return f.readline().strip() or None
-    return None
-
-
 def read_documents(images: Optional[str] = None, corpus: Optional[str] = None, csv_path: Optional[str] = None,
                    csv_img_key: str = "filepath", csv_caption_key: str = "caption", image_root: Optional[str] = None) -> Documents:
     """Exactly one of ``images`` (folder), ``corpus`` (.jsonl or BEIR folder) or ``csv_path``."""
@@ -44,7 +36,7 @@ def read_documents(images: Optional[str] = None, corpus: Optional[str] = None, c
         meta = []
         for p in paths:
             m = {"path": os.path.abspath(p)}
-            cap = _caption(p)
+            cap, _ = read_caption(p)  # a sidecar is optional here
             if cap:
                 m["caption"] = cap
             meta.append(m)
@@ -72,13 +64,8 @@ def read_documents(images: Optional[str] = None, corpus: Optional[str] = None, c
         if not ids:
             raise InputError(f"{path} holds no documents")
         return Documents(kind, ids, items, meta)
-    sep = "\t" if csv_path.endswith(".tsv") else ","
     root = image_root or os.path.dirname(os.path.abspath(csv_path))
-    with open(csv_path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=sep)
-        if csv_img_key not in (reader.fieldnames or []):
-            raise InputError(f"{csv_path}:1: no column {csv_img_key!r} (--csv-img-key); the columns are {reader.fieldnames}")
-        rows = list(reader)
+    rows = [row for _, row in read_csv(csv_path, ((csv_img_key, "--csv-img-key"),))]
     paths = [os.path.join(root, r[csv_img_key]) for r in rows]
     meta = [{"path": p, **({"caption": r[csv_caption_key]} if r.get(csv_caption_key) else {})} for p, r in zip(paths, rows)]
     return Documents("image", [r[csv_img_key] for r in rows], paths, meta)

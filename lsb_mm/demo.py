@@ -25,6 +25,7 @@ import time
 from typing import Dict, List, Optional
 
 from .errors import InputError
+from .files import write_text
 
 __all__ = ["run_demo"]
 
@@ -188,12 +189,10 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
     m = machine_info()
     md = [f"# lsb-mm demo: Tux Paint, {len(test_set)} held-out stamps, one seed", "",
           f"Machine: {m['cuda'] or m['cpu']} ({m['threads']} threads); {seconds:.0f} s.", ""] + lines
-    with open(os.path.join(output, "results.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
+    write_text(os.path.join(output, "results.md"), "\n".join(md) + "\n")
     payload = {"head": head, "seconds": round(seconds, 1), "machine": m, "stamps": len(stamps), "train": len(train_set),
                "test": len(test_set), "skipped": data.skipped, "feature_cache": cache.stats(), "results": results}
-    with open(os.path.join(output, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
+    write_text(os.path.join(output, "results.json"), json.dumps(payload, indent=2))
     _say("[5/5] results (held-out stamps; Δ = LexSemBridge - baseline):\n\n" + "\n".join(lines) + "\n")
     _say(f"gallery: {gallery_path}\nresults: {os.path.join(output, 'results.md')}, {os.path.join(output, 'results.json')}\n"
          f"indexes: {os.path.join(output, 'index-none')}, {os.path.join(output, f'index-{head}')}\n"

@@ -19,7 +19,7 @@ import torch
 from .encoders import BACKBONES
 from .errors import ModelLoadError
 from .model import LSBModel
-from .serialization import CONFIG_NAME, load_model
+from .serialization import BACKBONE_DIR, CONFIG_NAME, WEIGHTS_NAME, check_state, read_config, read_weights
 
 __all__ = ["create_model", "load_model", "list_models", "add_model_config", "parse_model_name"]
 
@@ -70,6 +70,35 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
         model = LSBModel(backbone, head=head, text_head=text_head, image_head=image_head, vocab_size=vocab_size,
                          fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed)
     model.name = name
+    return model.to(device).eval()
+
+
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> LSBModel:
+    """Rebuild a model saved with ``save_pretrained``; validates files, keys, shapes and checksum.
+
+    Like :func:`create_model`, it leaves the global random state untouched.
+    """
+    folder = os.fspath(folder)
+    config = read_config(folder)
+    spec = config["backbone"]
+    family = spec.get("family") if isinstance(spec, dict) else None
+    if family not in BACKBONES:
+        raise ModelLoadError(f"{folder}/{CONFIG_NAME}: backbone family {family!r} unknown; expected one of {sorted(BACKBONES)}")
+    tensors = read_weights(folder, config)
+    th, ih, vw = config.get("text_head"), config.get("image_head"), config.get("visual_words")
+    with torch.random.fork_rng(devices=[]):  # the architecture's random init is overwritten by the weights
+        try:
+            backbone = BACKBONES[family].from_saved(spec, os.path.join(folder, BACKBONE_DIR))
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"{folder}/{BACKBONE_DIR}: cannot rebuild the {family} backbone: {exc}") from exc
+        model = LSBModel(backbone, head=(th or ih or {"kind": "none"})["kind"], text_head=th and th["kind"],
+                         image_head=ih and ih["kind"], vocab_size=vw["vocab_size"] if vw else 1024,
+                         fusion_q=config["fusion"]["query"], fusion_p=config["fusion"]["document"],
+                         head_init=config.get("head_init", "zeros"))
+    check_state(model, tensors, os.path.join(folder, config["weights"].get("file", WEIGHTS_NAME)))
+    model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()
 
 

@@ -7,6 +7,7 @@ import io
 import os
 from typing import Dict, List, Optional, Sequence
 
+from .files import write_text
 from .images import load_image
 
 __all__ = ["thumbnail_data_uri", "write_gallery"]
@@ -52,8 +53,4 @@ def write_gallery(path: str, title: str, results: List[Dict]) -> str:
             parts.append(_card(h.get("path"), lines, "card rel" if h.get("relevant") else "card"))
         parts.append("</div>")
     parts.append("</body></html>")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, "\n".join(parts))

@@ -1,7 +1,9 @@
 """FAISS searcher: build from embeddings with an index-factory string, search in batches, persist.
 
 * inner product on L2-normalised vectors (cosine), string ids of any kind, optional metadata;
-* ``device="auto"`` puts the index on every GPU FAISS sees (sharded), else the CPU;
+* ``device="auto"`` puts the index on every GPU FAISS sees (sharded) when FAISS has a GPU
+  implementation of its type (Flat, IVF-Flat, IVF-SQ, IVF-PQ, SQfp16; also behind OPQ / IDMap
+  wrappers), else keeps it on the CPU and says so; ``device="gpu"`` insists (an error otherwise);
 * ``save(folder)`` writes ``manifest.json`` (dimension, metric, factory, count, model fingerprint,
   library versions, checksum) + ``index.faiss`` + ``ids.jsonl`` (+ ``metadata.jsonl``),
   atomically; ``Index.load(folder)`` validates all of it; ``Index.load([f1, f2, ...])`` searches
@@ -9,7 +11,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,9 +18,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
 from .errors import InputError
-from .serialization import atomic_folder
+from .files import atomic_folder, file_sha256, iter_jsonl, write_jsonl
 
 __all__ = ["Index", "DEFAULT_ANN", "SearchIndexError"]
 
@@ -65,18 +66,65 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _gpu_count() -> int:
     import faiss
 
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def gpu_unsupported(index) -> Optional[str]:
+    """Why FAISS cannot move ``index`` to a GPU (the CPU type's name), or None when it can.
+
+    FAISS clones IndexFlat, IndexIVFFlat, IndexIVFScalarQuantizer, IndexIVFPQ and an fp16
+    IndexScalarQuantizer to the GPU, also inside IndexPreTransform (OPQ, PCA ...) and IndexIDMap;
+    HNSW, plain PQ / SQ8, fast-scan, refine and the rest run on the CPU only.
+    """
+    import faiss
+
+    idx = faiss.downcast_index(index)
+    while isinstance(idx, (faiss.IndexPreTransform, faiss.IndexIDMap)):
+        idx = faiss.downcast_index(idx.index)
+    name = type(idx).__name__
+    if isinstance(idx, faiss.IndexIVFPQR):  # a subclass of IndexIVFPQ whose refinement the GPU would drop
+        return name
+    if isinstance(idx, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer, faiss.IndexIVFPQ)):
+        return None
+    if isinstance(idx, faiss.IndexScalarQuantizer) and idx.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        return None
+    return name
+
+
+def place_index(index, device: str, what: str) -> Tuple[Any, str]:
+    """``(index, where)``: ``index`` moved to every GPU when ``device`` asks for it and FAISS can
+    (see :func:`gpu_unsupported`), else the CPU index itself; ``what`` names it in messages."""
+    import faiss
+
+    if device not in DEVICES:
+        raise SearchIndexError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    ngpu = _gpu_count() if device != "cpu" else 0
+    if device == "gpu" and ngpu == 0:
+        raise SearchIndexError("device='gpu' but FAISS sees no GPU (faiss.get_num_gpus() == 0)")
+    if ngpu == 0:
+        return index, "cpu"
+    why = gpu_unsupported(index)
+    if why is not None:
+        if device == "gpu":
+            raise SearchIndexError(f"device='gpu': FAISS has no GPU implementation of {why} (index {what}); "
+                                   "use device='auto' (keeps it on the CPU) or a Flat / IVF factory")
+        log.warning("index %s stays on the CPU: FAISS runs %s on the CPU only", what, why)
+        return index, "cpu"
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = True
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=co), f"gpu x{ngpu}"
+    except RuntimeError as exc:
+        if device == "gpu":
+            raise SearchIndexError(f"device='gpu': FAISS could not move index {what} to the GPUs: {exc}") from exc
+        log.warning("index %s stays on the CPU: FAISS could not move it to the GPUs: %s", what, exc)
+        return index, "cpu"
 
 
 class Index:
@@ -121,20 +169,7 @@ class Index:
         return self
 
     def _to_device(self, device: str) -> None:
-        import faiss
-
-        if device not in ("auto", "cpu", "gpu"):
-            raise SearchIndexError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-        ngpu = _gpu_count()
-        if device == "gpu" and ngpu == 0:
-            raise SearchIndexError("device='gpu' but FAISS sees no GPU (faiss.get_num_gpus() == 0)")
-        if ngpu and device in ("auto", "gpu"):
-            co = faiss.GpuMultipleClonerOptions()
-            co.shard = True
-            self._index = faiss.index_cpu_to_all_gpus(self._index, co=co)
-            self.device = f"gpu x{ngpu}"
-        else:
-            self.device = "cpu"
+        self._index, self.device = place_index(self._index, device, self.factory)
         log.info("index %s on %s", self.factory, self.device)
 
     def add(self, embeddings, ids: Optional[Sequence[Any]] = None, metadata: Optional[Sequence[Dict[str, Any]]] = None) -> None:
@@ -186,7 +221,7 @@ class Index:
         """FAISS search parameters, e.g. ``nprobe=32`` (IVF) or ``efSearch=256`` (HNSW)."""
         import faiss
 
-        ps = faiss.GpuParameterSpace() if self.device.startswith("gpu") else faiss.ParameterSpace()
+        ps = faiss.GpuParameterSpace() if "gpu" in self.device else faiss.ParameterSpace()
         for name, value in params.items():
             try:
                 ps.set_index_parameter(self._index, name, value)
@@ -215,7 +250,7 @@ class Index:
         import faiss
 
         idx = self._index
-        if isinstance(idx, faiss.IndexShards) or self.device.startswith("gpu"):
+        if isinstance(idx, faiss.IndexShards) or "gpu" in self.device:
             raise SearchIndexError("read the parameter on a single CPU index; set it with set_search_params")
         return idx
 
@@ -235,14 +270,14 @@ class Index:
             raise SearchIndexError("a set of loaded shards is saved shard by shard; build one index to save it whole")
         with atomic_folder(folder) as tmp:
             faiss.write_index(cpu, os.path.join(tmp, "index.faiss"))
-            with open(os.path.join(tmp, "ids.jsonl"), "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(i, ensure_ascii=False) + "\n" for i in self.ids)
+            write_jsonl(os.path.join(tmp, "ids.jsonl"), self.ids)
             if self.metadata is not None:
-                with open(os.path.join(tmp, "metadata.jsonl"), "w", encoding="utf-8") as f:
-                    f.writelines(json.dumps(m, ensure_ascii=False) + "\n" for m in self.metadata)
+                write_jsonl(os.path.join(tmp, "metadata.jsonl"), self.metadata)
+            files = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if self.metadata is not None else [])
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
                         "factory": self.factory, "count": len(self.ids), "fingerprint": self.fingerprint,
-                        "metadata": self.metadata is not None, "index_sha256": _sha256(os.path.join(tmp, "index.faiss")),
+                        "metadata": self.metadata is not None, "index_sha256": file_sha256(os.path.join(tmp, "index.faiss")),
+                        "sha256": {name: file_sha256(os.path.join(tmp, name)) for name in files},
                         "versions": {"lsb_mm": __version__, "faiss": faiss.__version__, "numpy": np.__version__}}
             with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2)
@@ -270,16 +305,19 @@ class Index:
         metas = [p[3] for p in parts]
         metadata = None if any(m is None for m in metas) else [m for ms in metas for m in ms]
         if len(parts) == 1:
-            index = parts[0][1]
-        else:
-            index = faiss.IndexShards(first["dim"], True, True)  # threaded, successive ids
-            for p in parts:
-                index.add_shard(p[1])
-        factory = first["factory"] if len(parts) == 1 else f"Shards({len(parts)} x {first['factory']})"
-        self = cls(index, first["dim"], factory, ids, metadata, first["fingerprint"], "cpu")
-        self._shards = [p[1] for p in parts]  # the shard objects must outlive their wrappers
-        if len(parts) == 1:
+            self = cls(parts[0][1], first["dim"], first["factory"], ids, metadata, first["fingerprint"], "cpu")
             self._to_device(device)
+            return self
+        placed = [place_index(p[1], device, f"{p[0]['factory']} ({p[4]})") for p in parts]
+        index = faiss.IndexShards(first["dim"], True, True)  # threaded, successive ids
+        for shard, _ in placed:
+            index.add_shard(shard)
+        factories = sorted({p[0]["factory"] for p in parts})
+        where = sorted({w for _, w in placed})
+        self = cls(index, first["dim"], f"Shards({len(parts)} x {' + '.join(factories)})", ids, metadata,
+                   first["fingerprint"], where[0] if len(where) == 1 else " + ".join(where))
+        self._shards = [shard for shard, _ in placed]  # the shard objects must outlive their wrappers
+        log.info("index %s on %s", self.factory, self.device)
         return self
 
 
@@ -310,6 +348,10 @@ def _tune_new(index) -> None:
         pass
 
 
+_MANIFEST_FIELDS = {"dim": int, "count": int, "factory": str, "metric": str}
+_METRICS = {"ip": 0, "l2": 1}  # manifest name -> faiss.METRIC_* value
+
+
 def _read_folder(folder: str):
     import faiss
 
@@ -321,29 +363,51 @@ def _read_folder(folder: str):
     try:
         with open(path, encoding="utf-8") as f:
             man = json.load(f)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SearchIndexError(f"{path} is not valid JSON: {exc}") from exc
-    if man.get("format") != FORMAT or not isinstance(man.get("format_version"), int) or man["format_version"] > FORMAT_VERSION:
-        raise SearchIndexError(f"{path}: format {man.get('format')!r} version {man.get('format_version')!r} is not "
-                          f"supported by lsb-mm {__version__}")
+    if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("format_version"), int) \
+            or not 1 <= man["format_version"] <= FORMAT_VERSION:
+        got = (man.get("format"), man.get("format_version")) if isinstance(man, dict) else (None, None)
+        raise SearchIndexError(f"{path}: format {got[0]!r} version {got[1]!r} is not supported by lsb-mm {__version__} "
+                               f"(expected {FORMAT!r} 1..{FORMAT_VERSION})")
+    for key, typ in _MANIFEST_FIELDS.items():
+        if not isinstance(man.get(key), typ) or isinstance(man.get(key), bool):
+            raise SearchIndexError(f"{path}: field {key!r} is {man.get(key)!r}; expected a {typ.__name__}")
+    if man["metric"] not in _METRICS:
+        raise SearchIndexError(f"{path}: metric {man['metric']!r} unknown; expected one of {sorted(_METRICS)}")
+    man.setdefault("fingerprint", None)
     ipath = os.path.join(folder, "index.faiss")
     if not os.path.isfile(ipath):
         raise SearchIndexError(f"{folder}: index.faiss is missing")
-    if _sha256(ipath) != man.get("index_sha256"):
-        raise SearchIndexError(f"{ipath}: checksum does not match manifest.json (file changed or corrupt)")
-    index = faiss.read_index(ipath)
+    sums = man.get("sha256") or {"index.faiss": man.get("index_sha256")}  # older manifests: the index only
+    if not isinstance(sums, dict):
+        raise SearchIndexError(f"{path}: field 'sha256' must map file names to checksums")
+    for name in ("index.faiss", "ids.jsonl", "metadata.jsonl"):
+        fpath = os.path.join(folder, name)
+        if name in sums and os.path.isfile(fpath) and file_sha256(fpath) != sums[name]:
+            raise SearchIndexError(f"{fpath}: checksum does not match manifest.json (file changed or corrupt)")
+    try:
+        index = faiss.read_index(ipath)
+    except RuntimeError as exc:
+        raise SearchIndexError(f"{ipath}: FAISS cannot read it: {exc}") from exc
+    if index.metric_type != _METRICS[man["metric"]]:
+        raise SearchIndexError(f"{ipath}: FAISS metric {index.metric_type} differs from manifest.json's {man['metric']!r}")
     ids = _read_jsonl(os.path.join(folder, "ids.jsonl"))
+    if not all(isinstance(i, str) for i in ids):
+        bad = next(n for n, i in enumerate(ids, 1) if not isinstance(i, str))
+        raise SearchIndexError(f"{folder}/ids.jsonl:{bad}: expected a JSON string id")
     metadata = _read_jsonl(os.path.join(folder, "metadata.jsonl")) if man.get("metadata") else None
     if index.d != man["dim"] or index.ntotal != man["count"] or len(ids) != man["count"] or \
             (metadata is not None and len(metadata) != man["count"]):
         raise SearchIndexError(f"{folder}: the files disagree with manifest.json (dim {index.d} vs {man['dim']}, "
-                          f"vectors {index.ntotal}, ids {len(ids)}, expected {man['count']})")
+                               f"vectors {index.ntotal}, ids {len(ids)}, expected {man['count']})")
     return man, index, ids, metadata, folder
 
 
 def _read_jsonl(path: str) -> List[Any]:
     if not os.path.isfile(path):
         raise SearchIndexError(f"{path} is missing")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
+    try:
+        return [value for _, value in iter_jsonl(path)]
+    except InputError as exc:
+        raise SearchIndexError(str(exc)) from None

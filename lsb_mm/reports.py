@@ -3,15 +3,25 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
-__all__ = ["write_reports", "markdown_table"]
+from .files import atomic_write, write_text
 
-COLUMNS = ("ndcg@10", "mrr@10", "recall@10")
+__all__ = ["write_reports", "markdown_table", "default_columns"]
 
 
-def markdown_table(runs: Sequence[Dict[str, object]], columns: Sequence[str] = COLUMNS) -> str:
-    """Models x tasks; each cell holds the chosen metrics, separated by ' / '."""
+def default_columns(runs: Sequence[Dict[str, object]]) -> List[str]:
+    """NDCG, MRR and Recall at the cut-off of the runs' primary metric (NDCG@10 unless 10 was not asked for)."""
+    primaries = {str(r.get("primary", "ndcg@10")) for r in runs}
+    if len(primaries) != 1:
+        raise ValueError(f"runs evaluated at different cut-offs (primary metrics {sorted(primaries)}): give columns")
+    k = primaries.pop().split("@")[1]
+    return [f"ndcg@{k}", f"mrr@{k}", f"recall@{k}"]
+
+
+def markdown_table(runs: Sequence[Dict[str, object]], columns: Optional[Sequence[str]] = None) -> str:
+    """Models x tasks; each cell holds the chosen metrics (default: :func:`default_columns`), separated by ' / '."""
+    columns = default_columns(runs) if columns is None else list(columns)
     tasks: List[str] = list(dict.fromkeys(t for r in runs for t in r["tasks"]))
     head = "| model | " + " | ".join(tasks) + " |"
     lines = [f"Cells: {' / '.join(c.upper().replace('RECALL', 'R') for c in columns)}", "", head,
@@ -30,10 +40,8 @@ def write_reports(runs: Sequence[Dict[str, object]], folder: str) -> Dict[str, s
     os.makedirs(folder, exist_ok=True)
     paths = {"json": os.path.join(folder, "results.json"), "markdown": os.path.join(folder, "results.md"),
              "plot": os.path.join(folder, "recall.png")}
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(list(runs), f, indent=2)
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(markdown_table(runs))
+    write_text(paths["json"], json.dumps(list(runs), indent=2))
+    write_text(paths["markdown"], markdown_table(runs))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,6 +67,7 @@ def write_reports(runs: Sequence[Dict[str, object]], folder: str) -> Dict[str, s
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(paths["plot"], dpi=110)
+    with atomic_write(paths["plot"], "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
     return paths

@@ -49,8 +49,8 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     off (row ``"<head> (head off)"``). A locked image tower is served from ``feature_cache`` in
     training and evaluation. Returns ``(rows, runs)``: evaluation results per row, and one record per run."""
     from .checkpoint import remove_checkpoints
-    from .evaluation import evaluate
-    from .serialization import load_model
+    from .evaluation import CorpusCache, evaluate
+    from .factory import load_model
     from .trainer import train
 
     rows: Dict[str, List[dict]] = {}
@@ -65,12 +65,12 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
                 remove_checkpoints(cfg.output)
             cached = feature_cache.attach(model) if feature_cache is not None and model.has_image else contextlib.nullcontext()
             with cached:
-                docs: Dict[str, np.ndarray] = {}  # documents are plain: encoded once for both rows
-                res = evaluate(model, folders, show_progress_bar=False, _corpus_cache=docs)
+                docs = CorpusCache()  # documents are plain: encoded once for both rows
+                res = evaluate(model, folders, show_progress_bar=False, corpus_cache=docs)
                 rows.setdefault(head, []).append(res)
                 if head_off and head != "none":
                     rows.setdefault(f"{head} (head off)", []).append(
-                        evaluate(model, folders, enhance=False, show_progress_bar=False, _corpus_cache=docs))
+                        evaluate(model, folders, enhance=False, show_progress_bar=False, corpus_cache=docs))
             runs.append({"head": head, "seed": seed, "train_seconds": round(t_train, 1), "output": cfg.output,
                          "metrics": {t: r["metrics"] for t, r in res["tasks"].items()}})
             log(f"{head} seed {seed}: trained in {t_train:.0f} s; " +

@@ -1,4 +1,6 @@
-"""Saving and loading LSBModel folders: JSON config + safetensors, atomic, validated, no pickle.
+"""The lsb-mm model folder format: JSON config + safetensors, written atomically, validated, no pickle.
+
+This module reads and writes the files; :func:`lsb_mm.load_model` (``factory.py``) rebuilds the model.
 
 Layout of a saved folder::
 
@@ -13,16 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from typing import Any, Dict, Tuple
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import ModelLoadError
+from .files import atomic_folder, tensor_digest
 
-__all__ = ["save_model", "load_model", "FORMAT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "atomic_folder"]
+__all__ = ["save_model", "read_config", "read_weights", "check_state", "state_fingerprint", "FORMAT_VERSION",
+           "CONFIG_NAME", "WEIGHTS_NAME", "BACKBONE_DIR"]
 
 FORMAT = "lsb-mm"
 FORMAT_VERSION = 1
@@ -36,49 +38,11 @@ def _tensors(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _digest(tensors: Dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for k in sorted(tensors):
-        t = tensors[k]
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def state_fingerprint(model) -> str:
+    """A short hash of ``model.config()`` and every tensor of its state."""
     h = hashlib.sha256(json.dumps(model.config(), sort_keys=True).encode())
-    h.update(_digest(_tensors(model)).encode())
+    h.update(tensor_digest(_tensors(model)).encode())
     return h.hexdigest()[:16]
-
-
-class atomic_folder:
-    """Context manager: write into a temporary sibling folder, then swap it into place.
-
-    A crash leaves the old folder (or nothing) and a ``.tmp-*`` sibling, never a half-written
-    folder under the final name.
-    """
-
-    def __init__(self, folder: str):
-        self.folder = os.path.abspath(folder)
-
-    def __enter__(self) -> str:
-        parent = os.path.dirname(self.folder)
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.folder)}.tmp-", dir=parent)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        old = None
-        if os.path.exists(self.folder):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.folder)}.old-", dir=os.path.dirname(self.folder))
-            os.rmdir(old)
-            os.rename(self.folder, old)
-        os.rename(self.tmp, self.folder)
-        if old:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(model, folder: str) -> str:
@@ -86,7 +50,7 @@ def save_model(model, folder: str) -> str:
 
     tensors = _tensors(model)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "lsb_mm_version": __version__,
-              **model.config(), "weights": {"file": WEIGHTS_NAME, "count": len(tensors), "sha256": _digest(tensors)}}
+              **model.config(), "weights": {"file": WEIGHTS_NAME, "count": len(tensors), "sha256": tensor_digest(tensors)}}
     with atomic_folder(folder) as tmp:
         os.makedirs(os.path.join(tmp, BACKBONE_DIR))
         model.backbone.save_assets(os.path.join(tmp, BACKBONE_DIR))
@@ -121,45 +85,27 @@ def read_config(folder: str) -> Dict[str, Any]:
     return config
 
 
-def load_model(folder: str, device: str | torch.device = "cpu"):
-    """Rebuild a model saved with ``save_pretrained``; validates files, keys, shapes and checksum."""
+def read_weights(folder: str, config: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The tensors of a saved folder, checked against the checksum in its config."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .encoders import BACKBONES
-    from .model import LSBModel
-
-    config = read_config(folder)
-    spec = config["backbone"]
-    family = spec.get("family")
-    if family not in BACKBONES:
-        raise ModelLoadError(f"{folder}/{CONFIG_NAME}: backbone family {family!r} unknown; expected one of {sorted(BACKBONES)}")
-    weights_path = os.path.join(folder, config["weights"].get("file", WEIGHTS_NAME))
+    name = config["weights"].get("file", WEIGHTS_NAME) if isinstance(config["weights"], dict) else None
+    if not isinstance(name, str) or not name or os.path.basename(name) != name or name in (".", ".."):
+        raise ModelLoadError(f"{folder}/{CONFIG_NAME}: weights.file must be a file name inside the folder, got {name!r}")
+    weights_path = os.path.join(folder, name)
     if not os.path.isfile(weights_path):
         raise ModelLoadError(f"{folder}: weights file {os.path.basename(weights_path)} is missing")
     try:
         tensors = load_file(weights_path)
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelLoadError(f"{weights_path} is corrupt or not a safetensors file: {exc}") from exc
-    try:
-        backbone = BACKBONES[family].from_saved(spec, os.path.join(folder, BACKBONE_DIR))
-    except ModelLoadError:
-        raise
-    except Exception as exc:
-        raise ModelLoadError(f"{folder}/{BACKBONE_DIR}: cannot rebuild the {family} backbone: {exc}") from exc
-    th, ih, vw = config.get("text_head"), config.get("image_head"), config.get("visual_words")
-    model = LSBModel(backbone, head=(th or ih or {"kind": "none"})["kind"], text_head=th and th["kind"],
-                     image_head=ih and ih["kind"], vocab_size=vw["vocab_size"] if vw else 1024,
-                     fusion_q=config["fusion"]["query"], fusion_p=config["fusion"]["document"],
-                     head_init=config.get("head_init", "zeros"))
-    _check_state(model, tensors, weights_path)
-    if _digest(tensors) != config["weights"].get("sha256"):
+    if tensor_digest(tensors) != config["weights"].get("sha256"):
         raise ModelLoadError(f"{weights_path}: checksum does not match {CONFIG_NAME} (file changed or corrupt)")
-    model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval()
+    return tensors
 
 
-def _check_state(model, tensors: Dict[str, torch.Tensor], path: str) -> None:
+def check_state(model, tensors: Dict[str, torch.Tensor], path: str) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -29,6 +29,7 @@ from .datasets.training_data import TrainData, item_kinds, load_train_data
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, init_distributed
 from .encoders.feature_cache import ImageFeatureCache, image_tower_frozen
 from .errors import InputError
+from .files import iter_jsonl, write_text
 from .images import load_image, one_thread
 from .losses import info_nce
 
@@ -459,13 +460,10 @@ class Trainer:
                 "world_size": self.dist.world_size, "global_batch": self.global_batch, "total_steps": self.total_steps,
                 "trainable_parameters": sum(p.numel() for p in self.params), "device": str(self.device),
                 "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg)}
-        with open(os.path.join(cfg.output, "run_info.json"), "w", encoding="utf-8") as f:
-            json.dump(info, f, indent=2)
+        write_text(os.path.join(cfg.output, "run_info.json"), json.dumps(info, indent=2))
         if d.skipped:
             path = os.path.join(cfg.output, "skipped.jsonl")
-            with open(path, "w", encoding="utf-8") as f:
-                for row in d.skipped:
-                    f.write(json.dumps(row) + "\n")
+            write_text(path, "".join(json.dumps(row) + "\n" for row in d.skipped))
             log.warning("skipped %d bad rows of %s; see %s", len(d.skipped), cfg.train_data, path)
         if d.without_negatives and cfg.train_group_size > 1 and not cfg.mine_negatives:
             log.warning("%d of %d examples have no hard negatives: they use in-batch negatives only",
@@ -563,10 +561,8 @@ class Trainer:
         if self.dist.is_main:  # forget log lines written after the checkpoint
             path = os.path.join(self.cfg.output, LOG_NAME)
             if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= self.step]
-                with open(path, "w", encoding="utf-8") as f:
-                    f.writelines(keep)
+                keep = [json.dumps(rec) + "\n" for _, rec in iter_jsonl(path) if rec.get("step", 0) <= self.step]
+                write_text(path, "".join(keep))
         log.info("resumed from %s at step %d", folder, self.step)
 
     def _check_ranks_agree(self) -> None:

@@ -54,7 +54,7 @@ def export_labelled_folder(out_dir: str, split: str = "test", per_class: int = 2
     """Write a seeded sample of ``per_class`` images of each class as ``out_dir/<class>/<split>-<index>.png``."""
     from PIL import Image
 
-    from ..serialization import atomic_folder
+    from ..files import atomic_folder
 
     images, labels = load_fashion_mnist(split, root)
     order = np.random.default_rng(seed).permutation(len(labels))

@@ -22,8 +22,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..images import list_image_files, load_image
-from ..jsonl import iter_jsonl
+from ..images import load_image
+from ..files import atomic_folder, iter_jsonl, write_jsonl
+from .sources import labelled_classes
 
 __all__ = ["write_task", "read_task", "text_tasks", "image_tasks", "cross_tasks", "read_beir_pairs", "Task",
            "image_pair_training_data"]
@@ -49,22 +50,14 @@ class Task:
         return "image" if "image" in records[0] else "text"
 
 
-def _write_jsonl(path: str, records: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
 def write_task(folder: str, name: str, queries: List[dict], corpus: List[dict], qrels: List[Tuple[str, str, int]],
                move_in: Optional[Dict[str, str]] = None, **info) -> str:
     """Write one task folder (atomically); ``move_in`` maps sub-folder names to folders moved inside."""
-    from ..serialization import atomic_folder
-
     if not queries or not corpus:
         raise InputError(f"task {name}: nothing to write ({len(queries)} queries, {len(corpus)} documents)")
     with atomic_folder(folder) as tmp:
-        _write_jsonl(os.path.join(tmp, "corpus.jsonl"), corpus)
-        _write_jsonl(os.path.join(tmp, "queries.jsonl"), queries)
+        write_jsonl(os.path.join(tmp, "corpus.jsonl"), corpus)
+        write_jsonl(os.path.join(tmp, "queries.jsonl"), queries)
         os.makedirs(os.path.join(tmp, "qrels"))
         with open(os.path.join(tmp, "qrels", "test.tsv"), "w", encoding="utf-8") as f:
             f.write("query-id\tcorpus-id\tscore\n")
@@ -184,11 +177,7 @@ def text_tasks(pairs: Sequence[Tuple[str, str]], out_dir: str, kinds: Sequence[s
 
 # -- images ------------------------------------------------------------------------------------
 def _labelled(folder: str) -> Dict[str, List[str]]:
-    if not os.path.isdir(folder):
-        raise InputError(f"labelled image folder {folder} does not exist")
-    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-    out = {c: list_image_files(os.path.join(folder, c)) for c in classes}
-    out = {c: v for c, v in out.items() if v}
+    out = labelled_classes(folder)
     if len(out) < 2:
         raise InputError(f"{folder}: expected at least 2 class sub-folders with images")
     return out

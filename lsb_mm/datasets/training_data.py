@@ -12,7 +12,6 @@ writes them to a report); without it the first bad row raises :class:`InputError
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -21,7 +20,8 @@ import numpy as np
 
 from ..errors import InputError
 from ..images import IMAGE_EXTENSIONS, list_image_files
-from ..jsonl import iter_jsonl
+from ..files import iter_jsonl
+from .sources import labelled_classes, read_caption, read_csv, sidecar_path
 
 __all__ = ["MODALITIES", "TrainExample", "TrainData", "load_train_data", "item_kinds"]
 
@@ -122,42 +122,28 @@ def _read_jsonl(path: str, modality: str, root: Optional[str], rows: _Rows) -> N
 
 
 def _read_csv(path: str, img_key: str, caption_key: str, root: Optional[str], rows: _Rows) -> None:
-    sep = "\t" if path.endswith(".tsv") else ","
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, delimiter=sep)
-        cols = reader.fieldnames or []
-        for key, flag in ((img_key, "--csv-img-key"), (caption_key, "--csv-caption-key")):
-            if key not in cols:
-                raise InputError(f"{path}:1: no column {key!r} ({flag}); the columns are {cols}")
-        for n, rec in enumerate(reader, 2):
-            src = f"{path}:{n}"
-            try:
-                caption = _check_item(rec.get(caption_key), "text", root, caption_key)
-                image = _check_item(rec.get(img_key), "image", root, img_key)
-            except ValueError as exc:
-                rows.bad(src, str(exc))
-                continue
-            rows.examples.append(TrainExample(caption, [image], (), src))
+    for n, rec in read_csv(path, ((img_key, "--csv-img-key"), (caption_key, "--csv-caption-key"))):
+        src = f"{path}:{n}"
+        try:
+            caption = _check_item(rec.get(caption_key), "text", root, caption_key)
+            image = _check_item(rec.get(img_key), "image", root, img_key)
+        except ValueError as exc:
+            rows.bad(src, str(exc))
+            continue
+        rows.examples.append(TrainExample(caption, [image], (), src))
 
 
 def _read_caption_folder(folder: str, rows: _Rows) -> None:
     for img in list_image_files(folder):
-        side = os.path.splitext(img)[0] + ".txt"
-        if not os.path.isfile(side):
-            rows.bad(img, f"no caption sidecar {os.path.basename(side)}")
+        caption, problem = read_caption(img)
+        if caption is None:
+            rows.bad(img, problem)
             continue
-        with open(side, encoding="utf-8", errors="replace") as f:
-            caption = f.readline().strip()
-        if not caption:
-            rows.bad(side + ":1", "empty caption")
-            continue
-        rows.examples.append(TrainExample(caption, [img], (), side + ":1"))
+        rows.examples.append(TrainExample(caption, [img], (), sidecar_path(img) + ":1"))
 
 
 def _read_labelled_folder(folder: str, rows: _Rows) -> None:
-    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
-    by_class = {c: list_image_files(os.path.join(folder, c)) for c in classes}
-    usable = {c: imgs for c, imgs in by_class.items() if imgs}
+    usable = labelled_classes(folder)
     if len(usable) < 2:
         raise InputError(f"{folder}: a labelled folder needs at least 2 class sub-folders with images, found {len(usable)}")
     everything = [(c, p) for c in usable for p in usable[c]]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 from ..errors import InputError
+from .sources import read_caption
 
 __all__ = ["Stamp", "Stamps", "load_tuxpaint", "link_labelled_folder", "TUXPAINT_PACKAGE", "TUXPAINT_ROOT"]
 
@@ -55,13 +56,9 @@ def load_tuxpaint(root: str = TUXPAINT_ROOT) -> Stamps:
             if not name.lower().endswith(".png") or name.lower().endswith("_mirror.png"):
                 continue
             path = os.path.join(folder, name)
-            side = os.path.splitext(path)[0] + ".txt"
-            caption = ""
-            if os.path.isfile(side):
-                with open(side, encoding="utf-8", errors="replace") as f:
-                    caption = f.readline().strip()
-            if not caption:
-                skipped.append({"source": path, "reason": f"no English caption ({os.path.basename(side)} missing or empty)"})
+            caption, problem = read_caption(path)
+            if caption is None:
+                skipped.append({"source": path, "reason": f"no English caption: {problem}"})
                 continue
             stamps.append(Stamp(path, caption, os.path.relpath(folder, root)))
     if not stamps:

@@ -11,7 +11,8 @@ later epoch, codebook fit and evaluation nearly free::
 
 Keys are a BLAKE2 digest of each pixel tensor, so an identical image reached by another path hits,
 and a different crop misses. One cache serves one tower: attaching it to a tower with other
-weights empties it first. The cache refuses to run while any of the tower's parameters trains
+weights empties it first, and attaching it to a second tower while the first is attached is
+refused. The cache refuses to run while any of the tower's parameters trains
 (a stale feature would be silently wrong); a frozen tower is in eval mode by construction in the
 trainer and in ``create_model``.
 """
@@ -24,6 +25,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 
+from ..files import tensor_digest
 from .base import Backbone, ImageFeatures
 
 __all__ = ["ImageFeatureCache", "image_tower_frozen"]
@@ -61,6 +63,7 @@ class ImageFeatureCache:
         self.tower_digest: str = ""
         self.nbytes = self.hits = self.misses = 0
         self._full_warned = False
+        self._attached = None  # the tower served now (one at a time: rows are keyed by pixels only)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -76,12 +79,13 @@ class ImageFeatureCache:
     @contextlib.contextmanager
     def attach(self, model) -> Iterator["ImageFeatureCache"]:
         """Serve ``model``'s image-tower features from the cache inside the ``with`` block."""
-        from ..serialization import _digest
-
         tower = model.backbone.image_tower()
         if "image_features" in vars(tower):
             raise RuntimeError("image feature cache: this image tower is already attached to a cache")
-        digest = _digest({k: v.detach().cpu() for k, v in _image_state(tower).items()})
+        if self._attached is not None:
+            raise RuntimeError("image feature cache: already attached to another image tower; one cache serves one "
+                               "tower at a time (leave the first `with cache.attach(...)` block, or use a second cache)")
+        digest = tensor_digest(_image_state(tower))
         if digest != self.tower_digest:
             if self.rows:
                 log.info("image feature cache: another tower (%s); emptied", digest[:12])
@@ -100,10 +104,12 @@ class ImageFeatureCache:
             return self._features(compute, pixels)
 
         tower.image_features = cached  # an instance attribute shadows the method
+        self._attached = tower
         try:
             yield self
         finally:
             del tower.image_features
+            self._attached = None
 
     def _features(self, compute, pixels: torch.Tensor) -> ImageFeatures:
         flat = pixels.detach().to("cpu", torch.float32).contiguous().reshape(pixels.shape[0], -1)

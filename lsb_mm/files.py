@@ -1,0 +1,145 @@
+"""Safe file writing and reading, shared by every layer (a leaf: imports nothing of lsb-mm but errors).
+
+- :class:`atomic_folder`: build a folder under a temporary sibling name, then swap it into place;
+- :func:`atomic_write`: a file created exclusively in its target folder (``tempfile.mkstemp``, so a
+  symlink planted at a predictable name is never followed), renamed over the target on success;
+- :func:`tensor_digest` / :func:`file_sha256`: checksums of tensors and of files;
+- :func:`iter_jsonl` / :func:`write_jsonl`: JSONL with errors that name ``file:line``.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from typing import IO, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+
+from .errors import InputError
+
+__all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file_sha256", "iter_jsonl", "write_jsonl"]
+
+
+class atomic_folder:
+    """Context manager: write into a temporary sibling folder, then swap it into place.
+
+    A crash leaves the old folder (or nothing) and a ``.tmp-*`` sibling, never a half-written
+    folder under the final name.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = os.path.abspath(folder)
+
+    def __enter__(self) -> str:
+        parent = os.path.dirname(self.folder)
+        os.makedirs(parent, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.folder)}.tmp-", dir=parent)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if os.path.exists(self.folder):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.folder)}.old-", dir=os.path.dirname(self.folder))
+            os.rmdir(old)
+            os.rename(self.folder, old)
+        os.rename(self.tmp, self.folder)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w") -> Iterator[IO]:
+    """Open a new file for writing that replaces ``path`` only when the ``with`` block succeeds.
+
+    The temporary file is created exclusively (``O_EXCL``) in ``path``'s folder with a random
+    name, so an existing file or symlink is never written through; ``mode`` is ``"w"`` (UTF-8
+    text) or ``"wb"``. On error the temporary file is removed and ``path`` is left as it was.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_write: mode must be 'w' or 'wb', got {mode!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with (os.fdopen(fd, "wb") if mode == "wb" else os.fdopen(fd, "w", encoding="utf-8")) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str, text: str) -> str:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`); returns ``path``."""
+    with atomic_write(path) as f:
+        f.write(text)
+    return path
+
+
+def write_jsonl(path: str, records: Iterable[Any]) -> None:
+    """One JSON value per line, UTF-8 kept as is (not atomic: write inside an atomic folder or file)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def iter_jsonl(path: str, on_error: Optional[Callable[[str, str], None]] = None) -> Iterator[Tuple[int, Any]]:
+    """Yield ``(line number, parsed value)`` for each non-blank line.
+
+    A line that is not JSON (or not UTF-8) raises InputError naming ``file:line``, or, with
+    ``on_error``, is reported as ``on_error("file:line", reason)`` and skipped.
+    """
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"not UTF-8 text (byte {exc.start + 1} of the line)"
+                if on_error is None:
+                    raise InputError(f"{path}:{n}: {reason}") from None
+                on_error(f"{path}:{n}", reason)
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
+                if on_error is None:
+                    raise InputError(f"{path}:{n}: {reason}") from None
+                on_error(f"{path}:{n}", reason)
+                continue
+            yield n, value
+
+
+def tensor_digest(tensors: Dict[str, Any]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes of CPU tensors, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k]
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
