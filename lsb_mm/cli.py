@@ -68,14 +68,28 @@ def _add_model_option(p) -> None:
                         "image_options='{\"weights\": \"lite0.pth\"}' (see lsb_mm.create_model)")
 
 
+def _head_choices(with_none: bool = True) -> List[str]:
+    """Head kinds from the head registry (``lsb_mm.heads.HEADS``)."""
+    from .heads import HEADS
+
+    return sorted(k for k in HEADS if with_none or k != "none")
+
+
+def _pooling_choices() -> List[str]:
+    """Pooling modes of ``hf:`` text encoders (``auto``: the folder's sentence-transformers setting, else cls)."""
+    from .encoders.hf_backbone import POOLINGS
+
+    return ["auto", *POOLINGS]
+
+
 def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     p.add_argument("--model", required=True, action="append" if multiple else "store",
                    help="a saved lsb-mm folder, or an encoder name: open_clip:<config>, open_clip:local-dir:/path, "
                         "timm:<name>, hf:<folder>" + (" (repeat to compare models)" if multiple else ""))
-    p.add_argument("--head", default="clr", choices=["clr", "slr", "llr", "none"],
+    p.add_argument("--head", default="clr", choices=_head_choices(),
                    help="head for a new model built from an encoder name (ignored for saved folders; default: clr)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file")
-    p.add_argument("--pooling", default=None, choices=["auto", "cls", "mean", "max"], help="pooling of hf: text encoders")
+    p.add_argument("--pooling", default=None, choices=_pooling_choices(), help="pooling of hf: text encoders")
     _add_model_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
@@ -149,8 +163,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig(model="", train_data="", output="")
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="encoder name (open_clip:..., timm:..., hf:...) or a saved lsb-mm folder")
-    g.add_argument("--head", default=d.head, choices=["clr", "slr", "llr", "none"], help="head of a new model (default: %(default)s)")
-    g.add_argument("--pooling", default=None, choices=["auto", "cls", "mean", "max"], help="pooling of hf: encoders")
+    g.add_argument("--head", default=d.head, choices=_head_choices(), help="head of a new model (default: %(default)s)")
+    g.add_argument("--pooling", default=None, choices=_pooling_choices(), help="pooling of hf: encoders")
     _add_model_option(g)
     g.add_argument("--vocab-size", type=int, default=d.vocab_size, help="visual words of a new image tower (default: %(default)s)")
     g.add_argument("--fit-codebook", type=int, default=d.fit_codebook,
@@ -211,25 +225,42 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
+def _without_nproc(argv: List[str]) -> List[str]:
+    """``argv`` less its ``--nproc N`` / ``--nproc=N`` (or an abbreviation such as ``--npr 2``): each
+    torchrun process trains; torchrun would also take ``--nproc=N`` for its own ``--nproc-per-node``."""
+    out, skip = [], False
+    for tok in argv:
+        if skip:
+            skip = False
+            continue
+        head, eq, _ = tok.partition("=")
+        if head.startswith("--np") and "--nproc".startswith(head):
+            skip = not eq
+            continue
+        out.append(tok)
+    return out
+
+
 def cmd_train(args) -> int:
     import dataclasses
 
     from .trainer import TrainConfig, train
 
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        import subprocess
-
-        argv = sys.argv[1:]
-        i = argv.index("--nproc")
-        argv = argv[:i] + argv[i + 2:]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "lsb_mm", *argv]
-        return subprocess.call(cmd)
+    if args.nproc < 1:
+        raise InputError(f"--nproc must be >= 1, got {args.nproc}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["show_progress"] = not args.quiet
     values["model_options"] = dict(args.model_options or [])
-    final = train(TrainConfig(**values))
+    config = TrainConfig(**values)
+    config.check()  # before any process starts
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        import subprocess
+
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "lsb_mm", *_without_nproc(args.argv)]
+        return subprocess.call(cmd)
+    final = train(config)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps({"final": final, "log": os.path.join(args.output, "train_log.jsonl")}))
     return 0
@@ -470,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "  lsb-mm demo --head llr --output runs/demo-llr")
     de.add_argument("--output", default="runs/demo", help="folder for results, indexes, gallery.html; an earlier demo's "
                     "folder is replaced, any other non-empty folder refused (default: %(default)s)")
-    de.add_argument("--head", default="slr", choices=["slr", "llr", "clr"], help="the LexSemBridge head (default: %(default)s)")
+    de.add_argument("--head", default="slr", choices=_head_choices(with_none=False), help="the LexSemBridge head (default: %(default)s)")
     de.add_argument("--epochs-cross", type=int, default=8, help="epochs of text->image training (default: %(default)s)")
     de.add_argument("--epochs-image", type=int, default=4, help="epochs of image->image training (default: %(default)s)")
     de.add_argument("--max-steps", type=int, default=0, help="cap on steps per training (0: the epochs)")
@@ -483,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()

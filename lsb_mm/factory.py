@@ -102,23 +102,31 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     return model.to(device).eval()
 
 
+_UNLISTED = {
+    "hf": "hf: models are local folders (or names already in the Hugging Face cache) and have no registry to list; "
+          "pass hf:<folder>",
+    "dual": "dual: encoders are built from two other names, dual:<text name>|<image name>; list those families "
+            "(list_models('open_clip'), list_models('timm'))",
+}
+
+
 def list_models(family: Optional[str] = None) -> List[str]:
-    """Known encoder names. ``open_clip`` configs by default; ``family="timm"`` lists timm's."""
-    out: List[str] = []
-    if family in (None, "open_clip"):
-        import open_clip
-
-        from .encoders.open_clip_backbone import register_lsb_configs
-
-        register_lsb_configs()
-        out += [f"open_clip:{n}" for n in open_clip.list_models()]
+    """Known encoder names: open_clip's configs by default (``family="open_clip"``), timm's with
+    ``family="timm"``. ``hf`` and ``dual`` have no registry: asking for them raises and says why."""
+    if family in _UNLISTED:
+        raise ModelLoadError(_UNLISTED[family])
+    if family not in (None, "open_clip", "timm"):
+        raise ModelLoadError(f"unknown family {family!r}; expected one of {sorted(BACKBONES)}")
     if family == "timm":
         import timm
 
-        out += [f"timm:{n}" for n in timm.list_models()]
-    if family not in (None, "open_clip", "timm", "hf"):
-        raise ModelLoadError(f"unknown family {family!r}; expected one of {sorted(BACKBONES)}")
-    return out
+        return [f"timm:{n}" for n in timm.list_models()]
+    import open_clip
+
+    from .encoders.open_clip_backbone import register_lsb_configs
+
+    register_lsb_configs()
+    return [f"open_clip:{n}" for n in open_clip.list_models()]
 
 
 def add_model_config(path: str) -> None:

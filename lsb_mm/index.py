@@ -88,8 +88,6 @@ def gpu_unsupported(index) -> Optional[str]:
     while isinstance(idx, (faiss.IndexPreTransform, faiss.IndexIDMap)):
         idx = faiss.downcast_index(idx.index)
     name = type(idx).__name__
-    if isinstance(idx, faiss.IndexIVFPQR):  # a subclass of IndexIVFPQ whose refinement the GPU would drop
-        return name
     if isinstance(idx, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer, faiss.IndexIVFPQ)):
         return None
     if isinstance(idx, faiss.IndexScalarQuantizer) and idx.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
@@ -152,6 +150,9 @@ class Index:
         if normalize:
             x = _normalize(x)
         d = x.shape[1]
+        if not isinstance(factory, str) or "IDMap" in factory:
+            raise SearchIndexError(f"index factory {factory!r}: give a FAISS factory string without IDMap "
+                                   "(lsb_mm.Index keeps its own ids)")
         try:
             index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -349,7 +350,7 @@ def _tune_new(index) -> None:
 
 
 _MANIFEST_FIELDS = {"dim": int, "count": int, "factory": str, "metric": str}
-_METRICS = {"ip": 0, "l2": 1}  # manifest name -> faiss.METRIC_* value
+_METRICS = {"ip": 0}  # manifest name -> faiss.METRIC_* value (lsb-mm searches by inner product only)
 
 
 def _read_folder(folder: str):

@@ -196,11 +196,12 @@ class LSBModel(nn.Module):
             x = x[torch.randperm(x.shape[0], generator=g)[:max_features]]
         new_v = int(vocab_size or self.visual_words.vocab_size)
         self.visual_words.fit(x, vocab_size=new_v, niter=niter, seed=seed)
-        self.resize_visual_vocab(new_v)
+        self.resize_visual_vocab(new_v, seed=seed)
         return self
 
-    def resize_visual_vocab(self, vocab_size: int) -> None:
-        """Give the codebook and the image head ``vocab_size`` entries (the head starts afresh)."""
+    def resize_visual_vocab(self, vocab_size: int, seed: int = 0) -> None:
+        """Give the codebook and the image head ``vocab_size`` entries (the head starts afresh,
+        initialised from ``seed`` without touching the global random state)."""
         vw = self.visual_words
         if vw.vocab_size != vocab_size:
             vw.centroids = VisualWords(vocab_size, vw.dim).centroids.to(vw.centroids.device)
@@ -208,8 +209,10 @@ class LSBModel(nn.Module):
             log.warning("visual vocabulary changed from %d to %d: the image head is re-initialised",
                         self.image_head.vocab_size, vocab_size)
             old = self.image_head
-            self.image_head = build_head(old.config()["kind"], vocab_size, old.embed_dim, old.hidden_dim,
-                                         self.head_init).to(self.device)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.image_head = build_head(old.config()["kind"], vocab_size, old.embed_dim, old.hidden_dim,
+                                             self.head_init).to(self.device)
 
     # -- persistence -------------------------------------------------------------------------
     def config(self) -> Dict[str, Any]:

@@ -32,6 +32,7 @@ from .errors import InputError
 from .files import iter_jsonl, write_text
 from .images import load_image, one_thread
 from .losses import info_nce
+from .metrics import evaluate_run
 
 __all__ = ["TrainConfig", "Trainer", "train", "FINAL_DIR"]
 
@@ -41,7 +42,8 @@ LOG_NAME = "train_log.jsonl"
 # settings that must not change between a run and its resumption, or the result would differ
 RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
                 "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
-                "mine_negatives", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay", "max_steps", "epochs")
+                "mine_negatives", "mine_top_k", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay",
+                "max_grad_norm", "precision", "max_steps", "epochs")
 
 
 @dataclass
@@ -110,6 +112,17 @@ class TrainConfig:
             (not self.symmetric or self.modality == "cross", "symmetric applies to --modality cross"),
             (self.mine_top_k >= 1, "mine_top_k must be >= 1"),
             (self.feature_cache_gb >= 0, "feature_cache_gb must be >= 0 (0 = off)"),
+            (self.log_steps >= 1, f"log_steps must be >= 1 (log every N steps), got {self.log_steps}"),
+            (self.save_steps >= 0, f"save_steps must be >= 0 (0 = only at the end), got {self.save_steps}"),
+            (self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = only at the end), got {self.eval_steps}"),
+            (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0 = all), got {self.keep_checkpoints}"),
+            (self.max_steps >= 0 and self.epochs >= 0, "max_steps and epochs must be >= 0"),
+            (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 = off), got {self.max_grad_norm}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}"),
+            (self.fit_codebook >= -1, f"fit_codebook must be -1 (up to 1000 images), 0 (never) or N > 0, got {self.fit_codebook}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -495,12 +508,12 @@ class Trainer:
         if self.dist.is_main:
             m.fit_codebook(images, vocab_size=vocab, seed=self.cfg.seed, show_progress_bar=False)
         else:
-            m.resize_visual_vocab(vocab)
-        if self.dist.enabled:
+            m.resize_visual_vocab(vocab, seed=self.cfg.seed)
+        if self.dist.enabled:  # every rank starts from rank 0's codebook and (possibly re-created) image head
             import torch.distributed as dist
 
-            dist.broadcast(m.visual_words.centroids, 0)
-            dist.broadcast(m.visual_words.fitted, 0)
+            for t in [m.visual_words.centroids, m.visual_words.fitted, *m.image_head.parameters(), *m.image_head.buffers()]:
+                dist.broadcast(t.data, 0)
         self._build_optimizer()  # a new vocabulary re-created the image head: own its new parameters
 
     @torch.no_grad()
@@ -582,21 +595,18 @@ class Trainer:
 
 
 def retrieval_metrics(data: TrainData, encode_query, encode_passage, ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
-    """Recall@k (share of each query's positives in its top k) and success@k (any positive in the top k)."""
+    """Held-out NDCG@k, MRR@k, Recall@k and success@k of every query against the union of the
+    set's passages, with the definitions of :mod:`lsb_mm.metrics` (trec_eval's: Recall@k divides
+    by all of a query's positives)."""
     corpus = list(dict.fromkeys(p for e in data.examples for p in list(e.pos) + list(e.neg)))
-    where = {p: i for i, p in enumerate(corpus)}
     q = torch.from_numpy(encode_query([e.query for e in data.examples], role="query"))
     d = torch.from_numpy(encode_passage(corpus, role="document"))
-    kmax = min(max(ks), len(corpus))
-    top = (q @ d.t()).topk(kmax, dim=1).indices
-    rel = [torch.tensor([where[p] for p in e.pos]) for e in data.examples]
-    out = {}
-    for k in ks:
-        kk = min(k, kmax)
-        hits = [torch.isin(top[i, :kk], r).sum().item() for i, r in enumerate(rel)]
-        out[f"recall@{k}"] = float(np.mean([h / min(len(r), kk) for h, r in zip(hits, rel)]))
-        out[f"success@{k}"] = float(np.mean([h > 0 for h in hits]))
-    return out
+    top = (q @ d.t()).topk(min(max(ks), len(corpus)), dim=1).indices.tolist()
+    run = {str(i): [str(j) for j in row] for i, row in enumerate(top)}
+    where = {p: str(i) for i, p in enumerate(corpus)}
+    qrels = {str(i): {where[p]: 1 for p in e.pos} for i, e in enumerate(data.examples)}
+    means = evaluate_run(run, qrels, ks)["metrics"]
+    return {name: value for name, value in means.items() if name.split("@")[0] in ("ndcg", "mrr", "recall", "success")}
 
 
 def train(config: TrainConfig | Dict[str, Any], feature_cache: Optional[ImageFeatureCache] = None) -> str:

@@ -1,4 +1,7 @@
 """Backbones through lsb-mm equal their own libraries; visual words depend on content."""
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -141,6 +144,88 @@ def test_real_minilm_matches_sentence_transformers(minilm_path):
     assert ((m2.encode_text(sentences[:20], enhance=False) * ref[:20]).sum(1)).min() >= 0.9999
 
 
+def _st_folder(path, tiny_hf_dir, *extra):
+    """A sentence-transformers folder saved by sentence-transformers itself: tiny BERT, mean pooling, ``extra`` modules."""
+    import warnings
+
+    from sentence_transformers import SentenceTransformer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sentence_transformers import models as M
+    torch.manual_seed(0)
+    st = SentenceTransformer(modules=[M.Transformer(tiny_hf_dir), M.Pooling(32, "mean"), *extra], device="cpu")
+    st.save(str(path))
+    return st
+
+
+def test_sentence_transformers_dense_and_normalize_are_read_from_modules_json(tmp_path, tiny_hf_dir):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from sentence_transformers import models as M
+    st = _st_folder(tmp_path / "st", tiny_hf_dir, M.Dense(32, 12, activation_function=torch.nn.Tanh()),
+                    M.Dense(12, 8, bias=False, activation_function=torch.nn.Identity()), M.Normalize())
+    texts = ["a man page about sockets", "ls lists directory contents", "x"]
+    m = lsb_mm.create_model(f"hf:{tmp_path / 'st'}", head="slr")
+    assert m.embed_dim == 8 and m.backbone.normalize and [d["activation"] for d in m.backbone.dense_specs] == ["Tanh", "Identity"]
+    ref = st.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(m.encode_text(texts, enhance=False), ref, atol=1e-5)
+    m.save_pretrained(tmp_path / "saved")
+    again = lsb_mm.load_model(tmp_path / "saved")
+    assert again.fingerprint() == m.fingerprint() and again.embed_dim == 8
+    np.testing.assert_allclose(again.encode_text(texts, enhance=False), ref, atol=1e-5)
+    # an old-style folder (pytorch_model.bin Dense weights, boolean pooling flags) reads the same
+    old = tmp_path / "old"
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(tmp_path / "st", old)
+    for dense in sorted(p for p in os.listdir(old) if p.endswith("_Dense")):
+        torch.save(load_file(str(old / dense / "model.safetensors")), str(old / dense / "pytorch_model.bin"))
+        os.remove(old / dense / "model.safetensors")
+    (old / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    np.testing.assert_allclose(lsb_mm.create_model(f"hf:{old}", head="none").encode_text(texts), ref, atol=1e-5)
+
+
+def test_sentence_transformers_modules_lsb_mm_cannot_run_are_refused_by_name(tmp_path, tiny_hf_dir):
+    _st_folder(tmp_path / "st", tiny_hf_dir)
+
+    def variant(name, modules=None, pooling=None):
+        folder = tmp_path / name
+        import shutil
+
+        shutil.copytree(tmp_path / "st", folder)
+        mods = json.loads((folder / "modules.json").read_text())
+        if modules:
+            mods = modules(mods)
+        (folder / "modules.json").write_text(json.dumps(mods))
+        if pooling:
+            (folder / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+        return f"hf:{folder}"
+
+    layer_norm = variant("ln", lambda m: m + [{"idx": 2, "name": "2", "path": "2_LayerNorm",
+                                               "type": "sentence_transformers.models.LayerNorm"}])
+    with pytest.raises(lsb_mm.ModelLoadError, match="'sentence_transformers.models.LayerNorm'"):
+        lsb_mm.create_model(layer_norm, head="none")
+    custom = variant("custom", lambda m: m + [{"idx": 2, "name": "2", "path": "2_X", "type": "my_package.Dense"}])
+    with pytest.raises(lsb_mm.ModelLoadError, match="'my_package.Dense'"):
+        lsb_mm.create_model(custom, head="none")
+    reordered = variant("order", lambda m: m[::-1])
+    with pytest.raises(lsb_mm.ModelLoadError, match="are not Transformer, Pooling"):
+        lsb_mm.create_model(reordered, head="none")
+    for mode in ({"pooling_mode": "weightedmean"}, {"pooling_mode_lasttoken": True},
+                 {"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}):
+        with pytest.raises(lsb_mm.ModelLoadError, match="pooling .* is not supported"):
+            lsb_mm.create_model(variant(f"pool{len(str(mode))}{sorted(mode)[0]}", pooling=mode), head="none")
+    assert lsb_mm.create_model(variant("cls", pooling={"pooling_mode": "cls"}), head="none").backbone.pooling == "cls"
+    # the user's own pooling choice wins over the folder's, also over one lsb-mm does not have
+    weighted = variant("weighted", pooling={"pooling_mode": "weightedmean"})
+    assert lsb_mm.create_model(weighted, head="none", pooling="max").backbone.pooling == "max"
+
+
 def test_visual_words_depend_on_content(rgb_images):
     from PIL import Image
 
@@ -216,3 +301,25 @@ def test_timm_cnn_img_size_changes_only_the_preprocessing(rgb_images, tmp_path):
     np.testing.assert_array_equal(again.encode_image(rgb_images), m.encode_image(rgb_images))
     with pytest.raises(lsb_mm.ModelLoadError, match="img_size must be an integer"):
         lsb_mm.create_model("timm:resnet18", img_size="big")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_hf_clip_dir", "tiny_hf_vit_dir"])
+def test_trust_remote_code_reaches_every_hf_loader(fixture, request, monkeypatch):
+    """Off unless asked for, and when asked for it reaches the model, tokenizer and processor loaders."""
+    import transformers
+
+    folder = request.getfixturevalue(fixture)
+    seen = []
+    for cls in (transformers.CLIPModel, transformers.AutoModel, transformers.AutoTokenizer, transformers.AutoImageProcessor):
+        real = cls.from_pretrained.__func__
+
+        def spy(klass, *args, _real=real, _name=cls.__name__, **kw):
+            seen.append((_name, kw.get("trust_remote_code", False)))
+            return _real(klass, *args, **kw)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    lsb_mm.create_model(f"hf:{folder}", head="none")
+    assert seen and not any(flag for _, flag in seen)
+    seen.clear()
+    lsb_mm.create_model(f"hf:{folder}", head="none", trust_remote_code=True)
+    assert len(seen) >= 2 and all(flag for _, flag in seen), seen

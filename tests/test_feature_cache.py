@@ -35,6 +35,28 @@ def test_cached_features_equal_computed_ones_and_are_computed_once(rgb_images):
         assert len(cache) == 0
 
 
+def test_one_cache_serves_one_tower_at_a_time(rgb_images):
+    """Attaching to a second tower while the first is attached would re-key the shared rows (the
+    first tower would then store its features as the second's): refused, unless the weights are the same."""
+    a, b = cnn(seed=0), cnn(seed=1)
+    cache = ImageFeatureCache(max_gb=0.1)
+    with cache.attach(a):
+        a.encode_image(rgb_images[:2])
+        twin = cnn(seed=0)  # another model object, the same tower weights: the same features, served together
+        with cache.attach(twin):
+            np.testing.assert_allclose(twin.encode_image(rgb_images[:2]), a.encode_image(rgb_images[:2]), atol=1e-6)
+        assert cache.stats()["misses"] == 2 and "image_features" not in vars(twin.backbone)
+        with pytest.raises(RuntimeError, match="already attached to an image tower with other weights"):
+            with cache.attach(b):
+                pass
+        assert "image_features" not in vars(b.backbone)  # the refused attach left b alone
+        again = a.encode_image(rgb_images[:2])  # still a's cache, still a's features
+        assert cache.stats()["hits"] == 6
+    with cache.attach(b):  # after the first block, the second tower is fine (the rows are emptied)
+        np.testing.assert_allclose(b.encode_image(rgb_images[:2]), cnn(seed=1).encode_image(rgb_images[:2]), atol=1e-5)
+    assert not np.allclose(again, b.encode_image(rgb_images[:2]))
+
+
 def test_the_cache_refuses_a_training_tower(rgb_images):
     m = cnn()
     pix = torch.stack([m.image_transform(im) for im in rgb_images])

@@ -136,3 +136,137 @@ def test_half_written_folder_is_never_loaded(tmp_path, monkeypatch):
         f.write(b"\0")
     with pytest.raises(SearchIndexError, match="checksum"):
         Index.load(tmp_path / "idx")
+
+
+def _edit_manifest(folder, **changes):
+    import json
+
+    path = os.path.join(folder, "manifest.json")
+    man = json.load(open(path))
+    for k, v in changes.items():
+        if v is None:
+            man.pop(k, None)
+        else:
+            man[k] = v
+    json.dump(man, open(path, "w"))
+
+
+def test_damaged_index_folders_get_clear_errors(tmp_path):
+    import json
+    import shutil
+
+    import faiss
+
+    x = unit(20, 8)
+    Index.build(x, ids=[f"d{i}" for i in range(20)], metadata=[{"n": i} for i in range(20)]).save(tmp_path / "good")
+
+    def damaged(name):
+        shutil.copytree(tmp_path / "good", tmp_path / name)
+        return tmp_path / name
+
+    f = damaged("no_dim")
+    _edit_manifest(f, dim=None)
+    with pytest.raises(SearchIndexError, match="field 'dim' is None; expected a int"):
+        Index.load(f)
+    f = damaged("bad_count")
+    _edit_manifest(f, count="20")
+    with pytest.raises(SearchIndexError, match="field 'count'"):
+        Index.load(f)
+    f = damaged("not_a_dict")
+    (f / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(SearchIndexError, match="is not supported"):
+        Index.load(f)
+    # a corrupt ids.jsonl whose checksum is not recorded (an older manifest) still gets file:line
+    f = damaged("ids_json")
+    _edit_manifest(f, sha256=None, index_sha256=json.load(open(f / "manifest.json"))["sha256"]["index.faiss"])
+    (f / "ids.jsonl").write_text('"d0"\n{oops\n' + "".join(f'"d{i}"\n' for i in range(2, 20)))
+    with pytest.raises(SearchIndexError, match=r"ids.jsonl:2: not valid JSON"):
+        Index.load(f)
+    # with checksums (every new folder) any edit of a side file is refused, swapped lines included
+    for name in ("ids.jsonl", "metadata.jsonl"):
+        f = damaged(f"swap_{name}")
+        lines = (f / name).read_text().splitlines(keepends=True)
+        lines[0], lines[1] = lines[1], lines[0]
+        (f / name).write_text("".join(lines))
+        with pytest.raises(SearchIndexError, match=f"{name}: checksum does not match"):
+            Index.load(f)
+    # an L2 index presented as inner product is refused
+    f = damaged("metric")
+    l2 = faiss.IndexFlatL2(8)
+    l2.add(x)
+    faiss.write_index(l2, str(f / "index.faiss"))
+    _edit_manifest(f, sha256=None, index_sha256=__import__("lsb_mm.files", fromlist=["x"]).file_sha256(str(f / "index.faiss")))
+    with pytest.raises(SearchIndexError, match="metric"):
+        Index.load(f)
+    with pytest.raises(SearchIndexError, match="without IDMap"):
+        Index.build(x, factory="IDMap,Flat")
+    f = damaged("garbage")
+    (f / "index.faiss").write_bytes(b"not faiss")
+    _edit_manifest(f, sha256=None, index_sha256=__import__("lsb_mm.files", fromlist=["x"]).file_sha256(str(f / "index.faiss")))
+    with pytest.raises(SearchIndexError, match="FAISS cannot read it"):
+        Index.load(f)
+    assert len(Index.load(tmp_path / "good")) == 20
+
+
+class FakeGpus:
+    """FAISS's GPU entry points, mocked: two GPUs; 'moved' indexes stay CPU objects so search still runs."""
+
+    def __init__(self, monkeypatch, fail=False):
+        import faiss
+
+        self.moved = []
+        self.fail = fail
+        monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2)
+        monkeypatch.setattr(faiss, "GpuMultipleClonerOptions", lambda: type("Opts", (), {})())
+        monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", self.to_gpus)
+        monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda index: index)
+        monkeypatch.setattr(faiss, "GpuParameterSpace", faiss.ParameterSpace)
+
+    def to_gpus(self, index, co=None):
+        import faiss
+
+        assert co.shard is True
+        if self.fail:
+            raise RuntimeError("Error in ... This index type is not implemented on GPU.")
+        self.moved.append(type(faiss.downcast_index(index)).__name__)
+        return index
+
+
+@pytest.mark.parametrize("factory, on_gpu", [
+    ("Flat", True), ("IVF16,Flat", True), ("IVF16,PQ4", True), ("IVF16,SQ8", True), ("OPQ4,IVF16,PQ4", True),
+    ("SQfp16", True), ("PCA8,Flat", True),
+    ("HNSW32", False), ("PQ4", False), ("SQ8", False), ("IVF16,PQ4x4fs", False), ("IVF16,Flat,RFlat", False),
+    ("HNSW16,SQ8", False), ("PCA8,HNSW16", False)])
+def test_only_index_types_faiss_runs_on_gpu_are_moved(factory, on_gpu, monkeypatch, caplog):
+    gpus = FakeGpus(monkeypatch)
+    x = unit(800, 16)
+    with caplog.at_level("WARNING", logger="lsb_mm.index"):
+        ix = Index.build(x, factory=factory)  # device="auto", the default
+    assert (ix.device == "gpu x2") == on_gpu and bool(gpus.moved) == on_gpu
+    assert ("stays on the CPU" in caplog.text) == (not on_gpu)
+    assert ix.search(x[:3], 1)[1][:, 0].tolist() == ["0", "1", "2"] or factory != "Flat"
+    if not on_gpu:
+        with pytest.raises(SearchIndexError, match="no GPU implementation"):
+            Index.build(x, factory=factory, device="gpu")
+    assert Index.build(x, factory=factory, device="cpu").device == "cpu"
+
+
+def test_gpu_move_failure_and_shards_honour_device(monkeypatch, tmp_path, caplog):
+    x = unit(600, 16)
+    Index.build(x[:300], ids=[f"a{i}" for i in range(300)], device="cpu").save(tmp_path / "flat")
+    Index.build(x[300:], ids=[f"b{i}" for i in range(300)], factory="HNSW32", device="cpu").save(tmp_path / "hnsw")
+    gpus = FakeGpus(monkeypatch)
+    with caplog.at_level("WARNING", logger="lsb_mm.index"):
+        both = Index.load([tmp_path / "flat", tmp_path / "hnsw"])
+    assert gpus.moved == ["IndexFlatIP"] and both.device == "cpu + gpu x2" and "HNSW" in caplog.text
+    assert both.search(x[[0, 400]], 1)[1][:, 0].tolist() == ["a0", "b100"]
+    assert Index.load([tmp_path / "flat"]).device == "gpu x2"
+    assert Index.load([tmp_path / "flat", tmp_path / "hnsw"], device="cpu").device == "cpu"
+    with pytest.raises(SearchIndexError, match="no GPU implementation"):
+        Index.load([tmp_path / "flat", tmp_path / "hnsw"], device="gpu")
+    failing = FakeGpus(monkeypatch, fail=True)
+    with caplog.at_level("WARNING", logger="lsb_mm.index"):
+        assert Index.build(x, factory="Flat").device == "cpu"  # auto: a failed move keeps the CPU index
+    assert "could not move" in caplog.text and failing.moved == []
+    with pytest.raises(SearchIndexError, match="could not move"):
+        Index.build(x, factory="Flat", device="gpu")

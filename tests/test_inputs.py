@@ -140,3 +140,14 @@ def test_image_preprocessing_runs_on_one_thread_and_the_count_is_restored(model,
     finally:
         model._image_transform = None
         torch.set_num_threads(before)
+
+
+def test_list_models_by_family():
+    assert "open_clip:lsb-tiny-test" in lsb_mm.list_models() and lsb_mm.list_models("open_clip") == lsb_mm.list_models()
+    assert "timm:resnet18" in lsb_mm.list_models("timm")
+    with pytest.raises(lsb_mm.ModelLoadError, match="hf: models are local folders"):
+        lsb_mm.list_models("hf")
+    with pytest.raises(lsb_mm.ModelLoadError, match=r"dual:<text name>\|<image name>"):
+        lsb_mm.list_models("dual")
+    with pytest.raises(lsb_mm.ModelLoadError, match="unknown family 'keras'"):
+        lsb_mm.list_models("keras")

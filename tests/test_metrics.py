@@ -63,3 +63,28 @@ def test_query_with_empty_run_counts_as_zero():
     assert res["metrics"]["ndcg@10"] == pytest.approx(0.5) and res["metrics"]["mrr@1"] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         evaluate_run({}, qrels, ks=(0,))
+
+
+def test_training_logs_use_the_same_recall_as_evaluation():
+    """Held-out metrics in the trainer's log follow metrics.py (Recall@k divides by all positives),
+    not a 'capped' recall that divides by min(#positives, k)."""
+    from lsb_mm.datasets.training_data import TrainData, TrainExample
+    from lsb_mm.trainer import retrieval_metrics
+
+    passages = ["p0", "p1", "p2", "p3", "p4", "p5"]
+    vec = {p: np.eye(6, dtype=np.float32)[i] for i, p in enumerate(passages)}
+    # query a: 3 positives, its top-1 is one of them; query b: 1 positive at rank 2
+    queries = {"a": 0.9 * vec["p0"] + 0.3 * vec["p1"] + 0.2 * vec["p2"], "b": 0.8 * vec["p4"] + 0.9 * vec["p3"]}
+    data = TrainData([TrainExample("a", ["p0", "p1", "p2"], ["p3"]), TrainExample("b", ["p4"], ["p5"])], "text", "jsonl")
+
+    def encode(items, role):
+        return np.stack([queries[x] if x in queries else vec[x] for x in items])
+
+    got = retrieval_metrics(data, encode, encode, ks=(1, 3))
+    assert got["recall@1"] == pytest.approx((1 / 3 + 0) / 2)  # capped recall would say (1 + 0) / 2
+    assert got["recall@3"] == pytest.approx((1 + 1) / 2)
+    assert got["success@1"] == pytest.approx(0.5)
+    run = {"0": ["0", "1", "2"], "1": ["3", "4", "0"]}
+    qrels = {"0": {"0": 1, "1": 1, "2": 1}, "1": {"4": 1}}
+    want = evaluate_run(run, qrels, (1, 3))["metrics"]
+    assert all(got[k] == pytest.approx(want[k]) for k in got)

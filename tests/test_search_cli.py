@@ -153,3 +153,46 @@ def test_image_search_script_writes_an_escaped_gallery(digits, tmp_path):
     image_section = page.split("Query: image ")[1]
     first_hit = image_section[image_section.index("#1"):]
     assert first_hit.split("class='name'>")[1].startswith(first.name)  # the query image itself ranks first
+
+
+def test_eval_follows_the_cut_offs_asked_for(digits, tmp_path):
+    """--k 1 5: metrics, primary, log line, markdown and plot at those cut-offs (no @10 anywhere)."""
+    tasks = tmp_path / "tasks"
+    cli("build-tasks", "--labelled", str(digits / "labelled"), "--image-tasks", "class", "--output", str(tasks))
+    out = tmp_path / "results"
+    r = cli("-v", "eval", "--model", MODEL, "--head", "slr", "--tasks", str(tasks), "--output", str(out), "--k", "1", "5",
+            "--compare-plain", "-q")
+    runs = json.load(open(json.loads(r.stdout)["json"]))
+    metrics = runs[0]["tasks"]["class"]["metrics"]
+    assert runs[0]["primary"] == "ndcg@5" and runs[0]["ks"] == [1, 5]
+    assert {k.split("@")[1] for k in metrics} == {"1", "5"}
+    md = open(out / "results.md").read()
+    assert "NDCG@5 / MRR@5 / R@5" in md and "@10" not in md
+    for bad in (["0"], ["-3", "5"]):
+        r = cli("eval", "--model", MODEL, "--tasks", str(tasks), "--output", str(out), "--k", *bad, check=False)
+        assert r.returncode == 2 and "positive integers" in r.stderr and "Traceback" not in r.stderr
+    from lsb_mm.reports import markdown_table
+
+    with pytest.raises(ValueError, match="different cut-offs"):
+        markdown_table([runs[0], {**runs[1], "primary": "ndcg@10"}])
+    assert "NDCG@1 / R@1" in markdown_table(runs, columns=["ndcg@1", "recall@1"])
+
+
+def test_corpus_cache_encodes_each_corpus_once_per_model(digits, tmp_path):
+    from lsb_mm.evaluation import CorpusCache
+
+    tasks = tmp_path / "tasks"
+    cli("build-tasks", "--labelled", str(digits / "labelled"), "--image-tasks", "class", "--output", str(tasks))
+    a = lsb_mm.create_model(MODEL, head="slr")
+    b = lsb_mm.create_model(MODEL, head="slr", seed=1)  # other weights: other embeddings
+    cache = CorpusCache()
+    on = evaluate(a, str(tasks), corpus_cache=cache)
+    off = evaluate(a, str(tasks), enhance=False, corpus_cache=cache)  # plain documents: the same encoding
+    assert (cache.misses, cache.hits, len(cache)) == (1, 1, 1)
+    other = evaluate(b, str(tasks), corpus_cache=cache)
+    assert (cache.misses, len(cache)) == (2, 2)  # never served another model's embeddings
+    fresh = evaluate(b, str(tasks))
+    assert other["tasks"]["class"]["metrics"] == fresh["tasks"]["class"]["metrics"]
+    assert on["tasks"]["class"]["metrics"] == off["tasks"]["class"]["metrics"]  # an untrained head is the identity
+    with pytest.raises(TypeError):
+        evaluate(a, str(tasks), _corpus_cache={})  # the private argument is gone

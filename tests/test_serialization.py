@@ -144,6 +144,24 @@ def test_broken_folders_fail_clearly(saved, tmp_path):
     d = saved(); os.remove(d / "backbone" / "open_clip_config.json")
     with pytest.raises(ModelLoadError, match="open_clip_config.json is missing"):
         lsb_mm.load_model(d)
+    other = saved()
+    for target in (f"../{other.name}/model.safetensors", str(other / "model.safetensors"), "", None, ".."):
+        d = saved(); _edit_config(d, lambda c: c["weights"].update(file=target))
+        with pytest.raises(ModelLoadError, match="weights.file must be a file name inside the folder"):
+            lsb_mm.load_model(d)
+
+
+def test_load_model_leaves_the_global_random_state_alone(tmp_path):
+    """Like create_model: building the architecture draws random numbers, on a forked generator."""
+    for name, head in (("open_clip:lsb-tiny-test", "llr"), ("timm:resnet18", "clr")):
+        folder = tmp_path / name.replace(":", "_")
+        lsb_mm.create_model(name, head=head, vocab_size=8, **({"img_size": 32} if name.startswith("timm") else {})
+                            ).save_pretrained(folder)
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        lsb_mm.load_model(folder)
+        assert torch.equal(torch.rand(3), expected), name
 
 
 def test_crash_during_save_keeps_the_old_folder(tmp_path, monkeypatch):

@@ -123,6 +123,40 @@ def test_two_process_gloo_equals_one_process(tmp_path):
     assert lsb_mm.load_model(out / "final").fingerprint() == prints[0][0]
 
 
+@pytest.mark.parametrize("modality, head", [("image", "llr"), ("cross", "llr")])
+def test_two_process_image_training_ends_with_one_model(modality, head, tmp_path, sets):
+    """A fresh codebook shrinks the visual vocabulary and re-creates the image head: every rank
+    must end with rank 0's head (LLR's token weights start random). ``--nproc=2`` form of the flag."""
+    data = sets[modality][0]
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "lsb_mm", "train", "--nproc=2", "--model", "open_clip:lsb-tiny-test",
+                        "--head", head, "--modality", modality, "--train-data", data, "--output", str(out),
+                        "--max-steps", "2", "--batch-size", "4", "--fit-codebook", "16", "--cross-device-negatives", "-q"],
+                       capture_output=True, text=True, env=ENV, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.load(open(out / "run_info.json"))
+    assert info["world_size"] == 2
+    prints = [rec["weights_fingerprint_per_rank"] for rec in read_log(out) if "weights_fingerprint_per_rank" in rec]
+    assert len(prints) == 1 and prints[0][0] == prints[0][1]
+    model = lsb_mm.load_model(out / "final")
+    assert model.visual_words.vocab_size < 1024 and model.fingerprint() == prints[0][0]
+
+
+def test_bad_settings_exit_2_before_any_process_starts(tmp_path):
+    data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(20, per_passage=1, dev=0)[0])
+    base = ["--model", "open_clip:lsb-tiny-test", "--train-data", data, "--max-steps", "1", "--batch-size", "4"]
+    cases = [(["--log-steps", "0"], "log_steps must be >= 1"), (["--save-steps", "-1"], "save_steps must be >= 0"),
+             (["--eval-steps", "-2"], "eval_steps must be >= 0"), (["--nproc=0"], "--nproc must be >= 1"),
+             (["--nproc=2", "--log-steps", "0"], "log_steps must be >= 1"), (["--keep-checkpoints", "-1"], "keep_checkpoints"),
+             (["--workers", "-1"], "workers must be >= 0"), (["--vocab-size", "1"], "vocab_size must be >= 2"),
+             (["--fit-codebook", "-5"], "fit_codebook must be")]
+    for extra, msg in cases:
+        r = subprocess.run(_cli_train(base + extra, tmp_path / "o"), capture_output=True, text=True, env=ENV, timeout=600)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr[-2000:])
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def _cli_train(args, out):
     return [sys.executable, "-m", "lsb_mm", "train", *args, "--output", str(out), "-q"]
 
@@ -162,6 +196,11 @@ def test_resume_refuses_changed_settings(tmp_path):
     train(TrainConfig(**cfg))
     with pytest.raises(InputError, match="batch_size was 8, now 4"):
         Trainer(TrainConfig(**{**cfg, "batch_size": 4, "resume": "latest"}))
+    # every setting that changes the result must match too
+    for key, value in (("max_grad_norm", 0.5), ("mine_top_k", 5), ("precision", "fp32"), ("temperature", 0.05)):
+        with pytest.raises(InputError, match=f"{key} was .*, now {value!r}"):
+            Trainer(TrainConfig(**{**cfg, key: value, "resume": "latest"}))
+    Trainer(TrainConfig(**{**cfg, "log_steps": 3, "resume": "latest"}))  # logging does not change the result
     with pytest.raises(InputError, match="no complete checkpoint"):
         Trainer(TrainConfig(**{**cfg, "output": str(tmp_path / "empty"), "resume": "latest"}))
 

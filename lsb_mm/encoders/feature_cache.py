@@ -11,8 +11,8 @@ later epoch, codebook fit and evaluation nearly free::
 
 Keys are a BLAKE2 digest of each pixel tensor, so an identical image reached by another path hits,
 and a different crop misses. One cache serves one tower: attaching it to a tower with other
-weights empties it first, and attaching it to a second tower while the first is attached is
-refused. The cache refuses to run while any of the tower's parameters trains
+weights empties it first; while attached, a second tower is accepted only with identical weights
+(the same features), any other is refused. The cache refuses to run while any of the tower's parameters trains
 (a stale feature would be silently wrong); a frozen tower is in eval mode by construction in the
 trainer and in ``create_model``.
 """
@@ -63,7 +63,7 @@ class ImageFeatureCache:
         self.tower_digest: str = ""
         self.nbytes = self.hits = self.misses = 0
         self._full_warned = False
-        self._attached = None  # the tower served now (one at a time: rows are keyed by pixels only)
+        self._attached = 0  # towers served now: several only if their weights are identical (rows are keyed by pixels)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -82,10 +82,11 @@ class ImageFeatureCache:
         tower = model.backbone.image_tower()
         if "image_features" in vars(tower):
             raise RuntimeError("image feature cache: this image tower is already attached to a cache")
-        if self._attached is not None:
-            raise RuntimeError("image feature cache: already attached to another image tower; one cache serves one "
-                               "tower at a time (leave the first `with cache.attach(...)` block, or use a second cache)")
         digest = tensor_digest(_image_state(tower))
+        if self._attached and digest != self.tower_digest:
+            raise RuntimeError("image feature cache: already attached to an image tower with other weights; one cache "
+                               "serves one tower at a time (leave the first `with cache.attach(...)` block, or use a "
+                               "second cache)")
         if digest != self.tower_digest:
             if self.rows:
                 log.info("image feature cache: another tower (%s); emptied", digest[:12])
@@ -104,12 +105,12 @@ class ImageFeatureCache:
             return self._features(compute, pixels)
 
         tower.image_features = cached  # an instance attribute shadows the method
-        self._attached = tower
+        self._attached += 1
         try:
             yield self
         finally:
             del tower.image_features
-            self._attached = None
+            self._attached -= 1
 
     def _features(self, compute, pixels: torch.Tensor) -> ImageFeatures:
         flat = pixels.detach().to("cpu", torch.float32).contiguous().reshape(pixels.shape[0], -1)

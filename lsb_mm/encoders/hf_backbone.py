@@ -1,8 +1,10 @@
 """Hugging Face encoders from a local folder (or the HF cache), three kinds, chosen by the config:
 
-- ``text``: BERT / MiniLM / RoBERTa ... Pooling follows sentence-transformers when the folder is
-  one (``1_Pooling/config.json``, ``sentence_bert_config.json``), else ``cls``. A masked-LM head
-  in the checkpoint is kept and serves CLR; otherwise CLR uses the tied token embeddings.
+- ``text``: BERT / MiniLM / RoBERTa ... A sentence-transformers folder is read through its
+  ``modules.json``: Transformer, then Pooling (its mode), Dense layers (with their weights) and
+  Normalize, as sentence-transformers would run them; any other module is refused by name. Other
+  folders pool ``cls``. A masked-LM head in the checkpoint is kept and serves CLR; otherwise CLR
+  uses the tied token embeddings.
 - ``vision``: ViT / DeiT / BEiT / DINOv2 ... (``AutoModel`` with patch tokens); pooling ``cls``
   (default) or ``mean`` of the patch tokens.
 - ``clip``: ``CLIPModel``, both towers with their projections (a cross-modal dual encoder).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -33,19 +36,120 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
     return None
 
 
-def sentence_transformers_settings(folder: str) -> Dict[str, Any]:
-    """Pooling mode and max length declared by a sentence-transformers folder (empty if none)."""
-    out: Dict[str, Any] = {}
-    pool = _read_json(os.path.join(folder, "1_Pooling", "config.json"))
-    if pool:
-        for mode in POOLINGS:
-            if pool.get(f"pooling_mode_{mode}_tokens") or (mode == "cls" and pool.get("pooling_mode_cls_token")):
-                out["pooling"] = mode
-                break
+ST_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+# sentence-transformers' pooling modes: old configs set one boolean each, newer ones name the mode
+_ST_POOL_FLAGS = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean", "pooling_mode_max_tokens": "max",
+                  "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+# parameter-free torch activations a Dense module may name (no import of arbitrary classes)
+_ACTIVATIONS = ("Tanh", "Identity", "ReLU", "GELU", "Sigmoid", "SiLU", "Softplus", "ELU", "Mish", "Hardtanh", "Softsign")
+
+
+def _st_pooling(path: str, config: Dict[str, Any]) -> str:
+    modes = [config["pooling_mode"]] if isinstance(config.get("pooling_mode"), str) else \
+        [mode for flag, mode in _ST_POOL_FLAGS.items() if config.get(flag)]
+    if len(modes) != 1 or modes[0] not in POOLINGS:
+        raise ModelLoadError(f"{path}: pooling {modes or 'none'} is not supported; lsb-mm pools with one of {POOLINGS} "
+                             "(pass pooling=... to override)")
+    return modes[0]
+
+
+def _activation(path: str, name: Optional[str]) -> str:
+    name = name or "torch.nn.modules.activation.Tanh"  # sentence-transformers' default
+    short = name.rsplit(".", 1)[-1]
+    if not name.startswith("torch.nn.") or short not in _ACTIVATIONS:
+        raise ModelLoadError(f"{path}: Dense activation {name!r} is not supported; expected one of torch.nn.{_ACTIVATIONS}")
+    return short
+
+
+def _dense_weights(folder: str) -> Dict[str, torch.Tensor]:
+    st_file, pt_file = os.path.join(folder, "model.safetensors"), os.path.join(folder, "pytorch_model.bin")
+    if os.path.isfile(st_file):
+        from safetensors.torch import load_file
+
+        return load_file(st_file)
+    if os.path.isfile(pt_file):
+        return torch.load(pt_file, map_location="cpu", weights_only=True)  # tensors only: nothing is unpickled
+    raise ModelLoadError(f"{folder}: the Dense module's weights (model.safetensors or pytorch_model.bin) are missing")
+
+
+def sentence_transformers_modules(folder: str) -> Dict[str, Any]:
+    """What a sentence-transformers folder's ``modules.json`` asks for (empty if the folder has none):
+    ``pooling``, ``max_length``, ``dense`` (layer specs with their ``state`` tensors) and ``normalize``.
+
+    The pipeline must be Transformer, Pooling, Dense*, Normalize? -- the modules whose output
+    lsb-mm reproduces exactly; any other module (or order) is refused by name.
+    """
+    path = os.path.join(folder, "modules.json")
+    modules = _read_json(path)
+    if modules is None:
+        return {}
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str) for m in modules):
+        raise ModelLoadError(f"{path}: expected a list of {{\"type\", \"path\"}} objects")
+    out: Dict[str, Any] = {"dense": [], "normalize": False}
+    names = []
+    for m in modules:
+        short = m["type"].rsplit(".", 1)[-1]
+        if not m["type"].startswith("sentence_transformers.") or short not in ST_MODULES:
+            raise ModelLoadError(f"{path}: module {m.get('name', len(names))!r} is {m['type']!r}; lsb-mm reads the "
+                                 f"sentence-transformers modules {ST_MODULES} only")
+        names.append(short)
+    order = "".join({"Transformer": "T", "Pooling": "P", "Dense": "D", "Normalize": "N"}[n] for n in names)
+    if not re.fullmatch(r"TPD*N?", order):
+        raise ModelLoadError(f"{path}: modules {names} are not Transformer, Pooling, Dense..., Normalize; "
+                             "lsb-mm cannot reproduce this pipeline")
+    for m, short in zip(modules, names):
+        sub = os.path.join(folder, m.get("path") or "")
+        if short == "Transformer" and os.path.abspath(sub) != os.path.abspath(folder):
+            raise ModelLoadError(f"{path}: the Transformer module lives in {m.get('path')!r}; lsb-mm expects it at the "
+                                 "folder's top level (path \"\")")
+        if short == "Pooling":
+            config = _read_json(os.path.join(sub, "config.json"))
+            if config is None:
+                raise ModelLoadError(f"{sub}/config.json is missing (the Pooling module's settings)")
+            try:
+                out["pooling"] = _st_pooling(os.path.join(sub, "config.json"), config)
+            except ModelLoadError as exc:  # raised only if the user does not choose the pooling
+                out["pooling_error"] = str(exc)
+        elif short == "Dense":
+            cpath = os.path.join(sub, "config.json")
+            config = _read_json(cpath)
+            if config is None:
+                raise ModelLoadError(f"{cpath} is missing (the Dense module's settings)")
+            for key in ("module_input_name", "module_output_name"):
+                if config.get(key, "sentence_embedding") != "sentence_embedding":
+                    raise ModelLoadError(f"{cpath}: {key} {config[key]!r}; lsb-mm applies Dense to the sentence embedding only")
+            try:
+                spec = {"in_features": int(config["in_features"]), "out_features": int(config["out_features"]),
+                        "bias": bool(config.get("bias", True)),
+                        "activation": _activation(cpath, config.get("activation_function"))}
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ModelLoadError(f"{cpath}: expected integer in_features and out_features: {exc}") from exc
+            state = _dense_weights(sub)
+            want = {"linear.weight": (spec["out_features"], spec["in_features"])}
+            if spec["bias"]:
+                want["linear.bias"] = (spec["out_features"],)
+            got = {k: tuple(v.shape) for k, v in state.items()}
+            if got != want:
+                raise ModelLoadError(f"{sub}: Dense weights {got} do not match its config {want}")
+            out["dense"].append({**spec, "state": state})
+        elif short == "Normalize":
+            out["normalize"] = True
     sb = _read_json(os.path.join(folder, "sentence_bert_config.json"))
     if sb and sb.get("max_seq_length"):
         out["max_length"] = int(sb["max_seq_length"])
     return out
+
+
+def _dense_stack(specs: List[Dict[str, Any]], width: int, name: str) -> nn.Sequential:
+    layers: List[nn.Module] = []
+    for i, spec in enumerate(specs):
+        if spec["in_features"] != width:
+            raise ModelLoadError(f"hf:{name}: Dense layer {i} takes {spec['in_features']} features, gets {width}")
+        layers += [nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"]),
+                   getattr(nn, spec["activation"])()]
+        width = spec["out_features"]
+    return nn.Sequential(*layers)
 
 
 def _check_pooling(name: str, pooling: str, allowed=POOLINGS) -> None:
@@ -137,7 +241,8 @@ class HFTextBackbone(HFBackbone):
     has_text = True
 
     def __init__(self, model: nn.Module, tokenizer, name: str, pooling: str, max_length: int,
-                 mlm_head: Optional[nn.Module] = None, config=None):
+                 mlm_head: Optional[nn.Module] = None, config=None, dense: Optional[List[Dict[str, Any]]] = None,
+                 normalize: bool = False):
         super().__init__()
         _check_pooling(name, pooling)
         self.config_to_save = config if config is not None else model.config
@@ -146,7 +251,14 @@ class HFTextBackbone(HFBackbone):
         self.name, self.pooling, self.max_length = name, pooling, int(max_length)
         self.mlm_head = mlm_head
         self.text_hidden_dim = int(model.config.hidden_size)
-        self.embed_dim = self.text_hidden_dim
+        # sentence-transformers' Dense layers and Normalize after the pooling (empty for other folders)
+        self.dense_specs = [{k: v for k, v in d.items() if k != "state"} for d in (dense or [])]
+        self.dense = _dense_stack(self.dense_specs, self.text_hidden_dim, name)
+        for i, d in enumerate(dense or []):
+            if "state" in d:
+                self.dense[2 * i].load_state_dict({k.split(".", 1)[1]: v for k, v in d["state"].items()})
+        self.normalize = bool(normalize)
+        self.embed_dim = self.dense_specs[-1]["out_features"] if self.dense_specs else self.text_hidden_dim
         self.text_vocab_size = int(model.get_input_embeddings().num_embeddings)
         self._specials = _special_ids(tokenizer)
 
@@ -157,8 +269,10 @@ class HFTextBackbone(HFBackbone):
 
         kw = {"trust_remote_code": trust_remote_code}
         tokenizer = _load_tokenizer(name, **kw)
-        st = sentence_transformers_settings(name) if os.path.isdir(name) else {}
+        st = sentence_transformers_modules(name) if os.path.isdir(name) else {}
         if pooling == "auto":
+            if "pooling_error" in st:
+                raise ModelLoadError(st["pooling_error"])
             pooling = st.get("pooling", "cls")
         if max_length is None:
             max_length = st.get("max_length") or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
@@ -169,11 +283,12 @@ class HFTextBackbone(HFBackbone):
             model, head = _split_mlm(AutoModelForMaskedLM.from_pretrained(name, **kw))
         else:
             model = AutoModel.from_pretrained(name, **kw)
-        return cls(model, tokenizer, name, pooling, max_length, head, config)
+        return cls(model, tokenizer, name, pooling, max_length, head, config, st.get("dense"), st.get("normalize", False))
 
     def spec(self) -> Dict[str, Any]:
         return {"family": "hf", "kind": "text", "name": self.name, "pooling": self.pooling,
-                "max_length": self.max_length, "mlm_head": self.mlm_head is not None}
+                "max_length": self.max_length, "mlm_head": self.mlm_head is not None,
+                "dense": self.dense_specs, "normalize": self.normalize}
 
     @classmethod
     def rebuild(cls, spec: Dict[str, Any], folder: str) -> "HFTextBackbone":
@@ -186,7 +301,8 @@ class HFTextBackbone(HFBackbone):
             model, head = _split_mlm(AutoModelForMaskedLM.from_config(config))
         else:
             model = AutoModel.from_config(config)
-        return cls(model, tokenizer, spec.get("name", folder), spec["pooling"], spec["max_length"], head, config)
+        return cls(model, tokenizer, spec.get("name", folder), spec["pooling"], spec["max_length"], head, config,
+                   spec.get("dense") or [], bool(spec.get("normalize", False)))
 
     def tokenize(self, texts: List[str]) -> Dict[str, torch.Tensor]:
         return dict(self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"))
@@ -213,6 +329,10 @@ class HFTextBackbone(HFBackbone):
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
         else:
             pooled = hidden.masked_fill(~mask.unsqueeze(-1), torch.finfo(hidden.dtype).min).max(1).values
+        if self.dense_specs:
+            pooled = self.dense(pooled)
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return TextFeatures(ids=batch["input_ids"], mask=mask, hidden=hidden, pooled=pooled, summary=hidden[:, 0])
 
 
@@ -232,7 +352,7 @@ class HFVisionBackbone(HFBackbone):
     def build(cls, name: str, config, pooling: str = "cls", trust_remote_code: bool = False) -> "HFVisionBackbone":
         from transformers import AutoModel
 
-        processor = _load_processor(name, config)
+        processor = _load_processor(name, config, trust_remote_code=trust_remote_code)
         return cls(AutoModel.from_pretrained(name, trust_remote_code=trust_remote_code), processor, name, pooling, config)
 
     def spec(self) -> Dict[str, Any]:
@@ -285,7 +405,9 @@ class HFClipBackbone(HFBackbone):
     def build(cls, name: str, config, trust_remote_code: bool = False) -> "HFClipBackbone":
         from transformers import CLIPModel
 
-        return cls(CLIPModel.from_pretrained(name), _load_tokenizer(name), _load_processor(name, config), name, config)
+        kw = {"trust_remote_code": trust_remote_code}
+        return cls(CLIPModel.from_pretrained(name, **kw), _load_tokenizer(name, **kw), _load_processor(name, config, **kw),
+                   name, config)
 
     def spec(self) -> Dict[str, Any]:
         return {"family": "hf", "kind": "clip", "name": self.name}

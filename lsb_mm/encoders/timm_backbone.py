@@ -62,7 +62,7 @@ class TimmBackbone(Backbone):
                **kwargs: Any) -> "TimmBackbone":
         import timm
 
-        if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        if not timm.is_model(name):  # an architecture, with or without a pretrained tag (arch.tag)
             raise ModelLoadError(f"unknown timm model {name!r}; see timm.list_models()")
         if img_size is not None and (not isinstance(img_size, int) or img_size < 8):
             raise ModelLoadError(f"timm:{name}: img_size must be an integer >= 8, got {img_size!r}")
