@@ -151,3 +151,19 @@ def test_list_models_by_family():
         lsb_mm.list_models("dual")
     with pytest.raises(lsb_mm.ModelLoadError, match="unknown family 'keras'"):
         lsb_mm.list_models("keras")
+
+
+def test_cli_choices_come_from_the_registries(monkeypatch):
+    """A head registered with lsb_mm.heads.register_head is a choice of every command that takes --head."""
+    from lsb_mm import heads
+    from lsb_mm.cli import build_parser
+    from lsb_mm.encoders.hf_backbone import POOLINGS
+
+    monkeypatch.setitem(heads.HEADS, "xyz", heads.HEADS["slr"])
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    for command in ("encode", "train", "index", "search", "eval", "demo"):
+        head = next(a for a in sub[command]._actions if a.dest == "head")
+        assert "xyz" in head.choices and ("none" in head.choices) == (command != "demo"), command
+    pooling = next(a for a in sub["train"]._actions if a.dest == "pooling")
+    assert pooling.choices == ["auto", *POOLINGS]
