@@ -2,8 +2,8 @@
 
 * inner product on L2-normalised vectors (cosine), string ids of any kind, optional metadata;
 * ``device="auto"`` puts the index on every GPU FAISS sees (sharded) when FAISS has a GPU
-  implementation of its type (Flat, IVF-Flat, IVF-SQ, IVF-PQ, SQfp16; also behind OPQ / IDMap
-  wrappers), else keeps it on the CPU and says so; ``device="gpu"`` insists (an error otherwise);
+  implementation of its type (Flat, IVF-Flat, IVF-SQ, IVF-PQ, SQfp16; also behind OPQ / PCA),
+  else keeps it on the CPU and says so; ``device="gpu"`` insists (an error otherwise);
 * ``save(folder)`` writes ``manifest.json`` (dimension, metric, factory, count, model fingerprint,
   library versions, checksum) + ``index.faiss`` + ``ids.jsonl`` (+ ``metadata.jsonl``),
   atomically; ``Index.load(folder)`` validates all of it; ``Index.load([f1, f2, ...])`` searches
@@ -380,12 +380,16 @@ def _read_folder(folder: str):
     ipath = os.path.join(folder, "index.faiss")
     if not os.path.isfile(ipath):
         raise SearchIndexError(f"{folder}: index.faiss is missing")
-    sums = man.get("sha256") or {"index.faiss": man.get("index_sha256")}  # older manifests: the index only
-    if not isinstance(sums, dict):
-        raise SearchIndexError(f"{path}: field 'sha256' must map file names to checksums")
-    for name in ("index.faiss", "ids.jsonl", "metadata.jsonl"):
+    names = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if man.get("metadata") else [])
+    if "sha256" in man:  # every file has its checksum
+        sums = man["sha256"]
+        if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in names):
+            raise SearchIndexError(f"{path}: field 'sha256' must give the checksum of each of {names}")
+    else:  # manifests written before lsb-mm checksummed every file: the index only
+        sums, names = {"index.faiss": man.get("index_sha256")}, ["index.faiss"]
+    for name in names:
         fpath = os.path.join(folder, name)
-        if name in sums and os.path.isfile(fpath) and file_sha256(fpath) != sums[name]:
+        if os.path.isfile(fpath) and file_sha256(fpath) != sums[name]:
             raise SearchIndexError(f"{fpath}: checksum does not match manifest.json (file changed or corrupt)")
     try:
         index = faiss.read_index(ipath)
@@ -398,6 +402,9 @@ def _read_folder(folder: str):
         bad = next(n for n, i in enumerate(ids, 1) if not isinstance(i, str))
         raise SearchIndexError(f"{folder}/ids.jsonl:{bad}: expected a JSON string id")
     metadata = _read_jsonl(os.path.join(folder, "metadata.jsonl")) if man.get("metadata") else None
+    if metadata is not None and not all(isinstance(m, dict) for m in metadata):
+        bad = next(n for n, m in enumerate(metadata, 1) if not isinstance(m, dict))
+        raise SearchIndexError(f"{folder}/metadata.jsonl:{bad}: expected a JSON object")
     if index.d != man["dim"] or index.ntotal != man["count"] or len(ids) != man["count"] or \
             (metadata is not None and len(metadata) != man["count"]):
         raise SearchIndexError(f"{folder}: the files disagree with manifest.json (dim {index.d} vs {man['dim']}, "

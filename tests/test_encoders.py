@@ -213,6 +213,9 @@ def test_sentence_transformers_modules_lsb_mm_cannot_run_are_refused_by_name(tmp
     custom = variant("custom", lambda m: m + [{"idx": 2, "name": "2", "path": "2_X", "type": "my_package.Dense"}])
     with pytest.raises(lsb_mm.ModelLoadError, match="'my_package.Dense'"):
         lsb_mm.create_model(custom, head="none")
+    outside = variant("outside", lambda m: [m[0], {**m[1], "path": "../elsewhere"}])
+    with pytest.raises(lsb_mm.ModelLoadError, match="'../elsewhere' leaves the folder"):
+        lsb_mm.create_model(outside, head="none")
     reordered = variant("order", lambda m: m[::-1])
     with pytest.raises(lsb_mm.ModelLoadError, match="are not Transformer, Pooling"):
         lsb_mm.create_model(reordered, head="none")

@@ -190,6 +190,12 @@ def test_damaged_index_folders_get_clear_errors(tmp_path):
         (f / name).write_text("".join(lines))
         with pytest.raises(SearchIndexError, match=f"{name}: checksum does not match"):
             Index.load(f)
+    f = damaged("no_sum")
+    man = json.load(open(f / "manifest.json"))
+    del man["sha256"]["ids.jsonl"]
+    json.dump(man, open(f / "manifest.json", "w"))
+    with pytest.raises(SearchIndexError, match="must give the checksum of each of"):
+        Index.load(f)
     # an L2 index presented as inner product is refused
     f = damaged("metric")
     l2 = faiss.IndexFlatL2(8)

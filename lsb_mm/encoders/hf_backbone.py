@@ -98,8 +98,11 @@ def sentence_transformers_modules(folder: str) -> Dict[str, Any]:
     if not re.fullmatch(r"TPD*N?", order):
         raise ModelLoadError(f"{path}: modules {names} are not Transformer, Pooling, Dense..., Normalize; "
                              "lsb-mm cannot reproduce this pipeline")
+    root = os.path.realpath(folder)
     for m, short in zip(modules, names):
         sub = os.path.join(folder, m.get("path") or "")
+        if not isinstance(m.get("path", ""), str) or os.path.commonpath([root, os.path.realpath(sub)]) != root:
+            raise ModelLoadError(f"{path}: module path {m.get('path')!r} leaves the folder")
         if short == "Transformer" and os.path.abspath(sub) != os.path.abspath(folder):
             raise ModelLoadError(f"{path}: the Transformer module lives in {m.get('path')!r}; lsb-mm expects it at the "
                                  "folder's top level (path \"\")")
