@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from .distributed import gather_with_grad
 
-__all__ = ["info_nce"]
+__all__ = ["info_nce", "corpus_nce"]
 
 
 def info_nce(queries: torch.Tensor, passages: torch.Tensor, pos_index: torch.Tensor, temperature: float,
@@ -30,3 +30,18 @@ def info_nce(queries: torch.Tensor, passages: torch.Tensor, pos_index: torch.Ten
         pos_index = pos_index + offset
     logits = queries @ passages.t() / temperature
     return F.cross_entropy(logits.float(), pos_index)
+
+
+def corpus_nce(queries: torch.Tensor, docs: torch.Tensor, target: torch.Tensor, temperature: float,
+               exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``CE(q · D / τ)`` of each query against a whole corpus ``docs [N, d]`` (exact softmax).
+
+    ``target [B]`` is each query's positive row in ``docs``; ``exclude [B, N]`` (bool) marks rows
+    that are not negatives of a query (its other positives): they leave its softmax.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    logits = (queries @ docs.t()).float() / temperature
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(logits, target)

@@ -27,11 +27,14 @@ import torch
 from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
 from .datasets.training_data import TrainData, item_kinds, load_train_data
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, init_distributed
+from .encoders.adapters import image_stream_of, text_stream_of
+from .encoders.base import ImageFeatures, TextFeatures
 from .encoders.feature_cache import ImageFeatureCache, image_tower_frozen
+from .encoders.tower_cache import TowerCache, tower_frozen
 from .errors import InputError
 from .files import iter_jsonl, write_text
 from .images import load_image, one_thread
-from .losses import info_nce
+from .losses import corpus_nce, info_nce
 from .metrics import evaluate_run
 
 __all__ = ["TrainConfig", "Trainer", "train", "FINAL_DIR"]
@@ -41,6 +44,7 @@ FINAL_DIR = "final"
 LOG_NAME = "train_log.jsonl"
 # settings that must not change between a run and its resumption, or the result would differ
 RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
+                "corpus_negatives", "tower_cache_dtype",
                 "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
                 "mine_negatives", "mine_top_k", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay",
                 "max_grad_norm", "precision", "max_steps", "epochs")
@@ -95,6 +99,9 @@ class TrainConfig:
     pooling: Optional[str] = None
     model_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
     feature_cache_gb: float = 4.0
+    tower_cache_gb: float = 4.0
+    tower_cache_dtype: str = "float32"
+    corpus_negatives: bool = False
     show_progress: bool = True
 
     def check(self) -> None:
@@ -112,6 +119,9 @@ class TrainConfig:
             (not self.symmetric or self.modality == "cross", "symmetric applies to --modality cross"),
             (self.mine_top_k >= 1, "mine_top_k must be >= 1"),
             (self.feature_cache_gb >= 0, "feature_cache_gb must be >= 0 (0 = off)"),
+            (self.tower_cache_gb >= 0, f"tower_cache_gb must be >= 0 (0 = off), got {self.tower_cache_gb}"),
+            (self.tower_cache_dtype in ("float32", "float16"), f"tower_cache_dtype must be float32 or float16, "
+                                                                f"got {self.tower_cache_dtype!r}"),
             (self.log_steps >= 1, f"log_steps must be >= 1 (log every N steps), got {self.log_steps}"),
             (self.save_steps >= 0, f"save_steps must be >= 0 (0 = only at the end), got {self.save_steps}"),
             (self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = only at the end), got {self.eval_steps}"),
@@ -195,6 +205,19 @@ class Trainer:
         self.step, self.epoch, self.micro = 0, 0, 0
         self.mined: Dict[int, List[str]] = {}
         self._transform = None
+        # plug-in fast path: outputs of each locked tower, per distinct training input (built in train())
+        self.tower_caches: Dict[str, TowerCache] = {}
+        self.cached_kinds = [k for k in dict.fromkeys((self.qkind, self.pkind))
+                             if cfg.tower_cache_gb > 0 and tower_frozen(self.model, k)]
+        self.pool = list(dict.fromkeys(p for e in self.data.examples for p in list(e.pos) + list(e.neg)))
+        if cfg.corpus_negatives:
+            if self.pkind not in self.cached_kinds:
+                raise InputError("--corpus-negatives scores every query against all training documents, which needs "
+                                 f"the {self.pkind} tower locked and its outputs cached (--train heads or --lock-"
+                                 f"{self.pkind}, --tower-cache-gb > 0)")
+            if self.model.fusion["document"]:
+                raise InputError("--corpus-negatives needs plain documents (--no-fusion-p): with the head on the "
+                                 "document side every document would pass the head at every step")
 
     # -- set-up ----------------------------------------------------------------------------
     def _device_name(self) -> str:
@@ -300,12 +323,6 @@ class Trainer:
             self._transform = self.model.image_transform
         return self._transform
 
-    def _load(self, items: Sequence[str], kind: str):
-        if kind == "text":
-            return list(items)
-        with one_thread():  # preprocessing on one thread, as in a DataLoader worker (see one_thread)
-            return torch.stack([self.transform(load_image(p)) for p in items])
-
     def micro_batch(self, epoch: int, mb: int, perm: Optional[np.ndarray] = None) -> Dict[str, Any]:
         """This rank's slice of global micro-batch ``mb`` of ``epoch``."""
         perm = self.epoch_order(epoch) if perm is None else perm
@@ -320,11 +337,40 @@ class Trainer:
             pos_index.append(len(passages))
             passages.extend(group)
         return {"queries": self._load(queries, self.qkind), "passages": self._load(passages, self.pkind),
-                "pos_index": torch.tensor(pos_index, dtype=torch.long), "n": len(idx)}
+                "pos_index": torch.tensor(pos_index, dtype=torch.long), "n": len(idx),
+                "examples": torch.as_tensor(idx, dtype=torch.long)}
+
+    def _load(self, items: Sequence[str], kind: str):
+        if kind == "text" or kind in self.cached_kinds:  # cached inputs are looked up, not decoded
+            return list(items)
+        with one_thread():  # preprocessing on one thread, as in a DataLoader worker (see one_thread)
+            return torch.stack([self.transform(load_image(p)) for p in items])
+
+    def _stream(self, items, kind: str):
+        """The token stream of ``items``: read from the tower cache when the tower is cached."""
+        cache = self.tower_caches.get(kind)
+        if cache is None:
+            return self.model.text_stream(items) if kind == "text" else self.model.image_stream(items.to(self.device))
+        bb, f = self.model.backbone, cache.features(cache.rows(items), self.device)
+        return text_stream_of(bb, bb.finish_text(f)) if kind == "text" else \
+            image_stream_of(bb, self.model.visual_words, bb.finish_image(f))
 
     def _embed(self, items, kind: str, role: str) -> torch.Tensor:
-        stream = self.model.text_stream(items) if kind == "text" else self.model.image_stream(items.to(self.device))
-        return self.model.embed(stream, role=role)
+        return self.model.embed(self._stream(items, kind), role=role)
+
+    def _pool_embeddings(self) -> torch.Tensor:
+        """Plain embeddings ``[N, d]`` of every training document, from the cache (with gradient
+        through what sits above the tower, e.g. a dual encoder's projection)."""
+        cache, bb = self.tower_caches[self.pkind], self.model.backbone
+        rows = torch.as_tensor(cache.rows(self.pool), dtype=torch.long)
+        pooled, summary = cache.pooled[rows].to(self.device), cache.summary[rows].to(self.device)
+        empty = pooled.new_zeros(len(rows), 0, cache.hidden_dim)  # documents need no token positions here
+        if self.pkind == "text":
+            none = torch.zeros(len(rows), 0, dtype=torch.long, device=self.device)
+            done = bb.finish_text(TextFeatures(ids=none, mask=none.bool(), hidden=empty, pooled=pooled, summary=summary))
+        else:
+            done = bb.finish_image(ImageFeatures(hidden=empty, pooled=pooled, summary=summary))
+        return torch.nn.functional.normalize(done.pooled, dim=-1)
 
     # -- the step ---------------------------------------------------------------------------------
     def compute_loss(self, batch: Dict[str, Any]) -> torch.Tensor:
@@ -333,16 +379,33 @@ class Trainer:
         ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else contextlib.nullcontext()
         with ctx:
             q = self._embed(batch["queries"], self.qkind, "query")
-            p = self._embed(batch["passages"], self.pkind, "document")
             pos = batch["pos_index"].to(self.device)
-            loss = info_nce(q, p, pos, cfg.temperature, cfg.cross_device_negatives)
+            if cfg.corpus_negatives:  # every training document is a negative (exact softmax over the pool)
+                loss = self._corpus_loss(q, batch)
+            else:
+                p = self._embed(batch["passages"], self.pkind, "document")
+                loss = info_nce(q, p, pos, cfg.temperature, cfg.cross_device_negatives)
             if cfg.symmetric:
                 # each positive image against the batch's captions
-                images = self._embed(batch["passages"][pos.cpu()], self.pkind, "query")
+                passages = batch["passages"]
+                positives = [passages[i] for i in pos.tolist()] if isinstance(passages, list) else passages[pos.cpu()]
+                images = self._embed(positives, self.pkind, "query")
                 texts = self._embed(batch["queries"], self.qkind, "document")
                 own = torch.arange(len(batch["queries"]), device=self.device)
                 loss = 0.5 * (loss + info_nce(images, texts, own, cfg.temperature, cfg.cross_device_negatives))
         return loss
+
+    def _corpus_loss(self, q: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
+        where = {p: i for i, p in enumerate(self.pool)} if not hasattr(self, "_pool_row") else self._pool_row
+        self._pool_row = where
+        passages = batch["passages"]
+        target = torch.tensor([where[passages[i]] for i in batch["pos_index"].tolist()], dtype=torch.long)
+        exclude = torch.zeros(len(target), len(self.pool), dtype=torch.bool)
+        for j, gi in enumerate(batch["examples"].tolist()):  # a query's other positives are not its negatives
+            exclude[j, [where[p] for p in self.data.examples[gi].pos]] = True
+        exclude[torch.arange(len(target)), target] = False
+        return corpus_nce(q, self._pool_embeddings(), target.to(self.device), self.cfg.temperature,
+                          exclude.to(self.device))
 
     def optimizer_step(self) -> float:
         """Average gradients over ranks, clip, step; return the pre-clip gradient norm."""
@@ -384,9 +447,10 @@ class Trainer:
             self._restore(self.resume_from)
         else:
             self._maybe_fit_codebook()
-            if self.dist.is_main:
-                self._write_report()
-                open(os.path.join(cfg.output, LOG_NAME), "w").close()
+        self._build_tower_caches()
+        if not self.resume_from and self.dist.is_main:
+            self._write_report()
+            open(os.path.join(cfg.output, LOG_NAME), "w").close()
         self._train_mode()
         bar = self._bar()
         t_last, seen, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
@@ -442,6 +506,27 @@ class Trainer:
         return final
 
     # -- pieces of the loop ------------------------------------------------------------------------
+    def _build_tower_caches(self) -> None:
+        """Run each distinct training input through its locked tower once (the plug-in fast path)."""
+        cfg, budget = self.cfg, self.cfg.tower_cache_gb
+        was = self.model.training
+        self.model.eval()
+        for kind in self.cached_kinds:
+            items = [e.query for e in self.data.examples] if kind == self.qkind else []
+            if kind == self.pkind:
+                items += self.pool
+            head = self.model.text_head if kind == "text" else self.model.image_head
+            keep = kind == "image" or (head is not None and head.kind == "llr")  # only LLR reads text hidden states
+            cache = TowerCache.build(self.model, kind, items, keep_hidden=keep, max_gb=budget,
+                                     hidden_dtype=torch.float16 if cfg.tower_cache_dtype == "float16" else torch.float32,
+                                     num_workers=cfg.workers, show_progress_bar=cfg.show_progress and self.dist.is_main)
+            budget -= cache.nbytes / (1 << 30)
+            self.tower_caches[kind] = cache
+            log.info("tower cache %s: %d inputs, %.3f GiB in %.1f s", kind, len(cache), cache.nbytes / (1 << 30),
+                     cache.build_seconds)
+        if was:
+            self._train_mode()
+
     def _train_mode(self) -> None:
         """Train mode (dropout) for every module with something to train and for the parameter-free
         modules (dropout) inside them; a module whose parameters are all frozen stays in eval."""
@@ -472,7 +557,9 @@ class Trainer:
         info = {"examples": len(d), "format": d.fmt, "skipped": len(d.skipped), "without_hard_negatives": d.without_negatives,
                 "world_size": self.dist.world_size, "global_batch": self.global_batch, "total_steps": self.total_steps,
                 "trainable_parameters": sum(p.numel() for p in self.params), "device": str(self.device),
-                "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg)}
+                "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg),
+                "tower_cache": {k: {"inputs": len(c), "gib": round(c.nbytes / (1 << 30), 4), "hidden": c.keeps_hidden,
+                                    "build_seconds": round(c.build_seconds, 2)} for k, c in self.tower_caches.items()}}
         write_text(os.path.join(cfg.output, "run_info.json"), json.dumps(info, indent=2))
         if d.skipped:
             path = os.path.join(cfg.output, "skipped.jsonl")
@@ -524,9 +611,8 @@ class Trainer:
         was = self.model.training
         self.model.eval()
         pool = list(dict.fromkeys(p for e in self.data.examples for p in e.pos))
-        enc = self._encoder(self.pkind)
-        docs = enc(pool, role="document")
-        queries = self._encoder(self.qkind)([e.query for e in self.data.examples], role="query")
+        docs = self._encode_items(pool, self.pkind, "document")
+        queries = self._encode_items([e.query for e in self.data.examples], self.qkind, "query")
         index = faiss.IndexFlatIP(docs.shape[1])
         index.add(np.ascontiguousarray(docs, dtype=np.float32))
         k = min(len(pool), self.cfg.mine_top_k + max(len(e.pos) for e in self.data.examples) + 1)
@@ -537,6 +623,14 @@ class Trainer:
             self.mined[i] = [pool[j] for j in top[i] if j >= 0 and pool[j] not in own][: self.cfg.mine_top_k]
         if was:
             self._train_mode()
+
+    def _encode_items(self, items: List[str], kind: str, role: str, batch_size: int = 256) -> np.ndarray:
+        """Embeddings of training inputs, from the tower cache when there is one (no gradient)."""
+        if kind not in self.tower_caches:
+            return self._encoder(kind)(items, role)
+        with torch.no_grad():
+            parts = [self._embed(items[s:s + batch_size], kind, role).float().cpu() for s in range(0, len(items), batch_size)]
+        return torch.cat(parts).numpy()
 
     def _encoder(self, kind: str):
         m = self.model

@@ -45,6 +45,10 @@ def test_bench_encode_and_train_small(tmp_path, manpages_present):
                                      "--out", str(tmp_path)]) == 0
     heads = json.load(open(tmp_path / "train.json"))["heads"]
     assert len(heads) == 4 and all(r["samples_per_s"] > 0 for r in heads)
+    plugin = json.load(open(tmp_path / "train_plugin.json"))["plugin"]
+    assert {(r["head"], r["path"]) for r in plugin} == {(h, p) for h in ("slr", "llr", "clr")
+                                                        for p in ("cached", "tower rerun", "cached + corpus negatives")}
+    assert all(r["samples_per_s"] > 0 for r in plugin) and "| vs tower rerun |" in (tmp_path / "train_plugin.md").read_text()
 
 
 def test_quickstart_small(manpages_present, minilm_path, capsys):

@@ -98,6 +98,20 @@ class Backbone(nn.Module):
         cache wraps it); a composite backbone returns its inner image tower."""
         return self
 
+    def text_tower(self) -> "Backbone":
+        """The module whose ``text_features`` are the frozen part of the text side (a tower cache
+        stores them); a composite backbone returns its inner text tower."""
+        return self
+
+    def finish_text(self, f: TextFeatures) -> TextFeatures:
+        """What this backbone adds above :meth:`text_tower` (a composite's projection), so that
+        ``text_features(b) == finish_text(text_tower().text_features(b))``; identity here."""
+        return f
+
+    def finish_image(self, f: ImageFeatures) -> ImageFeatures:
+        """The image side of :meth:`finish_text`: ``image_features(x) == finish_image(image_tower().image_features(x))``."""
+        return f
+
     def adapter_prefixes(self) -> tuple:
         """Parameter-name prefixes of new layers (e.g. projections) that train like heads."""
         return ()

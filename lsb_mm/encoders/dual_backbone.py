@@ -90,6 +90,15 @@ class DualBackbone(Backbone):
     def image_tower(self) -> Backbone:
         return self.image
 
+    def text_tower(self) -> Backbone:
+        return self.text
+
+    def finish_text(self, f: TextFeatures) -> TextFeatures:
+        return TextFeatures(ids=f.ids, mask=f.mask, hidden=f.hidden, pooled=self.text_proj(f.pooled), summary=f.summary)
+
+    def finish_image(self, f: ImageFeatures) -> ImageFeatures:
+        return ImageFeatures(hidden=f.hidden, pooled=self.image_proj(f.pooled), summary=f.summary)
+
     # -- text --------------------------------------------------------------------------
     def tokenize(self, texts: List[str]) -> Dict[str, torch.Tensor]:
         return self.text.tokenize(texts)
@@ -104,13 +113,11 @@ class DualBackbone(Backbone):
         return self.text.text_vocab_logits()
 
     def text_features(self, batch: Dict[str, torch.Tensor]) -> TextFeatures:
-        f = self.text.text_features(batch)
-        return TextFeatures(ids=f.ids, mask=f.mask, hidden=f.hidden, pooled=self.text_proj(f.pooled), summary=f.summary)
+        return self.finish_text(self.text.text_features(batch))
 
     # -- image ---------------------------------------------------------------------------
     def image_transform(self) -> Callable[[Any], torch.Tensor]:
         return self.image.image_transform()
 
     def image_features(self, pixels: torch.Tensor) -> ImageFeatures:
-        f = self.image.image_features(pixels)
-        return ImageFeatures(hidden=f.hidden, pooled=self.image_proj(f.pooled), summary=f.summary)
+        return self.finish_image(self.image.image_features(pixels))

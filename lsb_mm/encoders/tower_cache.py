@@ -1,0 +1,178 @@
+"""Outputs of a locked tower for a fixed set of inputs: the fast path of plug-in training.
+
+With its tower locked (``--train heads``: the paper's plug-in setting), a text's or an image's
+tower output never changes. :meth:`TowerCache.build` runs each distinct input through the tower
+once and keeps what the heads read: token ids and mask (text), hidden states (when a head needs
+them: LLR, or visual words of images), the tower's pooled embedding and its summary. Training then
+assembles token streams from these rows, with no tokenizer, no image decoding and no tower forward;
+what sits above the tower (a dual encoder's projections, the heads) still runs and trains::
+
+    cache = TowerCache.build(model, "text", texts, keep_hidden=True)
+    f = model.backbone.finish_text(cache.features(cache.rows(["a query"]), device))
+    stream = text_stream_of(model.backbone, f)            # as model.text_stream(["a query"])
+
+Rows hold the tower's float32 output (``hidden_dtype=torch.float16`` halves the hidden states'
+memory at a small cost in exactness). A set that does not fit ``max_gb`` is refused with the size
+it would need.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Union
+
+import torch
+
+from ..errors import InputError
+from .base import Backbone, ImageFeatures, TextFeatures
+
+__all__ = ["TowerCache", "tower_of_kind", "tower_frozen"]
+
+log = logging.getLogger(__name__)
+
+
+def tower_of_kind(model, kind: str) -> Backbone:
+    """The locked part of ``model``'s ``kind`` side (``"text"`` or ``"image"``)."""
+    return model.backbone.text_tower() if kind == "text" else model.backbone.image_tower()
+
+
+def _tower_params(model, kind: str) -> List[torch.nn.Parameter]:
+    tower = tower_of_kind(model, kind)
+    own = tower is not model.backbone  # a composite's inner tower: all of it is the tower
+    return [p for n, p in tower.named_parameters() if own or tower.tower_of(n) == kind]
+
+
+def tower_frozen(model, kind: str) -> bool:
+    """Whether no parameter of ``model``'s ``kind`` tower trains (its outputs can be cached)."""
+    return not any(p.requires_grad for p in _tower_params(model, kind))
+
+
+class TowerCache:
+    """Per-input rows of one locked tower; see the module docstring. Build with :meth:`build`."""
+
+    def __init__(self, kind: str, items: List[str], ids: List[torch.Tensor], mask: List[torch.Tensor],
+                 hidden: Optional[List[torch.Tensor]], hidden_dim: int, pooled: torch.Tensor, summary: torch.Tensor):
+        self.kind, self.items = kind, items
+        self._row = {item: i for i, item in enumerate(items)}
+        self._ids, self._mask, self._hidden = ids, mask, hidden
+        self.hidden_dim = int(hidden_dim)
+        self.pooled, self.summary = pooled, summary
+        self.build_seconds = 0.0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def keeps_hidden(self) -> bool:
+        return self._hidden is not None
+
+    @property
+    def nbytes(self) -> int:
+        rows = [*self._ids, *self._mask, *(self._hidden or []), self.pooled, self.summary]
+        return sum(t.numel() * t.element_size() for t in rows)
+
+    def rows(self, items: Iterable[str]) -> List[int]:
+        """Row numbers of ``items``; an input that was not cached is an error (the cache is fixed)."""
+        try:
+            return [self._row[x] for x in items]
+        except KeyError as exc:
+            raise KeyError(f"tower cache ({self.kind}): {exc.args[0]!r} was not cached") from None
+
+    def features(self, rows: Sequence[int], device: Union[str, torch.device] = "cpu") -> Union[TextFeatures, ImageFeatures]:
+        """The tower's features of ``rows`` as one padded batch (what ``text_tower().text_features``
+        or ``image_tower().image_features`` returns, up to padding the heads never read)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        pooled, summary = self.pooled[idx].to(device), self.summary[idx].to(device)
+        lengths = [self._ids[r].shape[0] for r in idx.tolist()]
+        n, longest = len(lengths), max(lengths) if lengths else 0
+        ids = torch.zeros(n, longest, dtype=torch.long)
+        mask = torch.zeros(n, longest, dtype=torch.bool)
+        if self._hidden is not None:
+            hidden = torch.zeros(n, longest, self.hidden_dim, dtype=torch.float32)
+        for j, (r, length) in enumerate(zip(idx.tolist(), lengths)):
+            ids[j, :length], mask[j, :length] = self._ids[r], self._mask[r]
+            if self._hidden is not None:
+                hidden[j, :length] = self._hidden[r]
+        if self._hidden is None:  # no head reads it: a broadcast zero of the right shape, no memory
+            hidden = torch.zeros(1, 1, self.hidden_dim).expand(n, longest, self.hidden_dim)
+        ids, mask, hidden = ids.to(device), mask.to(device), hidden.to(device)
+        if self.kind == "text":
+            return TextFeatures(ids=ids, mask=mask, hidden=hidden, pooled=pooled, summary=summary)
+        return ImageFeatures(hidden=hidden, pooled=pooled, summary=summary)
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model, kind: str, items: Iterable[str], keep_hidden: bool = True,
+              hidden_dtype: torch.dtype = torch.float32, batch_size: int = 64, max_gb: float = 4.0,
+              num_workers: int = 0, show_progress_bar: Optional[bool] = None) -> "TowerCache":
+        """Run every distinct input of ``items`` (texts, or image paths for ``kind="image"``)
+        through ``model``'s locked ``kind`` tower once, in float32, in batches. The tower must be
+        locked (no parameter with ``requires_grad``; the trainer locks it with ``--train heads``)
+        and in eval mode."""
+        from tqdm.auto import tqdm
+
+        if kind not in ("text", "image"):
+            raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
+        if kind == "image" and not keep_hidden:
+            raise ValueError("an image tower cache keeps its hidden states: visual words are assigned from them")
+        tower = tower_of_kind(model, kind)
+        if not tower_frozen(model, kind):
+            raise RuntimeError(f"tower cache: the {kind} tower has trainable parameters; its outputs change as it trains")
+        if any(m.training for m in tower.modules() if any(True for _ in m.parameters(recurse=False))):
+            raise RuntimeError(f"tower cache: the {kind} tower is in train mode (dropout, batch statistics); call .eval()")
+        items = list(dict.fromkeys(items))
+        if not items:
+            raise InputError(f"tower cache: no {kind} inputs to cache")
+        t0 = time.perf_counter()
+        limit = int(max_gb * (1 << 30))
+        ids: List[torch.Tensor] = []
+        mask: List[torch.Tensor] = []
+        hidden: Optional[List[torch.Tensor]] = [] if keep_hidden else None
+        pooled: List[torch.Tensor] = []
+        summary: List[torch.Tensor] = []
+        used = 0
+        device = model.device
+        if kind == "text":
+            order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # similar lengths share a batch
+            chunks = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+            batches = ((c, {k: v.to(device) for k, v in model.backbone.tokenize([items[i] for i in c]).items()})
+                       for c in chunks)
+            total = len(chunks)
+        else:
+            loader = model._pixel_batches(items, batch_size, num_workers)
+            starts = range(0, len(items), batch_size)
+            batches = ((list(range(s, min(s + batch_size, len(items)))), px.to(device)) for s, px in zip(starts, loader))
+            total = len(starts)
+        rows: Dict[int, tuple] = {}
+        with torch.autocast(device.type, enabled=False):
+            bar = tqdm(batches, total=total, desc=f"cache {kind} tower", unit="batch",
+                       disable=not (show_progress_bar if show_progress_bar is not None else total > 4))
+            for chunk, x in bar:
+                f = tower.text_features(x) if kind == "text" else tower.image_features(x.float())
+                f_ids = f.ids if kind == "text" else torch.zeros(f.hidden.shape[:2], dtype=torch.long, device=device)
+                f_mask = f.mask if kind == "text" else torch.ones(f.hidden.shape[:2], dtype=torch.bool, device=device)
+                for j, i in enumerate(chunk):
+                    on = f_mask[j].nonzero()
+                    length = int(on[-1]) + 1 if on.numel() else 0  # trailing padding dropped
+                    row = (f_ids[j, :length].cpu().clone(), f_mask[j, :length].cpu().clone(),
+                           f.hidden[j, :length].to("cpu", hidden_dtype).clone() if keep_hidden else None,
+                           f.pooled[j].float().cpu(), f.summary[j].float().cpu())
+                    used += sum(t.numel() * t.element_size() for t in row if t is not None)
+                    if used > limit:
+                        raise InputError(f"tower cache: the {kind} outputs of {len(items)} inputs need more than "
+                                         f"{max_gb:g} GiB (reached after {len(rows)}); raise --tower-cache-gb, keep hidden "
+                                         "states in float16 (--tower-cache-dtype float16), or turn the cache off (0)")
+                    rows[i] = row
+        for i in range(len(items)):
+            a, m, h, p, s = rows[i]
+            ids.append(a)
+            mask.append(m)
+            if hidden is not None:
+                hidden.append(h)
+            pooled.append(p)
+            summary.append(s)
+        dim = getattr(tower, "text_hidden_dim" if kind == "text" else "image_hidden_dim")
+        out = cls(kind, items, ids, mask, hidden, dim, torch.stack(pooled), torch.stack(summary))
+        out.build_seconds = time.perf_counter() - t0
+        log.info("tower cache (%s): %d inputs, %.3f GiB, %.1f s", kind, len(items), out.nbytes / (1 << 30), out.build_seconds)
+        return out

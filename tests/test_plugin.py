@@ -1,0 +1,161 @@
+"""Plug-in training (towers locked) on cached tower outputs: the same loss and gradients as running
+the towers, corpus negatives, exact resume, bounded memory."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lsb_mm
+from lsb_mm.encoders.tower_cache import TowerCache
+from lsb_mm.errors import InputError
+from lsb_mm.trainer import TrainConfig, Trainer, train
+
+sys.path.insert(0, os.path.dirname(__file__))
+import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plugin")
+    text, _ = synthetic.passage_queries(40, per_passage=2, dev=0, negatives=2, seed=3)
+    caps = synthetic.caption_items(root / "caps", 48, seed=2)
+    return {
+        "text": synthetic.write_jsonl(root / "text.jsonl", text),
+        "image": synthetic.labelled_folder(root / "labelled", per_class=3, seed=1),
+        "cross": synthetic.write_jsonl(root / "cross.jsonl", [{"query": c, "pos": [p]} for c, p in caps]),
+    }
+
+
+def _models(tiny_hf_dir):
+    return {
+        "open_clip": "open_clip:lsb-tiny-test",
+        "hf": f"hf:{tiny_hf_dir}",
+        "resnet": "timm:resnet18",
+        "dual": f"dual:hf:{tiny_hf_dir}|timm:resnet18",
+    }
+
+
+CASES = [  # (modality, model, head, extra settings)
+    ("text", "open_clip", "llr", {"train_group_size": 3}),
+    ("text", "hf", "clr", {"pooling": "mean", "train_group_size": 2}),
+    ("text", "hf", "slr", {"pooling": "cls"}),
+    ("image", "resnet", "llr", {"model_options": {"img_size": 32}}),
+    ("cross", "open_clip", "llr", {"symmetric": True}),
+    ("cross", "dual", "slr", {"model_options": {"embed_dim": 16, "text_options": {"pooling": "mean"},
+                                                "image_options": {"img_size": 32}}, "symmetric": True}),
+]
+
+
+def _trainer(tmp_path, data, tiny_hf_dir, modality, model, head, extra, **kw):
+    cfg = dict(model=_models(tiny_hf_dir)[model], head=head, modality=modality, train_data=data[modality],
+               output=str(tmp_path / f"o{len(os.listdir(tmp_path))}"), batch_size=6, max_steps=2, vocab_size=16,
+               fit_codebook=0, seed=5, show_progress=False, **extra)
+    cfg.update(kw)
+    return Trainer(TrainConfig(**cfg))
+
+
+@pytest.mark.parametrize("modality, model, head, extra", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
+def test_cached_towers_give_the_uncached_loss_and_gradients(modality, model, head, extra, tmp_path, data, tiny_hf_dir):
+    results = []
+    for gb in (1.0, 0.0):
+        t = _trainer(tmp_path, data, tiny_hf_dir, modality, model, head, extra, tower_cache_gb=gb)
+        t._build_tower_caches()
+        assert bool(t.tower_caches) == (gb > 0)
+        t._train_mode()
+        batch = t.micro_batch(0, 0)
+        loss = t.compute_loss(batch)
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in t.model.named_parameters() if p.grad is not None}
+        results.append((float(loss.detach()), grads))
+    (cached_loss, cached), (plain_loss, plain) = results
+    assert cached and set(cached) == set(plain)
+    assert abs(cached_loss - plain_loss) <= 1e-5, (cached_loss, plain_loss)
+    for name in plain:
+        assert torch.allclose(cached[name], plain[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_corpus_negatives_are_an_exact_softmax_over_the_training_documents(tmp_path, data, tiny_hf_dir):
+    t = _trainer(tmp_path, data, tiny_hf_dir, "text", "hf", "llr", {"pooling": "mean", "train_group_size": 2},
+                 corpus_negatives=True)
+    with torch.no_grad():  # a head that modulates: queries differ from plain embeddings
+        t.model.text_head.proj_weight.normal_(0, 0.05)
+    t._build_tower_caches()
+    batch = t.micro_batch(0, 0)
+    loss = float(t.compute_loss(batch).detach())
+    m = t.model
+    with torch.no_grad():
+        q = m.encode_text([t.data.examples[i].query for i in batch["examples"].tolist()], convert_to="torch")
+        d = m.encode_text(t.pool, role="document", convert_to="torch")
+    logits = q @ d.t() / t.cfg.temperature
+    targets = []
+    for j, gi in enumerate(batch["examples"].tolist()):
+        ex = t.data.examples[gi]
+        target = t.pool.index(batch["passages"][int(batch["pos_index"][j])])
+        for p in ex.pos:
+            if t.pool.index(p) != target:
+                logits[j, t.pool.index(p)] = float("-inf")
+        targets.append(target)
+    assert len(t.pool) == 40 > len(batch["passages"]) and abs(loss - float(F.cross_entropy(logits, torch.tensor(targets)))) <= 1e-4
+
+
+def test_plug_in_training_with_corpus_negatives_learns(tmp_path, data, tiny_hf_dir):
+    out = tmp_path / "run"
+    train(TrainConfig(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=data["text"],
+                      output=str(out), batch_size=16, max_steps=30, lr=3e-3, log_steps=1, corpus_negatives=True,
+                      show_progress=False))
+    log = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    info = json.load(open(out / "run_info.json"))
+    assert info["tower_cache"]["text"]["inputs"] > 0 and info["tower_cache"]["text"]["hidden"] is False
+
+
+def test_corpus_negatives_need_cached_plain_documents(tmp_path, data, tiny_hf_dir):
+    with pytest.raises(InputError, match="needs the text tower locked"):
+        _trainer(tmp_path, data, tiny_hf_dir, "text", "open_clip", "slr", {}, corpus_negatives=True, train="all")
+    with pytest.raises(InputError, match="needs the text tower locked"):
+        _trainer(tmp_path, data, tiny_hf_dir, "text", "open_clip", "slr", {}, corpus_negatives=True, tower_cache_gb=0)
+    with pytest.raises(InputError, match="needs plain documents"):
+        _trainer(tmp_path, data, tiny_hf_dir, "text", "open_clip", "slr", {}, corpus_negatives=True, fusion_p=True)
+
+
+def test_resume_with_the_tower_cache_is_exact(tmp_path, data, tiny_hf_dir):
+    base = dict(model=f"hf:{tiny_hf_dir}", head="llr", pooling="mean", modality="text", train_data=data["text"],
+                batch_size=8, max_steps=6, lr=3e-3, train_group_size=2, corpus_negatives=True, seed=3,
+                show_progress=False, keep_checkpoints=0)
+    full = train(TrainConfig(output=str(tmp_path / "full"), **base))
+    train(TrainConfig(output=str(tmp_path / "cut"), save_steps=3, **{**base, "max_steps": 6}))
+    # resume from the step-3 checkpoint of the second run: the rest must equal the uninterrupted run
+    import shutil
+
+    shutil.rmtree(tmp_path / "cut" / "final")
+    shutil.rmtree(tmp_path / "cut" / "checkpoint-000006")
+    resumed = train(TrainConfig(output=str(tmp_path / "cut"), save_steps=3, resume="latest", **base))
+    a, b = lsb_mm.load_model(full).state_dict(), lsb_mm.load_model(resumed).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tower_cache_bounds_and_refusals(tiny_hf_dir):
+    m = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="llr").requires_grad_(False)  # the trainer locks it so
+    texts = [f"text number {i} " * 20 for i in range(50)]
+    with pytest.raises(InputError, match="need more than 0.0001 GiB"):
+        TowerCache.build(m, "text", texts, max_gb=1e-4)
+    cache = TowerCache.build(m, "text", texts + texts[:5], keep_hidden=False)
+    assert len(cache) == 50 and not cache.keeps_hidden
+    with pytest.raises(KeyError, match="was not cached"):
+        cache.rows(["something else"])
+    with pytest.raises(ValueError, match="keeps its hidden states"):
+        TowerCache.build(m, "image", ["x.png"], keep_hidden=False)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="trainable parameters"):
+        TowerCache.build(m, "text", texts)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    m.train()
+    with pytest.raises(RuntimeError, match="train mode"):
+        TowerCache.build(m, "text", texts)
