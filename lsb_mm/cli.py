@@ -184,12 +184,21 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--feature-cache-gb", type=float, default=d.feature_cache_gb,
                    help="memory for the features of a locked image tower, computed once per image and reused "
                         "every epoch (0 = off; default: %(default)s)")
+    g.add_argument("--tower-cache-gb", type=float, default=d.tower_cache_gb,
+                   help="plug-in fast path: memory for the outputs of each locked tower, computed once per distinct "
+                        "training input before the first step; steps then skip tokenizer, image decoding and tower "
+                        "(0 = run the towers every step; default: %(default)s)")
+    g.add_argument("--tower-cache-dtype", default=d.tower_cache_dtype, choices=["float32", "float16"],
+                   help="storage of cached hidden states (float16 halves their memory; default: %(default)s)")
     g = p.add_argument_group("objective")
     g.add_argument("--train-group-size", type=int, default=d.train_group_size,
                    help="passages per query: 1 positive + N-1 hard negatives (default: %(default)s)")
     g.add_argument("--mine-negatives", action="store_true",
                    help="mine hard negatives each epoch with the current model (FAISS over the positives' pool)")
     g.add_argument("--mine-top-k", type=int, default=d.mine_top_k, help="mined negatives kept per query (default: %(default)s)")
+    g.add_argument("--corpus-negatives", action="store_true",
+                   help="score every query against all training documents (exact softmax) instead of the batch's "
+                        "passages; needs the document tower locked and cached (--train heads) and plain documents")
     g.add_argument("--temperature", type=float, default=d.temperature, help="InfoNCE temperature (default: %(default)s)")
     g.add_argument("--symmetric", action="store_true", help="cross: add the image->text direction to the loss")
     g.add_argument("--cross-device-negatives", action="store_true",

@@ -159,3 +159,19 @@ def test_tower_cache_bounds_and_refusals(tiny_hf_dir):
     m.train()
     with pytest.raises(RuntimeError, match="train mode"):
         TowerCache.build(m, "text", texts)
+
+
+def test_cli_plug_in_flags(tmp_path, data):
+    from test_search_cli import cli
+
+    out = tmp_path / "run"
+    cli("train", "--model", "open_clip:lsb-tiny-test", "--head", "llr", "--train-data", data["text"], "--output", str(out),
+        "--max-steps", "3", "--batch-size", "8", "--corpus-negatives", "--tower-cache-dtype", "float16", "-q")
+    info = json.load(open(out / "run_info.json"))
+    assert info["config"]["corpus_negatives"] and info["tower_cache"]["text"]["hidden"] is True
+    r = cli("train", "--model", "open_clip:lsb-tiny-test", "--train-data", data["text"], "--output", str(tmp_path / "x"),
+            "--max-steps", "1", "--corpus-negatives", "--train", "all", check=False)
+    assert r.returncode == 2 and "needs the text tower locked" in r.stderr and "Traceback" not in r.stderr
+    r = cli("train", "--model", "open_clip:lsb-tiny-test", "--train-data", data["text"], "--output", str(tmp_path / "y"),
+            "--max-steps", "1", "--tower-cache-gb", "-1", check=False)
+    assert r.returncode == 2 and "tower_cache_gb must be >= 0" in r.stderr
