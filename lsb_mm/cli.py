@@ -227,8 +227,19 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept, 0 = all (default: %(default)s)")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue exactly from the latest checkpoint in --output, or from the given checkpoint folder")
-    g.add_argument("--eval-data", default=None, help="held-out data (same formats): Recall@k / success@k in the log")
+    g.add_argument("--eval-data", default=None, help="held-out validation data (same formats): NDCG@k, MRR@k, Recall@k, "
+                   "success@k in the log")
+    g.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                   help="hold out this share of the training examples as validation instead (whole positive documents; "
+                        "they are searched among all training documents)")
     g.add_argument("--eval-steps", type=int, default=d.eval_steps, help="evaluate every N steps (and at step 0); 0 = at the end only")
+    g.add_argument("--best-metric", default=d.best_metric,
+                   help="validation metric that picks the best model (ndcg|mrr|recall|success @1|5|10; default: %(default)s)")
+    g.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=d.keep_best,
+                   help="with validation: OUTPUT/final is the best model on it (kept in OUTPUT/best), not the last "
+                        "(default: yes)")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after N evaluations without a better validation metric (0 = never; default: %(default)s)")
     g.add_argument("--log-steps", type=int, default=d.log_steps, help="log every N steps (default: %(default)s)")
     g.add_argument("--nproc", type=int, default=1, help="launch N processes with torchrun (DDP) on this machine")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

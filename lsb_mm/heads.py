@@ -20,7 +20,8 @@ from torch import nn
 
 from .stream import TokenStream
 
-__all__ = ["HEADS", "LSBHead", "NoneHead", "SLRHead", "LLRHead", "CLRHead", "build_head"]
+__all__ = ["HEADS", "LSBHead", "NoneHead", "SLRHead", "LLRHead", "CLRHead", "AdapterHead", "build_head",
+           "modulation_strength"]
 
 HEADS: Dict[str, type] = {}
 
@@ -69,11 +70,14 @@ class LSBHead(nn.Module):
         e = stream.pooled
         if e.shape[-1] != self.embed_dim:
             raise ValueError(f"{self.kind} head expects embeddings of dim {self.embed_dim}, got {e.shape[-1]}")
+        return F.normalize(self.modulation(stream).to(e.dtype) * e, dim=-1)
+
+    def modulation(self, stream: TokenStream) -> torch.Tensor:
+        """``a = softmax(W_p · w + b_p)`` as ``[B, d]``: the weight each dimension of ``e`` gets."""
         if stream.vocab_size != self.vocab_size:
             raise ValueError(f"{self.kind} head has vocab_size {self.vocab_size}, the token stream {stream.vocab_size}")
         logits = self.projected(stream).to(self.proj_bias.dtype) + self.proj_bias
-        a = torch.softmax(logits, dim=-1).to(e.dtype)
-        return F.normalize(a * e, dim=-1)
+        return torch.softmax(logits, dim=-1)
 
     # -- sparse core shared by SLR and LLR --------------------------------------------------
     def _sparse_max_project(self, ids: torch.Tensor, keep: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -107,6 +111,35 @@ class NoneHead(nn.Module):
 
     def forward(self, stream: TokenStream) -> torch.Tensor:
         return F.normalize(stream.pooled, dim=-1)
+
+
+@register_head("adapter")
+class AdapterHead(nn.Module):
+    """Control, not LexSemBridge: a residual linear map of the embedding, ``e' = normalize(e + W e)``.
+
+    It reads no token: trained like a head (same data, steps, learning rates), it tells the lexical
+    signal of SLR/LLR/CLR apart from any adaptation of the query side at all. ``W`` starts at zero
+    (the identity), or with ``nn.Linear``'s initialisation for ``init="random"``.
+    """
+
+    def __init__(self, vocab_size: int = 0, embed_dim: int = 0, hidden_dim: int = 0, init: str = "zeros"):
+        super().__init__()
+        if init not in ("zeros", "random"):
+            raise ValueError(f"head init must be 'zeros' or 'random', got {init!r}")
+        self.vocab_size, self.embed_dim, self.hidden_dim, self.init = vocab_size, int(embed_dim), hidden_dim, init
+        self.weight = nn.Parameter(torch.zeros(self.embed_dim, self.embed_dim))
+        if init == "random":
+            nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+
+    def config(self) -> Dict[str, Any]:
+        return {"kind": "adapter", "vocab_size": self.vocab_size, "embed_dim": self.embed_dim,
+                "hidden_dim": self.hidden_dim, "init": self.init}
+
+    def forward(self, stream: TokenStream) -> torch.Tensor:
+        e = stream.pooled
+        if e.shape[-1] != self.embed_dim:
+            raise ValueError(f"adapter head expects embeddings of dim {self.embed_dim}, got {e.shape[-1]}")
+        return F.normalize(e + e.to(self.weight.dtype) @ self.weight.t(), dim=-1)
 
 
 @register_head("slr")
@@ -176,3 +209,15 @@ def build_head(kind: str, vocab_size: int, embed_dim: int, hidden_dim: int, init
     if key not in HEADS:
         raise ValueError(f"unknown head {kind!r}; expected one of {sorted(HEADS)}")
     return HEADS[key](vocab_size, embed_dim, hidden_dim, init)
+
+
+def modulation_strength(a: torch.Tensor) -> Dict[str, float]:
+    """How far a head's modulation ``a [B, d]`` is from uniform (an untrained head's).
+
+    ``max_over_min``: median over rows of ``max(a) / min(a)`` (1 = uniform); ``entropy``: mean of
+    ``H(a) / log d`` (1 = uniform, lower = a few dimensions dominate).
+    """
+    a = a.detach().float()
+    ratio = (a.max(-1).values / a.min(-1).values.clamp(min=1e-30)).median()
+    ent = -(a * a.clamp(min=1e-30).log()).sum(-1) / torch.log(torch.tensor(float(a.shape[-1])))
+    return {"max_over_min": float(ratio), "entropy": float(ent.mean())}

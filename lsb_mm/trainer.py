@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -32,19 +33,22 @@ from .encoders.base import ImageFeatures, TextFeatures
 from .encoders.feature_cache import ImageFeatureCache, image_tower_frozen
 from .encoders.tower_cache import TowerCache, tower_frozen
 from .errors import InputError
-from .files import iter_jsonl, write_text
+from .files import atomic_folder, iter_jsonl, write_text
 from .images import load_image, one_thread
+from .heads import modulation_strength
 from .losses import corpus_nce, info_nce
 from .metrics import evaluate_run
 
-__all__ = ["TrainConfig", "Trainer", "train", "FINAL_DIR"]
+__all__ = ["TrainConfig", "Trainer", "train", "split_validation", "FINAL_DIR", "BEST_DIR"]
 
 log = logging.getLogger(__name__)
 FINAL_DIR = "final"
+BEST_DIR = "best"
 LOG_NAME = "train_log.jsonl"
 # settings that must not change between a run and its resumption, or the result would differ
 RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
-                "corpus_negatives", "tower_cache_dtype",
+                "corpus_negatives", "tower_cache_dtype", "val_fraction", "eval_data", "eval_steps", "best_metric",
+                "keep_best", "patience",
                 "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
                 "mine_negatives", "mine_top_k", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay",
                 "max_grad_norm", "precision", "max_steps", "epochs")
@@ -90,7 +94,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: Optional[str] = None
     eval_data: Optional[str] = None
+    val_fraction: float = 0.0
     eval_steps: int = 0
+    best_metric: str = "ndcg@10"
+    keep_best: bool = True
+    patience: int = 0
     log_steps: int = 10
     workers: int = 0
     device: str = "auto"
@@ -123,6 +131,12 @@ class TrainConfig:
             (self.tower_cache_dtype in ("float32", "float16"), f"tower_cache_dtype must be float32 or float16, "
                                                                 f"got {self.tower_cache_dtype!r}"),
             (self.log_steps >= 1, f"log_steps must be >= 1 (log every N steps), got {self.log_steps}"),
+            (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (not (self.val_fraction and self.eval_data), "give eval_data or val_fraction, not both"),
+            (self.patience >= 0, f"patience must be >= 0 (0 = no early stopping), got {self.patience}"),
+            (self.best_metric.split("@")[0] in ("ndcg", "mrr", "recall", "success")
+             and self.best_metric.partition("@")[2] in ("1", "5", "10"),
+             f"best_metric must be ndcg|mrr|recall|success @1|5|10, got {self.best_metric!r}"),
             (self.save_steps >= 0, f"save_steps must be >= 0 (0 = only at the end), got {self.save_steps}"),
             (self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = only at the end), got {self.eval_steps}"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0 = all), got {self.keep_checkpoints}"),
@@ -185,6 +199,13 @@ class Trainer:
                                                cfg.csv_img_key, cfg.csv_caption_key)
         self.eval_data = load_train_data(cfg.eval_data, cfg.modality, cfg.image_root, cfg.skip_bad, cfg.csv_img_key,
                                          cfg.csv_caption_key) if cfg.eval_data else None
+        self.eval_distractors: List[str] = []
+        if cfg.val_fraction:  # validation carved from the training data: whole positive documents go to one side
+            self.data, self.eval_data = split_validation(self.data, cfg.val_fraction, cfg.seed)
+            # the held-out queries search their documents among every training document too
+            self.eval_distractors = list(dict.fromkeys(p for e in self.data.examples for p in e.pos))
+        self.best: Dict[str, Any] = {"metric": cfg.best_metric, "value": None, "step": None, "bad_evals": 0}
+        self._stop = False
         self.global_batch = cfg.batch_size * self.dist.world_size
         if self.global_batch == 1 and not cfg.mine_negatives:
             lonely = [e.source for e in self.data.examples if not e.neg]
@@ -456,7 +477,7 @@ class Trainer:
         t_last, seen, loss_acc, n_acc = time.perf_counter(), 0, 0.0, 0
         if self.eval_data is not None and self.step == 0 and cfg.eval_steps:
             self._evaluate()
-        while self.step < self.total_steps:
+        while self.step < self.total_steps and not self._stop:
             if cfg.mine_negatives and self.micro == 0:
                 self._mine()
             # own generator: creating a loader must not draw from the global RNG (dropout), or a
@@ -481,16 +502,21 @@ class Trainer:
                     rec = {"step": self.step, "epoch": self.epoch, "loss": all_reduce_mean(loss_acc / n_acc, self.device),
                            "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
                            "samples_per_s": seen / max(now - t_last, 1e-9)}
+                    mod = self._batch_modulation(batch)
+                    if mod:
+                        rec["modulation"] = mod
                     self._log(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", sps=f"{rec['samples_per_s']:.1f}")
                     t_last, seen, loss_acc, n_acc = now, 0, 0.0, 0
                 bar.update(1)
                 if self.eval_data is not None and cfg.eval_steps and self.step % cfg.eval_steps == 0:
                     self._evaluate()
-                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps:
+                if cfg.save_steps and self.step % cfg.save_steps == 0 and self.step < self.total_steps and not self._stop:
                     self._save_checkpoint()
-                if self.step >= self.total_steps:
+                if self.step >= self.total_steps or self._stop:
                     break
+            if self._stop:
+                break
             if self.micro >= self.micro_per_epoch:
                 self.epoch, self.micro = self.epoch + 1, 0
         bar.close()
@@ -499,9 +525,18 @@ class Trainer:
         self._save_checkpoint()
         final = os.path.join(cfg.output, FINAL_DIR)
         self._check_ranks_agree()
+        best = os.path.join(cfg.output, BEST_DIR)
         if self.dist.is_main:
-            self.model.save_pretrained(final)
-            log.info("saved %s", final)
+            if cfg.keep_best and self.best["step"] is not None and os.path.isdir(best):
+                with atomic_folder(final) as tmp:  # the final model is the best on validation
+                    shutil.copytree(best, tmp, dirs_exist_ok=True)
+                log.info("saved %s (the best on validation: %s %.4f at step %d)", final, cfg.best_metric,
+                         self.best["value"], self.best["step"])
+            else:
+                self.model.save_pretrained(final)
+                log.info("saved %s", final)
+            self._log({"step": self.step, "final": {"from_step": self.best["step"] if cfg.keep_best and
+                                                    self.best["step"] is not None else self.step, **self.best}})
         barrier()
         return final
 
@@ -515,6 +550,9 @@ class Trainer:
             items = [e.query for e in self.data.examples] if kind == self.qkind else []
             if kind == self.pkind:
                 items += self.pool
+            if self.eval_data is not None:  # validation reads the cache too
+                items += [e.query for e in self.eval_data.examples] if kind == self.qkind else []
+                items += [p for e in self.eval_data.examples for p in list(e.pos) + list(e.neg)] if kind == self.pkind else []
             head = self.model.text_head if kind == "text" else self.model.image_head
             keep = kind == "image" or (head is not None and head.kind == "llr")  # only LLR reads text hidden states
             cache = TowerCache.build(self.model, kind, items, keep_hidden=keep, max_gb=budget,
@@ -639,20 +677,64 @@ class Trainer:
 
     @torch.no_grad()
     def _evaluate(self) -> Dict[str, float]:
-        """Held-out retrieval: every query against the union of the eval set's passages."""
+        """Held-out retrieval (every query against the eval set's passages, plus every training
+        document when the validation was carved from the training data); keeps the best model."""
         was = self.model.training
         self.model.eval()
-        metrics = retrieval_metrics(self.eval_data, self._encoder(self.qkind), self._encoder(self.pkind))
+        metrics = retrieval_metrics(self.eval_data, lambda items, role: self._encode_items(items, self.qkind, role),
+                                    lambda items, role: self._encode_items(items, self.pkind, role),
+                                    distractors=self.eval_distractors)
+        modulation = self._modulation([e.query for e in self.eval_data.examples])
         if was:
             self._train_mode()
-        self._log({"step": self.step, "eval": metrics})
+        rec: Dict[str, Any] = {"step": self.step, "eval": metrics}
+        if modulation:
+            rec["modulation"] = modulation
+        value, best = metrics[self.cfg.best_metric], self.best
+        if best["value"] is None or value > best["value"]:
+            best.update(value=value, step=self.step, bad_evals=0)
+            if self.cfg.keep_best:
+                self._save_best()
+        else:
+            best["bad_evals"] += 1
+            if self.cfg.patience and best["bad_evals"] >= self.cfg.patience:
+                self._stop = True
+                rec["early_stop"] = f"{self.cfg.best_metric} did not improve in {best['bad_evals']} evaluations"
+        rec["best"] = {k: best[k] for k in ("metric", "value", "step")}
+        self._log(rec)
         if self.dist.is_main:
             log.info("step %d eval %s", self.step, metrics)
         return metrics
 
+    def _batch_modulation(self, batch: Dict[str, Any]) -> Optional[Dict[str, float]]:
+        """Modulation strength on the last micro-batch's queries (eval mode: no dropout, no RNG drawn)."""
+        self.model.eval()
+        try:
+            return self._modulation(list(batch["queries"]) if isinstance(batch["queries"], list) else [])
+        finally:
+            self._train_mode()
+
+    def _save_best(self) -> None:
+        if self.dist.is_main:
+            self.model.save_pretrained(os.path.join(self.cfg.output, BEST_DIR))
+        barrier()
+
+    @torch.no_grad()
+    def _modulation(self, queries: List[str], batch_size: int = 256) -> Optional[Dict[str, float]]:
+        """Modulation strength of the query-side head over ``queries`` (None for heads without one)."""
+        head = self.model.text_head if self.qkind == "text" else self.model.image_head
+        if not hasattr(head, "modulation") or not self.model.fusion["query"] or not queries:
+            return None
+        if self.qkind == "image" and self.qkind not in self.tower_caches:  # images would need decoding here
+            return None
+        parts = [head.modulation(self._stream(queries[s:s + batch_size], self.qkind)).float().cpu()
+                 for s in range(0, len(queries), batch_size)]
+        return modulation_strength(torch.cat(parts))
+
     def _state(self) -> Dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "micro": self.micro, "world_size": self.dist.world_size,
-                "config": dataclasses.asdict(self.cfg), "mined": {str(k): v for k, v in self.mined.items()}}
+                "config": dataclasses.asdict(self.cfg), "mined": {str(k): v for k, v in self.mined.items()},
+                "best": dict(self.best), "stopped": self._stop}
 
     def _save_checkpoint(self) -> None:
         if self.dist.is_main:
@@ -665,6 +747,8 @@ class Trainer:
         state = load_checkpoint(folder, self.optimizer, self.scheduler)
         self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
         self.mined = {int(k): v for k, v in state.get("mined", {}).items()}
+        self.best.update(state.get("best", {}))
+        self._stop = bool(state.get("stopped", False))
         if self.dist.is_main:  # forget log lines written after the checkpoint
             path = os.path.join(self.cfg.output, LOG_NAME)
             if os.path.isfile(path):
@@ -688,11 +772,12 @@ class Trainer:
             raise RuntimeError(f"ranks ended with different weights: {digests}")
 
 
-def retrieval_metrics(data: TrainData, encode_query, encode_passage, ks: Sequence[int] = (1, 5, 10)) -> Dict[str, float]:
+def retrieval_metrics(data: TrainData, encode_query, encode_passage, ks: Sequence[int] = (1, 5, 10),
+                      distractors: Sequence[str] = ()) -> Dict[str, float]:
     """Held-out NDCG@k, MRR@k, Recall@k and success@k of every query against the union of the
-    set's passages, with the definitions of :mod:`lsb_mm.metrics` (trec_eval's: Recall@k divides
-    by all of a query's positives)."""
-    corpus = list(dict.fromkeys(p for e in data.examples for p in list(e.pos) + list(e.neg)))
+    set's passages (and ``distractors``), with the definitions of :mod:`lsb_mm.metrics`
+    (trec_eval's: Recall@k divides by all of a query's positives)."""
+    corpus = list(dict.fromkeys([p for e in data.examples for p in list(e.pos) + list(e.neg)] + list(distractors)))
     q = torch.from_numpy(encode_query([e.query for e in data.examples], role="query"))
     d = torch.from_numpy(encode_passage(corpus, role="document"))
     top = (q @ d.t()).topk(min(max(ks), len(corpus)), dim=1).indices.tolist()
@@ -701,6 +786,32 @@ def retrieval_metrics(data: TrainData, encode_query, encode_passage, ks: Sequenc
     qrels = {str(i): {where[p]: 1 for p in e.pos} for i, e in enumerate(data.examples)}
     means = evaluate_run(run, qrels, ks)["metrics"]
     return {name: value for name, value in means.items() if name.split("@")[0] in ("ndcg", "mrr", "recall", "success")}
+
+
+def split_validation(data: TrainData, fraction: float, seed: int) -> "tuple[TrainData, TrainData]":
+    """``(train, validation)``: about ``fraction`` of the examples held out, grouped by their first
+    positive so that no validation document is also a training positive (seeded)."""
+    groups: Dict[str, List[int]] = {}
+    for i, e in enumerate(data.examples):
+        groups.setdefault(e.pos[0], []).append(i)
+    order = list(groups)
+    rng = np.random.default_rng([seed, 7919])
+    held: List[int] = []
+    for g in (order[i] for i in rng.permutation(len(order))):
+        if len(held) >= fraction * len(data.examples):
+            break
+        held += groups[g]
+    if not held or len(held) == len(data.examples):
+        raise InputError(f"val_fraction {fraction}: {len(data.examples)} examples in {len(groups)} positive groups "
+                         "cannot be split into training and validation")
+    val_pos = {data.examples[i].pos[0] for i in held}
+    keep = sorted(set(range(len(data.examples))) - set(held))
+    train_ex = [data.examples[i] for i in keep]
+    leaked = [e.source for e in train_ex if set(e.pos) & val_pos]
+    if leaked:
+        log.info("%d training examples share a positive with the validation set", len(leaked))
+    mk = lambda ex: TrainData(ex, data.modality, data.fmt, data.skipped if ex is train_ex else [])  # noqa: E731
+    return mk(train_ex), mk([data.examples[i] for i in sorted(held)])
 
 
 def train(config: TrainConfig | Dict[str, Any], feature_cache: Optional[ImageFeatureCache] = None) -> str:

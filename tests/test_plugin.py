@@ -175,3 +175,55 @@ def test_cli_plug_in_flags(tmp_path, data):
     r = cli("train", "--model", "open_clip:lsb-tiny-test", "--train-data", data["text"], "--output", str(tmp_path / "y"),
             "--max-steps", "1", "--tower-cache-gb", "-1", check=False)
     assert r.returncode == 2 and "tower_cache_gb must be >= 0" in r.stderr
+
+
+def test_validation_split_keeps_documents_apart():
+    from lsb_mm.datasets.training_data import TrainData, TrainExample
+    from lsb_mm.trainer import split_validation
+
+    ex = [TrainExample(f"q{i}", [f"d{i // 3}"], [f"d{(i // 3 + 1) % 20}"], f"x:{i}") for i in range(60)]
+    data = TrainData(ex, "text", "jsonl")
+    tr, val = split_validation(data, 0.25, seed=1)
+    assert len(tr) + len(val) == 60 and 15 <= len(val) <= 17
+    assert not {e.pos[0] for e in tr.examples} & {e.pos[0] for e in val.examples}  # a document on one side only
+    assert [e.query for e in split_validation(data, 0.25, seed=1)[1].examples] == [e.query for e in val.examples]
+    assert [e.query for e in split_validation(data, 0.25, seed=2)[1].examples] != [e.query for e in val.examples]
+    with pytest.raises(InputError, match="cannot be split"):
+        split_validation(TrainData(ex[:3], "text", "jsonl"), 0.5, seed=0)  # one document: nothing to split
+
+
+def test_best_validation_model_is_kept_and_patience_stops(tmp_path, data, tiny_hf_dir):
+    out = tmp_path / "run"
+    base = dict(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=data["text"],
+                batch_size=8, lr=0.3, head_lr=0.3, val_fraction=0.25, eval_steps=2, max_steps=40, log_steps=2,
+                corpus_negatives=True, show_progress=False)
+    final = train(TrainConfig(output=str(out), patience=2, **base))  # a huge lr: validation soon gets worse
+    log = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    evals = [r for r in log if "eval" in r]
+    best = max(evals, key=lambda r: r["eval"]["ndcg@10"])
+    done = next(r["final"] for r in log if "final" in r)
+    assert done["from_step"] == best["step"] and done["value"] == pytest.approx(best["eval"]["ndcg@10"])
+    assert any("early_stop" in r for r in evals) and max(r["step"] for r in log if "loss" in r) < 40
+    assert lsb_mm.load_model(final).fingerprint() == lsb_mm.load_model(out / "best").fingerprint()
+    # the modulation strength is logged at log steps and evaluations
+    mods = [r["modulation"] for r in log if "modulation" in r]
+    assert mods and all(m["max_over_min"] >= 1 and 0 < m["entropy"] <= 1 + 1e-6 for m in mods)
+    assert any(m["max_over_min"] > 1.01 for m in mods)  # the head left its uniform start
+    # --no-keep-best: the last model
+    last = train(TrainConfig(output=str(tmp_path / "last"), keep_best=False, **{**base, "max_steps": 6}))
+    log = [json.loads(line) for line in open(tmp_path / "last" / "train_log.jsonl")]
+    assert next(r["final"] for r in log if "final" in r)["from_step"] == 6 and not (tmp_path / "last" / "best").exists()
+    assert os.path.isdir(last)
+
+
+def test_adapter_control_head_trains_and_round_trips(tmp_path, data):
+    out = tmp_path / "adapter"
+    final = train(TrainConfig(model="open_clip:lsb-tiny-test", head="adapter", modality="text", train_data=data["text"],
+                              output=str(out), batch_size=8, max_steps=5, lr=1e-2, show_progress=False))
+    m = lsb_mm.load_model(final)
+    assert m.text_head.kind == "adapter" and m.text_head.weight.abs().sum() > 0
+    q = m.encode_text(["river anchor"], role="query")
+    d = m.encode_text(["river anchor"], role="document")  # documents stay plain
+    assert not np.allclose(q, d) and np.allclose(np.linalg.norm(q), 1, atol=1e-5)
+    fresh = lsb_mm.create_model("open_clip:lsb-tiny-test", head="adapter")
+    np.testing.assert_allclose(fresh.encode_text(["x y"], role="query"), fresh.encode_text(["x y"], role="document"), atol=1e-6)
