@@ -18,6 +18,7 @@ import torch
 
 from .encoders import BACKBONES
 from .errors import ModelLoadError
+from .heads import head_options
 from .model import LSBModel
 from .serialization import BACKBONE_DIR, CONFIG_NAME, WEIGHTS_NAME, check_state, read_config, read_weights
 
@@ -42,10 +43,12 @@ def parse_model_name(name: str):
 def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device: str | torch.device = "cpu",
                  text_head: Optional[str] = None, image_head: Optional[str] = None, vocab_size: int = 1024,
                  fusion_q: bool = True, fusion_p: bool = False, head_init: str = "zeros", seed: int = 0,
-                 **backbone_options: Any) -> LSBModel:
-    """Build a model: backbone ``name`` plus LexSemBridge ``head`` (``clr``, ``slr``, ``llr``, ``none``).
+                 head_options: Optional[dict] = None, **backbone_options: Any) -> LSBModel:
+    """Build a model: backbone ``name`` plus LexSemBridge ``head`` (``clr``, ``slr``, ``llr``, ``none``;
+    ``adapter`` is the linear control).
 
-    ``pretrained`` is open_clip's tag / weights file or timm's bool; other keyword options go to
+    ``head_options`` holds per-tower head settings, e.g. ``{"text": {"w_norm": "none"}}`` for the
+    paper's unnormalised CLR. ``pretrained`` is open_clip's tag / weights file or timm's bool; other keyword options go to
     the backbone (e.g. ``pooling="mean"`` for ``hf:``, ``weights=`` or ``img_size=`` for
     ``timm:``). Random initialisation is seeded by ``seed`` without touching the global RNG.
     """
@@ -68,7 +71,7 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
         except TypeError as exc:  # an option this family does not take
             raise ModelLoadError(f"{name}: bad options {sorted(opts)}: {exc}") from exc
         model = LSBModel(backbone, head=head, text_head=text_head, image_head=image_head, vocab_size=vocab_size,
-                         fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed)
+                         fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed, head_options=head_options)
     model.name = name
     return model.to(device).eval()
 
@@ -96,7 +99,8 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
         model = LSBModel(backbone, head=(th or ih or {"kind": "none"})["kind"], text_head=th and th["kind"],
                          image_head=ih and ih["kind"], vocab_size=vw["vocab_size"] if vw else 1024,
                          fusion_q=config["fusion"]["query"], fusion_p=config["fusion"]["document"],
-                         head_init=config.get("head_init", "zeros"))
+                         head_init=config.get("head_init", "zeros"),
+                         head_options={side: head_options(c) for side, c in (("text", th), ("image", ih)) if c})
     check_state(model, tensors, os.path.join(folder, config["weights"].get("file", WEIGHTS_NAME)))
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()

@@ -21,7 +21,7 @@ from torch import nn
 from .stream import TokenStream
 
 __all__ = ["HEADS", "LSBHead", "NoneHead", "SLRHead", "LLRHead", "CLRHead", "AdapterHead", "build_head",
-           "modulation_strength"]
+           "head_options", "modulation_strength"]
 
 HEADS: Dict[str, type] = {}
 
@@ -180,10 +180,24 @@ class CLRHead(LSBHead):
     (``stream.vocab_logits``), else from the tied projection ``z = g(summary) · Eᵀ`` against the
     vocabulary embeddings ``E`` (token embeddings, or the visual-word codebook); ``g`` is a
     learnable linear map initialised to the identity.
+
+    ``w_norm="l2"`` (default) divides ``w`` by its L2 norm before the projection. Unlike SLR/LLR,
+    whose ``w`` has a few dozen non-zero entries of order 1, CLR's ``w`` is dense over all ``V``
+    tokens (30,522 for BERT): one gradient step moves the logits ``W_p · w`` by about
+    ``lr · ||w||²``, thousands of times more than for SLR, which is why CLR diverged at head lr
+    1e-2. With unit ``w`` a step moves them by about ``lr``, whatever ``V`` and the encoder's
+    logit scale. ``"none"`` is the paper's unnormalised ``w`` (and what saved models from before
+    the option mean).
     """
 
-    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros"):
+    W_NORMS = ("l2", "none")
+    LEGACY_OPTIONS = {"w_norm": "none"}  # what a saved config without the option meant
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros", w_norm: str = "l2"):
         super().__init__(vocab_size, embed_dim, hidden_dim, init)
+        if w_norm not in self.W_NORMS:
+            raise ValueError(f"clr w_norm must be one of {self.W_NORMS}, got {w_norm!r}")
+        self.w_norm = w_norm
         self.transform = nn.Linear(self.hidden_dim, self.hidden_dim)
         with torch.no_grad():
             self.transform.weight.copy_(torch.eye(self.hidden_dim))
@@ -198,17 +212,37 @@ class CLRHead(LSBHead):
         g = self.transform(stream.summary.to(self.transform.weight.dtype))
         return g @ stream.vocab_embeddings.to(g.dtype).t()
 
+    def config(self) -> Dict[str, Any]:
+        return {**super().config(), "w_norm": self.w_norm}
+
     def projected(self, stream: TokenStream) -> torch.Tensor:
         w = torch.log1p(torch.relu(self.vocab_logits(stream)))
+        if self.w_norm == "l2":  # see the class docstring: the logit scale no longer grows with V
+            w = w / w.norm(dim=-1, keepdim=True).clamp(min=1e-6)
         return w.to(self.proj_weight.dtype) @ self.proj_weight
 
 
-def build_head(kind: str, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros") -> nn.Module:
-    """Create a head by name: ``none``, ``slr``, ``llr`` or ``clr``."""
+BASE_CONFIG = ("kind", "vocab_size", "embed_dim", "hidden_dim", "init")
+
+
+def build_head(kind: str, vocab_size: int, embed_dim: int, hidden_dim: int, init: str = "zeros", **options: Any) -> nn.Module:
+    """Create a head by name (``none``, ``slr``, ``llr``, ``clr``, ``adapter``); ``options`` are the
+    head's own settings (e.g. CLR's ``w_norm``)."""
     key = str(kind).lower()
     if key not in HEADS:
         raise ValueError(f"unknown head {kind!r}; expected one of {sorted(HEADS)}")
-    return HEADS[key](vocab_size, embed_dim, hidden_dim, init)
+    try:
+        return HEADS[key](vocab_size, embed_dim, hidden_dim, init, **options)
+    except TypeError as exc:
+        raise ValueError(f"head {key!r} does not take options {sorted(options)}: {exc}") from None
+
+
+def head_options(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The head-specific options of a saved head ``config``; options it lacks take the value
+    they had before they existed (``LEGACY_OPTIONS``), so an old folder loads as it was trained."""
+    cls = HEADS.get(str(config.get("kind")).lower())
+    extra = {k: v for k, v in config.items() if k not in BASE_CONFIG}
+    return {**getattr(cls, "LEGACY_OPTIONS", {}), **extra}
 
 
 def modulation_strength(a: torch.Tensor) -> Dict[str, float]:

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .encoders import Backbone, VisualWords, image_stream, text_stream
 from .errors import InputError
-from .heads import build_head
+from .heads import build_head, head_options
 from .images import ImageInput, check_sequence, load_image, on_one_thread
 from .stream import TokenStream
 
@@ -51,15 +51,17 @@ class LSBModel(nn.Module):
 
     def __init__(self, backbone: Backbone, head: str = "clr", text_head: Optional[str] = None,
                  image_head: Optional[str] = None, vocab_size: int = 1024, fusion_q: bool = True,
-                 fusion_p: bool = False, head_init: str = "zeros", seed: int = 0):
+                 fusion_p: bool = False, head_init: str = "zeros", seed: int = 0,
+                 head_options: Optional[Dict[str, Dict[str, Any]]] = None):
         super().__init__()
         self.backbone = backbone
         self.fusion = {"query": bool(fusion_q), "document": bool(fusion_p)}
+        opts = head_options or {}
         self.text_head = build_head(text_head or head, backbone.text_vocab_size, backbone.embed_dim,
-                                    backbone.text_hidden_dim, head_init) if backbone.has_text else None
+                                    backbone.text_hidden_dim, head_init, **opts.get("text", {})) if backbone.has_text else None
         self.visual_words = VisualWords(vocab_size, backbone.image_hidden_dim, seed=seed) if backbone.has_image else None
-        self.image_head = build_head(image_head or head, vocab_size, backbone.embed_dim,
-                                     backbone.image_hidden_dim, head_init) if backbone.has_image else None
+        self.image_head = build_head(image_head or head, vocab_size, backbone.embed_dim, backbone.image_hidden_dim,
+                                     head_init, **opts.get("image", {})) if backbone.has_image else None
         self.head_init = head_init
         self._image_transform = None
         self.name = getattr(backbone, "name", backbone.family)
@@ -212,7 +214,7 @@ class LSBModel(nn.Module):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 self.image_head = build_head(old.config()["kind"], vocab_size, old.embed_dim, old.hidden_dim,
-                                             self.head_init).to(self.device)
+                                             self.head_init, **head_options(old.config())).to(self.device)
 
     # -- persistence -------------------------------------------------------------------------
     def config(self) -> Dict[str, Any]:

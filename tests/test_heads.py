@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,16 +53,22 @@ def dense_reference(head, s: TokenStream) -> torch.Tensor:
             g = s.summary.double() @ head.transform.weight.double().t() + head.transform.bias.double()
             z = g @ s.vocab_embeddings.double().t()
         w = torch.log(1 + torch.relu(z))
+        if head.w_norm == "l2":
+            w = w / w.norm(dim=-1, keepdim=True)
     Wp = head.proj_weight.double().t()  # [d, V] as in the paper
     a = torch.softmax(w @ Wp.t() + head.proj_bias.double(), dim=-1)
     return F.normalize(a * s.pooled.double(), dim=-1)
 
 
-@pytest.mark.parametrize("kind,with_lm", [("slr", False), ("llr", False), ("clr", False), ("clr", True)])
-def test_head_equals_dense_reference(kind, with_lm):
+@pytest.mark.parametrize("kind,with_lm,opts", [("slr", False, {}), ("llr", False, {}), ("clr", False, {}), ("clr", True, {}),
+                                               ("clr", False, {"w_norm": "none"}), ("clr", True, {"w_norm": "none"})])
+def test_head_equals_dense_reference(kind, with_lm, opts):
     s = random_stream(with_lm=with_lm)
     torch.manual_seed(1)
-    head = build_head(kind, s.vocab_size, s.pooled.shape[1], s.hidden.shape[2], init="random")
+    head = build_head(kind, s.vocab_size, s.pooled.shape[1], s.hidden.shape[2], init="random", **opts)
+    if kind == "clr" and head.w_norm == "l2":
+        with torch.no_grad():
+            head.proj_weight.mul_(10.0)  # a unit w needs larger weights to modulate as strongly
     with torch.no_grad():
         head.proj_weight.mul_(50.0)  # make the modulation far from uniform so the test is sensitive
         if kind == "slr":
@@ -130,3 +137,58 @@ def test_sparse_heads_never_allocate_b_l_v(kind):
     dense_bytes = 16 * 64 * 250_000 * 4
     # the dense gradient of W_p ([V, d] = 64 MB) is expected; a B×L×V tensor is not
     assert grown < 0.3 * dense_bytes, f"peak memory grew by {grown / 2**20:.0f} MiB"
+
+
+def test_clr_normalises_its_vocabulary_vector_and_old_folders_keep_their_meaning(tmp_path):
+    import json
+
+    import lsb_mm
+
+    m = lsb_mm.create_model("open_clip:lsb-tiny-test", head="clr", head_init="random")
+    assert m.text_head.w_norm == "l2" and m.text_head.config()["w_norm"] == "l2"
+    legacy = lsb_mm.create_model("open_clip:lsb-tiny-test", head="clr", head_init="random",
+                                 head_options={"text": {"w_norm": "none"}})
+    s = m.text_stream(["a red bicycle", "x"])
+    w = torch.log1p(torch.relu(m.text_head.vocab_logits(s)))
+    expected = (w / w.norm(dim=-1, keepdim=True)) @ m.text_head.proj_weight
+    assert torch.allclose(m.text_head.projected(s), expected, atol=1e-6)
+    m.save_pretrained(tmp_path / "new")
+    assert lsb_mm.load_model(tmp_path / "new").text_head.w_norm == "l2"
+    legacy.save_pretrained(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "lsb_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["text_head"]["w_norm"], cfg["image_head"]["w_norm"]  # a folder saved before the option existed
+    cfg_path.write_text(json.dumps(cfg))
+    old = lsb_mm.load_model(tmp_path / "old")
+    assert old.text_head.w_norm == "none" and old.image_head.w_norm == "none"
+    np.testing.assert_allclose(old.encode_text(["a red bicycle"]), legacy.encode_text(["a red bicycle"]), atol=1e-6)
+    with pytest.raises(ValueError, match="w_norm"):
+        lsb_mm.create_model("open_clip:lsb-tiny-test", head="clr", head_options={"text": {"w_norm": "l1"}})
+    with pytest.raises(ValueError, match="does not take options"):
+        lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr", head_options={"text": {"w_norm": "l2"}})
+
+
+def test_clr_stays_finite_over_500_plug_in_steps_at_a_high_head_lr(tmp_path):
+    """The lr at which the unnormalised CLR diverged (1e-2), on cached towers: finite, and it learns."""
+    import json
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    import synthetic
+
+    from lsb_mm.trainer import TrainConfig, train
+
+    text, _ = synthetic.passage_queries(60, per_passage=3, dev=0, seed=4)
+    data = synthetic.write_jsonl(tmp_path / "d.jsonl", text)
+    out = tmp_path / "run"
+    train(TrainConfig(model="open_clip:lsb-tiny-test", head="clr", train_data=data, output=str(out), batch_size=16,
+                      max_steps=500, lr=1e-2, log_steps=25, corpus_negatives=True, show_progress=False))
+    log = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) >= 20 and all(np.isfinite(losses)) and np.mean(losses[-4:]) < losses[0]
+    assert all(np.isfinite(r["modulation"]["max_over_min"]) for r in log if "modulation" in r)
+    import lsb_mm
+
+    m = lsb_mm.load_model(out / "final")
+    assert all(torch.isfinite(p).all() for p in m.text_head.parameters())
