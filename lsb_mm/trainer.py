@@ -31,7 +31,7 @@ from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, i
 from .encoders.adapters import image_stream_of, text_stream_of
 from .encoders.base import ImageFeatures, TextFeatures
 from .encoders.feature_cache import ImageFeatureCache, image_tower_frozen
-from .encoders.tower_cache import TowerCache, tower_frozen
+from .encoders.tower_cache import TowerCache, tower_digest, tower_frozen
 from .errors import InputError
 from .files import atomic_folder, iter_jsonl, write_text
 from .images import load_image, one_thread
@@ -188,10 +188,12 @@ class Trainer:
     ``feature_cache`` to share one cache between runs over the same tower.
     """
 
-    def __init__(self, config: TrainConfig, feature_cache: Optional[ImageFeatureCache] = None):
+    def __init__(self, config: TrainConfig, feature_cache: Optional[ImageFeatureCache] = None,
+                 tower_caches: Optional[Dict[str, TowerCache]] = None):
         config.check()
         self.cfg = cfg = config
         self.feature_cache = feature_cache
+        self.shared_tower_caches = dict(tower_caches or {})
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = torch.device(self._device_name())
         self.qkind, self.pkind = item_kinds(cfg.modality)
@@ -555,6 +557,15 @@ class Trainer:
                 items += [p for e in self.eval_data.examples for p in list(e.pos) + list(e.neg)] if kind == self.pkind else []
             head = self.model.text_head if kind == "text" else self.model.image_head
             keep = kind == "image" or (head is not None and head.kind == "llr")  # only LLR reads text hidden states
+            given = self.shared_tower_caches.get(kind)
+            if given is not None:  # a cache shared between runs (e.g. a sweep): it must fit this run
+                if not given.covers(items) or (keep and not given.keeps_hidden) or \
+                        given.tower_digest != tower_digest(self.model, kind):
+                    raise InputError(f"the {kind} tower cache given to the trainer does not serve this run (other "
+                                     "inputs, other tower weights, or no hidden states for LLR); build it from this "
+                                     "run's data or let the trainer build its own")
+                self.tower_caches[kind] = given
+                continue
             cache = TowerCache.build(self.model, kind, items, keep_hidden=keep, max_gb=budget,
                                      hidden_dtype=torch.float16 if cfg.tower_cache_dtype == "float16" else torch.float32,
                                      num_workers=cfg.workers, show_progress_bar=cfg.show_progress and self.dist.is_main)
@@ -814,12 +825,16 @@ def split_validation(data: TrainData, fraction: float, seed: int) -> "tuple[Trai
     return mk(train_ex), mk([data.examples[i] for i in sorted(held)])
 
 
-def train(config: TrainConfig | Dict[str, Any], feature_cache: Optional[ImageFeatureCache] = None) -> str:
-    """Train from a :class:`TrainConfig` (or a dict of its fields); returns the final model folder."""
+def train(config: TrainConfig | Dict[str, Any], feature_cache: Optional[ImageFeatureCache] = None,
+          tower_caches: Optional[Dict[str, TowerCache]] = None) -> str:
+    """Train from a :class:`TrainConfig` (or a dict of its fields); returns the final model folder.
+
+    ``tower_caches`` (``{"text": TowerCache, ...}``, e.g. ``trainer.tower_caches`` of an earlier run
+    on the same data and tower) skips building them again."""
     if isinstance(config, dict):
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = sorted(set(config) - fields)
         if unknown:
             raise InputError(f"unknown training settings {unknown}")
         config = TrainConfig(**config)
-    return Trainer(config, feature_cache).train()
+    return Trainer(config, feature_cache, tower_caches).train()

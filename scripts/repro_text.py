@@ -21,36 +21,19 @@ Writes ``<out>/repro_text.json`` (every run's metrics, settings, machine) and ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
 
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.reproduce import head_tables, machine_line, run_grid, stratified_split, summarize  # noqa: E402
+from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
+from lsb_mm.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10")
-
-
-def fit_words(text: str, tokenize, max_tokens: int) -> str:
-    """The longest prefix of whole words of ``text`` that ``tokenize`` keeps untruncated."""
-    words = text.split()
-
-    def fits(n: int) -> bool:
-        return int(tokenize([" ".join(words[:n])])["attention_mask"].sum()) < max_tokens
-
-    lo, hi = 0, len(words)
-    if fits(hi):
-        return " ".join(words)
-    while lo < hi - 1:  # invariant: fits(lo), not fits(hi)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return " ".join(words[:lo])
 
 
 def bm25_run(task) -> dict:
@@ -77,47 +60,10 @@ def bm25_results(folders) -> dict:
     return out
 
 
-def write_training_queries(pairs, kinds, train_file: str, scratch: str, seed: int = 0) -> int:
-    """One training example per page: a query of a kind drawn (seeded) from ``kinds``, built from the
-    training pages alone with the same builders as the held-out tasks; returns the count."""
-    from lsb_mm.datasets.tasks import read_task, text_tasks
-
-    by_kind = {}
-    for folder in text_tasks(pairs, scratch, kinds=kinds, seed=seed + 1):
-        task = read_task(folder)
-        by_kind[task.name] = {q["_id"]: q["text"] for q in task.queries}
-    rs = np.random.default_rng(seed)
-    n = 0
-    with open(train_file, "w", encoding="utf-8") as f:
-        for i, (_, passage) in enumerate(pairs):
-            usable = [k for k in kinds if f"q{i}" in by_kind[k]]  # a pop-N span needs N words
-            kind = usable[int(rs.integers(len(usable)))]
-            f.write(json.dumps({"query": by_kind[kind][f"q{i}"], "pos": [passage], "kind": kind}) + "\n")
-            n += 1
-    return n
-
-
 def build_data(args, model) -> tuple:
     """Train JSONL and held-out task folders under ``args.work``; returns (train file, task folders, info)."""
-    from lsb_mm.datasets import load_manpages
-    from lsb_mm.datasets.tasks import text_tasks
-
-    pages = load_manpages(limit=args.pages or None)
-    window = model.backbone.max_length
-    pairs = [(p, fit_words(p.body, model.backbone.tokenize, window)) for p in pages]
-    section = lambda pair: os.path.basename(os.path.dirname(pair[0].path))  # noqa: E731  man2, man3 ...
-    train, test = stratified_split(pairs, section, args.test_fraction, seed=0)
-    os.makedirs(args.work, exist_ok=True)
-    kinds = ["query", "keyword"] + [f"pop-{n}" for n in args.pop]
-    train_file = os.path.join(args.work, "train.jsonl")
-    n_train = write_training_queries([(p.name_line, passage) for p, passage in train], args.train_queries or kinds,
-                                     train_file, os.path.join(args.work, "train_tasks"))
-    folders = text_tasks([(p.name_line, passage) for p, passage in test], os.path.join(args.work, "tasks"), kinds=kinds, seed=0)
-    words = [len(passage.split()) for _, passage in pairs]
-    info = {"pages": len(pages), "train_pages": len(train), "train_examples": n_train, "test_pages": len(test), "window_tokens": window,
-            "passage_words": {"min": min(words), "median": sorted(words)[len(words) // 2], "max": max(words)},
-            "tasks": {os.path.basename(f): json.load(open(os.path.join(f, "task.json"))) for f in folders}}
-    return train_file, folders, info
+    return build_manpage_experiment(args.work, model, pages=args.pages, test_fraction=args.test_fraction, pop=args.pop,
+                                    train_queries=args.train_queries)
 
 
 def main(argv=None) -> int:

@@ -227,3 +227,22 @@ def test_adapter_control_head_trains_and_round_trips(tmp_path, data):
     assert not np.allclose(q, d) and np.allclose(np.linalg.norm(q), 1, atol=1e-5)
     fresh = lsb_mm.create_model("open_clip:lsb-tiny-test", head="adapter")
     np.testing.assert_allclose(fresh.encode_text(["x y"], role="query"), fresh.encode_text(["x y"], role="document"), atol=1e-6)
+
+
+def test_tower_caches_are_shared_between_runs_of_one_tower(tmp_path, data, tiny_hf_dir):
+    base = dict(model=f"hf:{tiny_hf_dir}", pooling="mean", modality="text", train_data=data["text"], batch_size=8,
+                max_steps=2, show_progress=False)
+    first = Trainer(TrainConfig(head="llr", output=str(tmp_path / "a"), **base))
+    first.train()
+    shared = first.tower_caches
+    second = Trainer(TrainConfig(head="slr", output=str(tmp_path / "b"), **base), tower_caches=shared)
+    second.train()
+    assert second.tower_caches["text"] is shared["text"]
+    other = Trainer(TrainConfig(head="slr", output=str(tmp_path / "c"), **{**base, "pooling": "cls"}), tower_caches=shared)
+    with pytest.raises(InputError, match="does not serve this run"):  # a cls-pooled tower gives other outputs
+        other.train()
+    slr_only = Trainer(TrainConfig(head="slr", output=str(tmp_path / "d"), **base))
+    slr_only._build_tower_caches()
+    llr = Trainer(TrainConfig(head="llr", output=str(tmp_path / "e"), **base), tower_caches=slr_only.tower_caches)
+    with pytest.raises(InputError, match="no hidden states for LLR"):
+        llr.train()

@@ -26,7 +26,7 @@ import torch
 from ..errors import InputError
 from .base import Backbone, ImageFeatures, TextFeatures
 
-__all__ = ["TowerCache", "tower_of_kind", "tower_frozen"]
+__all__ = ["TowerCache", "tower_of_kind", "tower_frozen", "tower_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,20 @@ def _tower_params(model, kind: str) -> List[torch.nn.Parameter]:
     tower = tower_of_kind(model, kind)
     own = tower is not model.backbone  # a composite's inner tower: all of it is the tower
     return [p for n, p in tower.named_parameters() if own or tower.tower_of(n) == kind]
+
+
+def tower_digest(model, kind: str) -> str:
+    """A checksum of the configuration (pooling, window ...) and weights of ``model``'s ``kind``
+    tower: a cache serves only the tower it was built from."""
+    import hashlib
+    import json
+
+    from ..files import tensor_digest
+
+    tower = tower_of_kind(model, kind)
+    own = tower is not model.backbone
+    weights = tensor_digest({n: t for n, t in tower.state_dict().items() if own or tower.tower_of(n) == kind})
+    return hashlib.sha256(f"{json.dumps(tower.spec(), sort_keys=True)}|{weights}".encode()).hexdigest()
 
 
 def tower_frozen(model, kind: str) -> bool:
@@ -58,6 +72,7 @@ class TowerCache:
         self.hidden_dim = int(hidden_dim)
         self.pooled, self.summary = pooled, summary
         self.build_seconds = 0.0
+        self.tower_digest = ""
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,6 +85,10 @@ class TowerCache:
     def nbytes(self) -> int:
         rows = [*self._ids, *self._mask, *(self._hidden or []), self.pooled, self.summary]
         return sum(t.numel() * t.element_size() for t in rows)
+
+    def covers(self, items: Iterable[str]) -> bool:
+        """Whether every one of ``items`` has a row."""
+        return all(x in self._row for x in items)
 
     def rows(self, items: Iterable[str]) -> List[int]:
         """Row numbers of ``items``; an input that was not cached is an error (the cache is fixed)."""
@@ -174,5 +193,6 @@ class TowerCache:
         dim = getattr(tower, "text_hidden_dim" if kind == "text" else "image_hidden_dim")
         out = cls(kind, items, ids, mask, hidden, dim, torch.stack(pooled), torch.stack(summary))
         out.build_seconds = time.perf_counter() - t0
+        out.tower_digest = tower_digest(model, kind)
         log.info("tower cache (%s): %d inputs, %.3f GiB, %.1f s", kind, len(items), out.nbytes / (1 << 30), out.build_seconds)
         return out

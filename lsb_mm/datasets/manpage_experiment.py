@@ -1,0 +1,85 @@
+"""The man-page retrieval experiment shared by the text reproductions and the head sweep.
+
+Debian ``manpages`` + ``manpages-dev``: query = a page's NAME line, passage = its body cut to the
+longest prefix of whole words that fits the encoder's window (so every ``pop-N`` span is text the
+encoder sees). Pages are split by section (seeded): held-out pages become BEIR task folders
+(``query``, ``keyword``, ``pop-N``), training pages become training queries built with the same
+builders, from the training pages alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = ["fit_words", "write_training_queries", "build_manpage_experiment"]
+
+
+def fit_words(text: str, tokenize, max_tokens: int) -> str:
+    """The longest prefix of whole words of ``text`` that ``tokenize`` keeps untruncated."""
+    words = text.split()
+
+    def fits(n: int) -> bool:
+        return int(tokenize([" ".join(words[:n])])["attention_mask"].sum()) < max_tokens
+
+    lo, hi = 0, len(words)
+    if fits(hi):
+        return " ".join(words)
+    while lo < hi - 1:  # invariant: fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return " ".join(words[:lo])
+
+
+def write_training_queries(pairs: Sequence[Tuple[str, str]], kinds: Sequence[str], train_file: str, scratch: str,
+                           seed: int = 0, per_page: str = "one") -> int:
+    """Training examples from training pages, with the builders of the held-out tasks: one query
+    per page of a kind drawn (seeded) from ``kinds`` (``per_page="one"``), or one query of every
+    kind (``"all"``); returns the count. Each line records its ``kind``."""
+    from .tasks import read_task, text_tasks
+
+    if per_page not in ("one", "all"):
+        raise ValueError(f"per_page must be 'one' or 'all', got {per_page!r}")
+    by_kind = {}
+    for folder in text_tasks(pairs, scratch, kinds=kinds, seed=seed + 1):
+        task = read_task(folder)
+        by_kind[task.name] = {q["_id"]: q["text"] for q in task.queries}
+    rs = np.random.default_rng(seed)
+    n = 0
+    with open(train_file, "w", encoding="utf-8") as f:
+        for i, (_, passage) in enumerate(pairs):
+            usable = [k for k in kinds if f"q{i}" in by_kind[k]]  # a pop-N span needs N words
+            chosen = usable if per_page == "all" else [usable[int(rs.integers(len(usable)))]]
+            for kind in chosen:
+                f.write(json.dumps({"query": by_kind[kind][f"q{i}"], "pos": [passage], "kind": kind}) + "\n")
+                n += 1
+    return n
+
+
+def build_manpage_experiment(work: str, model, pages: int = 0, test_fraction: float = 0.4,
+                             pop: Sequence[int] = (16, 32, 64, 128), train_queries: Optional[Sequence[str]] = None,
+                             per_page: str = "one") -> Tuple[str, List[str], Dict]:
+    """Train JSONL and held-out task folders under ``work``; returns (train file, task folders, info)."""
+    from ..reproduce import stratified_split
+    from .manpages import load_manpages
+    from .tasks import text_tasks
+
+    loaded = load_manpages(limit=pages or None)
+    window = model.backbone.max_length
+    pairs = [(p, fit_words(p.body, model.backbone.tokenize, window)) for p in loaded]
+    section = lambda pair: os.path.basename(os.path.dirname(pair[0].path))  # noqa: E731  man2, man3 ...
+    train, test = stratified_split(pairs, section, test_fraction, seed=0)
+    os.makedirs(work, exist_ok=True)
+    kinds = ["query", "keyword"] + [f"pop-{n}" for n in pop]
+    train_file = os.path.join(work, "train.jsonl")
+    n_train = write_training_queries([(p.name_line, passage) for p, passage in train], train_queries or kinds,
+                                     train_file, os.path.join(work, "train_tasks"), per_page=per_page)
+    folders = text_tasks([(p.name_line, passage) for p, passage in test], os.path.join(work, "tasks"), kinds=kinds, seed=0)
+    words = [len(passage.split()) for _, passage in pairs]
+    info = {"pages": len(loaded), "train_pages": len(train), "train_examples": n_train, "test_pages": len(test),
+            "window_tokens": window, "per_page": per_page,
+            "passage_words": {"min": min(words), "median": sorted(words)[len(words) // 2], "max": max(words)},
+            "tasks": {os.path.basename(f): json.load(open(os.path.join(f, "task.json"))) for f in folders}}
+    return train_file, folders, info
