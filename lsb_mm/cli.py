@@ -348,6 +348,24 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .explain import explain
+
+    model = _load(args)
+    res = explain(model, text=args.text, image=args.image, top=args.top, dims=args.dims)
+    if args.json:
+        print(json.dumps(res, ensure_ascii=False))
+        return 0
+    m = res["modulation"]
+    print(f"query: {res['query']!r}   head: {res['head']}   modulation: max/min {m['max_over_min']:.3f}, "
+          f"entropy {m['entropy']:.4f} of uniform")
+    print(f"{'rank':>4}  {'w':>8}  {'contribution':>12}  {'raises dims':<16}  token")
+    for t in res["tokens"]:
+        print(f"{t['rank']:>4}  {t['w']:>8.4f}  {t['contribution']:>12.5f}  {str(t['raises_dims']):<16}  {t['token']}")
+    print("most amplified dims (share of a x d): " + ", ".join(f"{x['dim']} ({x['gain']:.2f})" for x in res["amplified_dims"]))
+    return 0
+
+
 def cmd_eval(args) -> int:
     from .evaluation import CorpusCache, check_ks, evaluate, find_tasks
     from .reports import write_reports
@@ -481,6 +499,22 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("-k", type=int, default=10, help="results to return (default: 10)")
     se.add_argument("--json", action="store_true", help="print JSON instead of a table")
     se.set_defaults(func=cmd_search)
+
+    xp = sub.add_parser("explain", help="which tokens (or visual words) drive a query's modulation",
+                        description="List the query's tokens (SLR/LLR; for CLR the vocabulary entries) whose columns "
+                                    "of W_p contribute most to the modulation a = softmax(W_p w + b_p), the dimensions "
+                                    "each one raises, and how far a is from uniform.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="examples:\n  lsb-mm explain --model runs/slr/final --text \"open a tcp socket\"\n"
+                               "  lsb-mm explain --model runs/img/final --image crop.png --top 5 --json")
+    _add_model_args(xp)
+    xq = xp.add_mutually_exclusive_group(required=True)
+    xq.add_argument("--text", help="a text query")
+    xq.add_argument("--image", help="an image query (file path)")
+    xp.add_argument("--top", type=int, default=10, help="tokens to list (default: 10)")
+    xp.add_argument("--dims", type=int, default=3, help="dimensions per token (default: 3)")
+    xp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    xp.set_defaults(func=cmd_explain)
 
     ev = sub.add_parser("eval", help="evaluate models on task folders: JSON, markdown table, PNG plot",
                         description="Encode each task's corpus once per model, search it with FAISS and report "

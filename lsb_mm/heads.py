@@ -150,10 +150,12 @@ class SLRHead(LSBHead):
         super().__init__(vocab_size, embed_dim, hidden_dim, init)
         self.scale = nn.Parameter(torch.ones(()))
 
+    def token_values(self, stream: TokenStream) -> torch.Tensor:
+        """Each position's value before the per-token max, ``[B, L]`` (``s`` everywhere)."""
+        return self.scale.expand(stream.ids.shape)
+
     def projected(self, stream: TokenStream) -> torch.Tensor:
-        keep = stream.content_mask
-        values = self.scale.expand(stream.ids.shape)
-        return self._sparse_max_project(stream.ids, keep, values)
+        return self._sparse_max_project(stream.ids, stream.content_mask, self.token_values(stream))
 
 
 @register_head("llr")
@@ -167,6 +169,8 @@ class LLRHead(LSBHead):
     def token_weights(self, stream: TokenStream) -> torch.Tensor:
         """``u`` as ``[B, L]``."""
         return torch.relu(self.token_weight(stream.hidden.to(self.token_weight.weight.dtype))).squeeze(-1)
+
+    token_values = token_weights  # each position's value before the per-token max
 
     def projected(self, stream: TokenStream) -> torch.Tensor:
         return self._sparse_max_project(stream.ids, stream.content_mask, self.token_weights(stream))
@@ -215,11 +219,15 @@ class CLRHead(LSBHead):
     def config(self) -> Dict[str, Any]:
         return {**super().config(), "w_norm": self.w_norm}
 
-    def projected(self, stream: TokenStream) -> torch.Tensor:
+    def vocab_vector(self, stream: TokenStream) -> torch.Tensor:
+        """``w`` as ``[B, V]`` (after the normalisation of ``w_norm``)."""
         w = torch.log1p(torch.relu(self.vocab_logits(stream)))
         if self.w_norm == "l2":  # see the class docstring: the logit scale no longer grows with V
             w = w / w.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-        return w.to(self.proj_weight.dtype) @ self.proj_weight
+        return w
+
+    def projected(self, stream: TokenStream) -> torch.Tensor:
+        return self.vocab_vector(stream).to(self.proj_weight.dtype) @ self.proj_weight
 
 
 BASE_CONFIG = ("kind", "vocab_size", "embed_dim", "hidden_dim", "init")

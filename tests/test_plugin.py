@@ -246,3 +246,39 @@ def test_tower_caches_are_shared_between_runs_of_one_tower(tmp_path, data, tiny_
     llr = Trainer(TrainConfig(head="llr", output=str(tmp_path / "e"), **base), tower_caches=slr_only.tower_caches)
     with pytest.raises(InputError, match="no hidden states for LLR"):
         llr.train()
+
+
+def test_explain_names_tokens_of_the_query(tmp_path, data, tiny_hf_dir):
+    from test_search_cli import cli
+
+    from lsb_mm.explain import explain
+
+    out = tmp_path / "slr"
+    final = train(TrainConfig(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", train_data=data["text"],
+                              output=str(out), batch_size=16, max_steps=15, lr=1e-2, corpus_negatives=True,
+                              show_progress=False))
+    query = "copper canyon lantern"
+    r = cli("explain", "--model", final, "--text", query, "--top", "5", "--json")
+    res = json.loads(r.stdout)
+    words = set(query.split())
+    assert res["head"] == "slr" and 1 <= len(res["tokens"]) <= 5
+    assert all(t["token"] in words for t in res["tokens"])  # WordPiece keeps these words whole
+    assert res["modulation"]["max_over_min"] > 1 and len(res["tokens"][0]["raises_dims"]) == 3
+    assert res["tokens"][0]["contribution"] >= res["tokens"][-1]["contribution"]
+    table = cli("explain", "--model", final, "--text", query).stdout
+    assert "modulation: max/min" in table and "copper" in table
+    # LLR and CLR explain too; images name visual words with their patches
+    for head in ("llr", "clr"):
+        m = lsb_mm.create_model("open_clip:lsb-tiny-test", head=head, head_init="random")
+        got = explain(m, text="a red bicycle on the wall", top=4)
+        assert len(got["tokens"]) == 4
+        if head == "llr":
+            assert all(t["token"] in {"a", "red", "bicycle", "on", "the", "wall"} for t in got["tokens"])
+    img = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr", head_init="random", vocab_size=8)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    got = explain(img, image=str(tmp_path / "red.png"), top=3)
+    assert got["tokens"] and got["tokens"][0]["token"].startswith("visual word")
+    r = cli("explain", "--model", "open_clip:lsb-tiny-test", "--head", "adapter", "--text", "x", check=False)
+    assert r.returncode == 2 and "no token-aware modulation" in r.stderr

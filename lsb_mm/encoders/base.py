@@ -69,6 +69,10 @@ class Backbone(nn.Module):
     def text_special_ids(self) -> List[int]:
         return []
 
+    def text_token_names(self, ids: List[int]) -> List[str]:
+        """Readable names of token ids (for explanations); ``#<id>`` where the tokenizer cannot say."""
+        return [f"#{i}" for i in ids]
+
     def text_vocab_embeddings(self) -> torch.Tensor:
         raise NotImplementedError
 

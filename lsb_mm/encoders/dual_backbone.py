@@ -106,6 +106,9 @@ class DualBackbone(Backbone):
     def text_special_ids(self) -> List[int]:
         return self.text.text_special_ids()
 
+    def text_token_names(self, ids: List[int]) -> List[str]:
+        return self.text.text_token_names(ids)
+
     def text_vocab_embeddings(self) -> torch.Tensor:
         return self.text.text_vocab_embeddings()
 

@@ -313,6 +313,9 @@ class HFTextBackbone(HFBackbone):
     def text_special_ids(self) -> List[int]:
         return list(self._specials)
 
+    def text_token_names(self, ids: List[int]) -> List[str]:
+        return list(self.tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
+
     def text_vocab_embeddings(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
 
@@ -436,6 +439,9 @@ class HFClipBackbone(HFBackbone):
 
     def text_special_ids(self) -> List[int]:
         return list(self._specials)
+
+    def text_token_names(self, ids: List[int]) -> List[str]:
+        return list(self.tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
 
     def text_vocab_embeddings(self) -> torch.Tensor:
         return self.model.text_model.embeddings.token_embedding.weight

@@ -168,6 +168,13 @@ class OpenClipBackbone(Backbone):
     def text_special_ids(self) -> List[int]:
         return list(self._specials)
 
+    def text_token_names(self, ids: List[int]) -> List[str]:
+        inner = getattr(self.tokenizer, "tokenizer", None)
+        if inner is not None and hasattr(inner, "convert_ids_to_tokens"):
+            return list(inner.convert_ids_to_tokens([int(i) for i in ids]))
+        decoder = getattr(self.tokenizer, "decoder", {})
+        return [decoder.get(int(i), f"#{int(i)}").replace("</w>", "") for i in ids]
+
     def text_vocab_embeddings(self) -> torch.Tensor:
         return _text_module(self.model).token_embedding.weight
 

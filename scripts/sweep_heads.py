@@ -1,0 +1,144 @@
+"""Choose each head's plug-in recipe on validation, never on the test tasks.
+
+    python3 scripts/sweep_heads.py                        # text: man pages, all-MiniLM-L6-v2 locked
+    python3 scripts/sweep_heads.py --heads slr --lrs 1e-3 --pages 80 --max-steps 20   # a smoke run
+    python3 scripts/sweep_heads.py --render results/sweep_text.json
+
+Data: the man-page experiment of ``lsb_mm.datasets.manpage_experiment`` (training pages only: one
+training query of every kind per page, NAME line, keywords, pop-N spans). ``--val-fraction`` of the
+training examples (whole pages) is held out as validation; validation queries search their page
+among all training pages. Every run: towers locked (``--train heads``), cached tower outputs,
+corpus negatives (exact softmax over the training pages), AdamW, evaluation every
+``--eval-steps`` with early stopping (``--patience``); the run's score is its best validation
+NDCG@10, and its model there is kept. Grid: head x lr x temperature x weight decay, one seed.
+
+Each run is one JSON under ``<out>/sweep_<modality>/`` (a finished run is never redone: the
+sweep resumes); the summary ``<out>/sweep_<modality>.json`` / ``.md`` lists every run and the
+winner per head. The held-out test tasks are built (with the split of the reproductions) but
+never read here.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import lsb_mm  # noqa: E402
+from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
+from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
+from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
+
+METRIC = "ndcg@10"
+
+
+def run_name(head: str, lr: float, temperature: float, weight_decay: float) -> str:
+    return f"{head}_lr{lr:g}_t{temperature:g}_wd{weight_decay:g}"
+
+
+def summarise_log(path: str) -> dict:
+    """Best validation record, the step-0 (untrained) record, steps run, stop reason, modulation."""
+    log = [rec for _, rec in iter_jsonl(path)]
+    evals = [r for r in log if "eval" in r]
+    best = max(evals, key=lambda r: r["eval"][METRIC])
+    losses = [r for r in log if "loss" in r]
+    return {"best_step": best["step"], "best": best["eval"], "best_modulation": best.get("modulation"),
+            "start": evals[0]["eval"] if evals and evals[0]["step"] == 0 else None,
+            "steps_run": max((r["step"] for r in losses), default=0),
+            "early_stop": next((r["early_stop"] for r in evals if "early_stop" in r), None),
+            "final_loss": losses[-1]["loss"] if losses else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--modality", default="text", choices=["text"], help="text (image and cross: not yet)")
+    ap.add_argument("--model", default=None, help="text encoder (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--pages", type=int, default=0, help="first N man pages only (0: all)")
+    ap.add_argument("--heads", nargs="+", default=["slr", "llr", "clr", "adapter"])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.02])
+    ap.add_argument("--weight-decays", type=float, nargs="+", default=[0.01])
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--max-steps", type=int, default=600)
+    ap.add_argument("--eval-steps", type=int, default=50)
+    ap.add_argument("--patience", type=int, default=3)
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="runs/sweep_text", help="data, models and logs")
+    ap.add_argument("--out", default="results", help="where sweep_<modality>/ and the summary go")
+    ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved summary")
+    args = ap.parse_args(argv)
+    if args.render:
+        return render_saved(args.render, render)
+    if args.model is None:
+        from lsb_mm.pretrained import minilm_name
+
+        args.model = minilm_name()
+    t_start = time.perf_counter()
+    untuned = lsb_mm.create_model(args.model, head="none")
+    train_file, _, data_info = build_manpage_experiment(args.work, untuned, pages=args.pages, per_page="all")
+    del untuned
+    runs_dir = os.path.join(args.out, f"sweep_{args.modality}")
+    os.makedirs(runs_dir, exist_ok=True)
+    shared = None
+    order = sorted(args.heads, key=lambda h: h != "llr")  # LLR first: its cache keeps hidden states, all reuse it
+    for head, lr, t, wd in itertools.product(order, args.lrs, args.temperatures, args.weight_decays):
+        name = run_name(head, lr, t, wd)
+        path = os.path.join(runs_dir, f"{name}.json")
+        if os.path.isfile(path):
+            continue
+        cfg = lsb_mm.TrainConfig(model=args.model, head=head, train_data=train_file, output=os.path.join(args.work, "runs", name),
+                                 modality="text", train="heads", corpus_negatives=True, lr=lr, temperature=t, weight_decay=wd,
+                                 batch_size=args.batch_size, max_steps=args.max_steps, eval_steps=args.eval_steps,
+                                 patience=args.patience, val_fraction=args.val_fraction, seed=args.seed, log_steps=50,
+                                 keep_checkpoints=1, show_progress=False)
+        t0 = time.perf_counter()
+        trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
+        trainer.train()
+        shared = shared or (trainer.tower_caches if head == "llr" else None)
+        rec = {"name": name, "head": head, "lr": lr, "temperature": t, "weight_decay": wd, "seconds": round(time.perf_counter() - t0, 1),
+               "validation_examples": len(trainer.eval_data), "training_examples": len(trainer.data),
+               **summarise_log(os.path.join(cfg.output, "train_log.jsonl"))}
+        write_text(path, json.dumps(rec, indent=2))
+        print(f"{name}: val {METRIC} {rec['best'][METRIC]:.4f} at step {rec['best_step']} ({rec['seconds']:.0f} s)", flush=True)
+    runs = [json.load(open(os.path.join(runs_dir, f))) for f in sorted(os.listdir(runs_dir)) if f.endswith(".json")]
+    runs = [r for r in runs if r["head"] in args.heads]
+    winners = {h: max((r for r in runs if r["head"] == h), key=lambda r: r["best"][METRIC])["name"] for h in args.heads
+               if any(r["head"] == h for r in runs)}
+    start = next((r["start"] for r in runs if r.get("start")), None)
+    payload = {"settings": vars(args), "data": data_info, "metric": METRIC, "untrained": start, "runs": runs,
+               "winners": winners, "machine": machine_info(), "total_seconds": round(time.perf_counter() - t_start, 1)}
+    write_benchmark(args.out, f"sweep_{args.modality}", payload, render(payload))
+    return 0
+
+
+def render(payload: dict) -> list:
+    s = argparse.Namespace(**payload["settings"])
+    m = payload["machine"]
+    lines = [f"# Head sweep ({s.modality}, plug-in: towers locked), chosen on validation only", "",
+             f"Machine: {m.get('cpu') or m.get('machine')} ({m.get('threads')} threads); {payload['total_seconds']:.0f} s in "
+             f"all (this invocation). {payload['data']['train_pages']} training pages, "
+             f"{payload['data']['train_examples']} training queries (every kind per page), {s.val_fraction:g} of them "
+             f"(whole pages) held out as validation; batch {s.batch_size}, corpus negatives, evaluation every "
+             f"{s.eval_steps} steps, patience {s.patience}, at most {s.max_steps} steps, seed {s.seed}.", ""]
+    if payload.get("untrained"):
+        u = payload["untrained"]
+        lines += [f"Untrained (the locked encoder alone) on validation: NDCG@10 {u['ndcg@10']:.4f}, "
+                  f"R@1 {u['recall@1']:.4f}, R@10 {u['recall@10']:.4f}.", ""]
+    lines += ["| head | lr | temperature | weight decay | val NDCG@10 | val R@1 | val R@10 | best step | steps run | "
+              "max/min a | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(payload["runs"], key=lambda r: (r["head"], -r["best"]["ndcg@10"])):
+        mod = r.get("best_modulation") or {}
+        star = " **(winner)**" if payload["winners"].get(r["head"]) == r["name"] else ""
+        lines.append(f"| {r['head']}{star} | {r['lr']:g} | {r['temperature']:g} | {r['weight_decay']:g} | "
+                     f"{r['best']['ndcg@10']:.4f} | {r['best']['recall@1']:.4f} | {r['best']['recall@10']:.4f} | "
+                     f"{r['best_step']} | {r['steps_run']} | {mod.get('max_over_min', float('nan')):.2f} | {r['seconds']:.0f} |")
+    return lines
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
