@@ -56,10 +56,12 @@ def encode_records(model, records: List[dict], role: str, batch_size: int = 64, 
 class CorpusCache:
     """Document embeddings shared by several :func:`evaluate` calls, so each corpus is encoded once.
 
-    An entry is keyed by the model's fingerprint (its configuration and every weight), the corpus
-    (ids, texts, image paths) and whether the document-side head applied; a cache can therefore
-    serve several models, and ``enhance=True`` / ``False`` share one encoding whenever documents
-    are plain (``fusion_p=False``, the default). Images are keyed by path: a file changed on disk
+    An entry is keyed by the model's :meth:`~lsb_mm.LSBModel.document_fingerprint` (the backbone's
+    configuration and weights, and the heads only when they apply to documents), the corpus (ids,
+    texts, image paths) and whether the document-side head applied; a cache can therefore serve
+    several models (models that differ only in their query heads share the documents), and
+    ``enhance=True`` / ``False`` share one encoding whenever documents are plain (``fusion_p=False``,
+    the default). Images are keyed by path: a file changed on disk
     between calls is not seen, so use one cache per evaluation session::
 
         cache = lsb_mm.CorpusCache()
@@ -121,14 +123,14 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
     primary = primary_metric(ks)
     folders = find_tasks([tasks] if isinstance(tasks, (str, os.PathLike)) else list(tasks))
     cache = CorpusCache() if corpus_cache is None else corpus_cache
-    fingerprint = model.fingerprint()
+    fingerprint, doc_fingerprint = model.fingerprint(), model.document_fingerprint()
     results: Dict[str, object] = {"model": getattr(model, "name", "model"), "fingerprint": fingerprint,
                                   "enhance": enhance, "primary": primary, "ks": ks, "tasks": {}}
     for folder in folders:
         task = read_task(folder)
         t0 = time.perf_counter()
         # documents pass the head only with fusion_p: otherwise enhance on/off share one encoding
-        docs = cache.get(fingerprint, task.corpus, enhance and model.fusion["document"],
+        docs = cache.get(doc_fingerprint, task.corpus, enhance and model.fusion["document"],
                          lambda: encode_records(model, task.corpus, "document", batch_size, enhance, show_progress_bar,
                                                 num_workers))
         t_docs = time.perf_counter() - t0

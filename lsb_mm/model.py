@@ -243,6 +243,24 @@ class LSBModel(nn.Module):
 
         return state_fingerprint(self)
 
+    def document_fingerprint(self) -> str:
+        """A short hash of what ``role="document"`` embeddings depend on: the backbone (and codebook),
+        plus the heads only when they apply to documents (``fusion_p``). Models that differ only in
+        their query-side heads give the same documents, and the same document fingerprint."""
+        import hashlib
+        import json
+
+        from .files import tensor_digest
+
+        parts = {k: v for k, v in self.state_dict().items()
+                 if self.fusion["document"] or not k.startswith(("text_head.", "image_head."))}
+        cfg = self.config()
+        desc = {"backbone": cfg["backbone"], "visual_words": cfg["visual_words"], "fusion_p": self.fusion["document"],
+                **({"heads": [cfg["text_head"], cfg["image_head"]]} if self.fusion["document"] else {})}
+        h = hashlib.sha256(json.dumps(desc, sort_keys=True).encode())
+        h.update(tensor_digest({k: v.detach().cpu() for k, v in parts.items()}).encode())
+        return h.hexdigest()[:16]
+
 
 def _check_role(role: str) -> None:
     if role not in ROLES:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-__all__ = ["stratified_split", "run_grid", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
+__all__ = ["stratified_split", "run_grid", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
 T = TypeVar("T")
@@ -43,39 +43,69 @@ def stratified_split(items: Sequence[T], key: Callable[[T], Hashable], test_frac
 
 def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Sequence[int], folders: Sequence[str],
              feature_cache=None, head_off: bool = True, keep_checkpoints: bool = False,
-             log: Callable[[str], None] = print) -> Tuple[Dict[str, List[dict]], List[dict]]:
+             log: Callable[[str], None] = print, share_tower_caches: bool = False
+             ) -> Tuple[Dict[str, List[dict]], List[dict]]:
     """Train ``config(head, seed)`` (a :class:`~lsb_mm.TrainConfig`) for every seed and head, then
     evaluate each final model on ``folders``; heads other than ``none`` are also scored with the head
     off (row ``"<head> (head off)"``). A locked image tower is served from ``feature_cache`` in
-    training and evaluation. Returns ``(rows, runs)``: evaluation results per row, and one record per run."""
+    training and evaluation; ``share_tower_caches`` reuses the first run's tower caches in the others
+    (plug-in runs on one locked tower; LLR runs first, its cache keeps hidden states). Documents are
+    encoded once per distinct document side (:class:`~lsb_mm.evaluation.CorpusCache`). Returns
+    ``(rows, runs)``: evaluation results per row, and one record per run (with the query-side
+    modulation strength on the test queries)."""
     from .checkpoint import remove_checkpoints
     from .evaluation import CorpusCache, evaluate
     from .factory import load_model
-    from .trainer import train
+    from .trainer import Trainer
 
     rows: Dict[str, List[dict]] = {}
     runs: List[dict] = []
+    docs = CorpusCache()
+    shared = None
+    order = sorted(heads, key=lambda h: h != "llr") if share_tower_caches else list(heads)
     for seed in seeds:
-        for head in heads:
+        for head in order:
             cfg = config(head, seed)
             t0 = time.perf_counter()
-            model = load_model(train(cfg, feature_cache=feature_cache))
+            trainer = Trainer(cfg, feature_cache, tower_caches=shared)
+            model = load_model(trainer.train())
+            if share_tower_caches and shared is None and trainer.tower_caches:
+                shared = trainer.tower_caches
+            del trainer
             t_train = time.perf_counter() - t0
             if not keep_checkpoints:  # the final model folder stays; checkpoints repeat it with optimizer state
                 remove_checkpoints(cfg.output)
             cached = feature_cache.attach(model) if feature_cache is not None and model.has_image else contextlib.nullcontext()
             with cached:
-                docs = CorpusCache()  # documents are plain: encoded once for both rows
                 res = evaluate(model, folders, show_progress_bar=False, corpus_cache=docs)
                 rows.setdefault(head, []).append(res)
                 if head_off and head != "none":
                     rows.setdefault(f"{head} (head off)", []).append(
                         evaluate(model, folders, enhance=False, show_progress_bar=False, corpus_cache=docs))
+                modulation = query_modulation(model, folders)
             runs.append({"head": head, "seed": seed, "train_seconds": round(t_train, 1), "output": cfg.output,
-                         "metrics": {t: r["metrics"] for t, r in res["tasks"].items()}})
+                         "metrics": {t: r["metrics"] for t, r in res["tasks"].items()}, "modulation": modulation})
             log(f"{head} seed {seed}: trained in {t_train:.0f} s; " +
                 ", ".join(f"{t} NDCG@10 {r['metrics']['ndcg@10']:.3f}" for t, r in res["tasks"].items()))
     return rows, runs
+
+
+def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Optional[Dict[str, float]]:
+    """Modulation strength (:func:`lsb_mm.heads.modulation_strength`) of the query-side head over every
+    query of the task folders, or None for a head without one (``none``, ``adapter``) or image queries."""
+    import torch
+
+    from .datasets.tasks import read_task
+    from .heads import modulation_strength
+
+    head = model.text_head
+    texts = [q["text"] for f in folders for q in read_task(f).queries if "text" in q]
+    if head is None or not hasattr(head, "modulation") or not texts or not model.fusion["query"]:
+        return None
+    with torch.inference_mode():
+        a = torch.cat([head.modulation(model.text_stream(texts[s:s + batch_size])).float().cpu()
+                       for s in range(0, len(texts), batch_size)])
+    return modulation_strength(a)
 
 
 def summarize(rows: Dict[str, List[Dict[str, object]]]) -> Summary:
@@ -194,15 +224,43 @@ def verdicts(summary: Summary, heads: Sequence[str], baseline: str, metric: str)
     return lines
 
 
-def head_tables(summary: Summary, heads: Sequence[str], order: Sequence[str], metrics: Sequence[str], metric: str) -> List[str]:
-    """Compact table on ``metric``, the full table with each row's difference to ``none``, and the verdicts."""
+def head_tables(summary: Summary, heads: Sequence[str], order: Sequence[str], metrics: Sequence[str], metric: str,
+                baselines: Sequence[str] = ("none",)) -> List[str]:
+    """Compact table on ``metric``, the full table with each row's difference to the first baseline
+    present, and the verdicts of every other head against each baseline present."""
+    present = [b for b in baselines if b in summary]
     lines = compact_table(summary, metric, order) + ["", "All metrics:", ""]
-    lines += results_table(summary, metrics, baseline="none" if "none" in heads else "", order=order, delta_metric=metric)
-    named = [h for h in heads if h != "none"]
-    if "none" in heads and named:
-        lines += ["", f"Verdicts (Welch's t-test over the seeds, p < {ALPHA}):", ""]
-        lines += verdicts(summary, named, "none", metric)
+    lines += results_table(summary, metrics, baseline=present[0] if present else "", order=order, delta_metric=metric)
+    for base in present:
+        named = [h for h in heads if h != base and h in summary]
+        if named:
+            lines += ["", f"Verdicts against `{base}` (Welch's t-test over the seeds, p < {ALPHA}):", ""]
+            lines += verdicts(summary, named, base, metric)
     return lines
+
+
+def bm25_run(task) -> Dict[str, List[str]]:
+    """BM25 (bm25s, English stop words) over the task's corpus; zero-score documents are not retrieved."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([d["text"] for d in task.corpus], stopwords="en", show_progress=False), show_progress=False)
+    k = min(10, len(task.corpus))
+    docs, scores = retriever.retrieve(bm25s.tokenize([q["text"] for q in task.queries], stopwords="en", show_progress=False),
+                                      k=k, show_progress=False)
+    return {q["_id"]: [task.corpus[int(d)]["_id"] for d, s in zip(row, srow) if s > 0]
+            for q, row, srow in zip(task.queries, docs, scores)}
+
+
+def bm25_results(folders: Sequence[str]) -> Dict[str, Any]:
+    from lsb_mm.datasets.tasks import read_task
+    from lsb_mm.metrics import evaluate_run
+
+    out = {"model": "BM25", "tasks": {}}
+    for f in folders:
+        task = read_task(f)
+        out["tasks"][task.name] = evaluate_run(bm25_run(task), task.qrels, (1, 3, 5, 10))
+    return out
 
 
 def machine_line(payload: Dict[str, Any]) -> str:

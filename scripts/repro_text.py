@@ -31,33 +31,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
-from lsb_mm.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
+from lsb_mm.reproduce import bm25_results, head_tables, machine_line, run_grid, summarize  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10")
-
-
-def bm25_run(task) -> dict:
-    """BM25 (bm25s, English stop words) over the task's corpus; zero-score documents are not retrieved."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([d["text"] for d in task.corpus], stopwords="en", show_progress=False), show_progress=False)
-    k = min(10, len(task.corpus))
-    docs, scores = retriever.retrieve(bm25s.tokenize([q["text"] for q in task.queries], stopwords="en", show_progress=False),
-                                      k=k, show_progress=False)
-    return {q["_id"]: [task.corpus[int(d)]["_id"] for d, s in zip(row, srow) if s > 0]
-            for q, row, srow in zip(task.queries, docs, scores)}
-
-
-def bm25_results(folders) -> dict:
-    from lsb_mm.datasets.tasks import read_task
-    from lsb_mm.metrics import evaluate_run
-
-    out = {"model": "BM25", "tasks": {}}
-    for f in folders:
-        task = read_task(f)
-        out["tasks"][task.name] = evaluate_run(bm25_run(task), task.qrels, (1, 3, 5, 10))
-    return out
 
 
 def build_data(args, model) -> tuple:

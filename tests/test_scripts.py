@@ -128,3 +128,30 @@ def test_repro_image_small(tmp_path, minilm_path):
         assert set(ds["summary"]["none"]) == {"class", "snippet-30-random"}
     assert "## fashion-mnist" in (tmp_path / "repro_image.md").read_text()
     _check_render("repro_image", tmp_path, "repro_image")
+
+
+def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minilm_path):
+    """The sweep chooses on validation (one JSON per run, resumable); the reproduction reads its winners."""
+    sweep = ["--pages", "40", "--heads", "slr", "adapter", "--lrs", "1e-2", "--max-steps", "4", "--eval-steps", "2",
+             "--batch-size", "16", "--work", str(tmp_path / "sw"), "--out", str(tmp_path)]
+    assert load("sweep_heads").main(sweep) == 0
+    summary = json.load(open(tmp_path / "sweep_text.json"))
+    assert set(summary["winners"]) == {"slr", "adapter"} and len(summary["runs"]) == 2
+    assert all(r["best"]["ndcg@10"] > 0 and r["best_step"] in (0, 2, 4) for r in summary["runs"])
+    kinds = {json.loads(line)["kind"] for line in open(tmp_path / "sw" / "train.jsonl")}
+    assert len(kinds) >= 4  # every kind per training page
+    before = {f: os.path.getmtime(tmp_path / "sweep_text" / f) for f in os.listdir(tmp_path / "sweep_text")}
+    assert load("sweep_heads").main(sweep) == 0  # resumes: nothing is redone
+    assert before == {f: os.path.getmtime(tmp_path / "sweep_text" / f) for f in os.listdir(tmp_path / "sweep_text")}
+    _check_render("sweep_heads", tmp_path, "sweep_text")
+    assert load("repro_text_plugin").main(["--pages", "40", "--heads", "slr", "adapter", "--seeds", "0", "--max-steps", "4",
+                                           "--eval-steps", "2", "--batch-size", "16", "--recipe", str(tmp_path / "sweep_text.json"),
+                                           "--work", str(tmp_path / "rp"), "--out", str(tmp_path)]) == 0
+    res = _check_repro(tmp_path / "repro_text_plugin.json", ["untuned", "BM25", "slr", "adapter"],
+                       ["query", "keyword", "pop-16", "pop-32", "pop-64", "pop-128"])
+    assert res["recipe"]["slr"]["lr"] == 1e-2
+    assert next(r for r in res["runs"] if r["head"] == "slr")["modulation"]["max_over_min"] >= 1
+    assert next(r for r in res["runs"] if r["head"] == "adapter")["modulation"] is None
+    md = (tmp_path / "repro_text_plugin.md").read_text()
+    assert "Verdicts against `untuned`" in md and "Verdicts against `adapter`" in md
+    _check_render("repro_text_plugin", tmp_path, "repro_text_plugin")

@@ -193,6 +193,14 @@ def test_corpus_cache_encodes_each_corpus_once_per_model(digits, tmp_path):
     assert (cache.misses, len(cache)) == (2, 2)  # never served another model's embeddings
     fresh = evaluate(b, str(tasks))
     assert other["tasks"]["class"]["metrics"] == fresh["tasks"]["class"]["metrics"]
+    # the same backbone with another query head: the same documents, served from the cache
+    c = lsb_mm.create_model(MODEL, head="llr", head_init="random")
+    assert c.document_fingerprint() == a.document_fingerprint() != c.fingerprint()
+    with_c = evaluate(c, str(tasks), corpus_cache=cache)
+    assert (cache.misses, cache.hits) == (2, 2)
+    assert with_c["tasks"]["class"]["metrics"] == evaluate(c, str(tasks))["tasks"]["class"]["metrics"]
+    d = lsb_mm.create_model(MODEL, head="llr", head_init="random", fusion_p=True)  # heads on documents too
+    assert d.document_fingerprint() != c.document_fingerprint()
     assert on["tasks"]["class"]["metrics"] == off["tasks"]["class"]["metrics"]  # an untrained head is the identity
     with pytest.raises(TypeError):
         evaluate(a, str(tasks), _corpus_cache={})  # the private argument is gone
