@@ -31,6 +31,11 @@ def minilm_name() -> str:
     return f"hf:{minilm_path()}"
 
 
+def text_model_or_minilm(name: str | None) -> tuple:
+    """``(label, model name)``: ``name`` itself, or the packaged all-MiniLM-L6-v2 when it is None."""
+    return (name, name) if name else ("all-MiniLM-L6-v2", minilm_name())
+
+
 def efficientnet_lite0_weights() -> str:
     """The EfficientNet-Lite0 ImageNet weights file."""
     try:

@@ -30,6 +30,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
+from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
 from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
@@ -71,11 +72,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
-    label = args.model or "all-MiniLM-L6-v2"
-    if args.model is None:
-        from lsb_mm.pretrained import minilm_name
-
-        args.model = minilm_name()
+    label, args.model = text_model_or_minilm(args.model)
     recipe = recipes(args.recipe, args.heads)
     t_start = time.perf_counter()
     untuned = lsb_mm.create_model(args.model, head="none")
