@@ -111,7 +111,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
     from .encoders import ImageFeatureCache
     from .gallery import write_gallery
     from .pretrained import dual_encoder
-    from .reproduce import stratified_split
+    from .reproduce import query_modulation, stratified_split
 
     if head == "none":
         raise InputError("--head must be a LexSemBridge head (slr, llr or clr); the baseline 'none' always runs")
@@ -156,6 +156,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
                  f"in {time.perf_counter() - t:.0f} s")
 
     results: Dict[str, dict] = {}
+    modulation: Dict[str, dict] = {label: {} for label in rows}
     gallery: List[dict] = []
     cap_task, snip_task = read_task(tasks["caption2image"]), read_task(tasks["snippet-30-random"])
     captions = {os.path.realpath(s.path): s.caption for s in test_set}  # snippet corpora hold links to the stamps
@@ -168,7 +169,10 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
         for model, task_names in ((cross_model, ["caption2image"]), (image_model, ["snippet-30-random", "class"])):
             with cache.attach(model):
                 res = evaluate(model, [tasks[t] for t in task_names], show_progress_bar=False)
+                mod = query_modulation(model, [tasks[task_names[0]]])
             results[label].update(res["tasks"])
+            if mod:
+                modulation[label][task_names[0]] = mod
         with cache.attach(cross_model), cache.attach(image_model):
             index = Index.build(cross_model.encode_image([d["image"] for d in cap_task.corpus], role="document"),
                                 ids=[d["_id"] for d in cap_task.corpus], fingerprint=cross_model.fingerprint())
@@ -185,13 +189,18 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
     ordered = [r for pair in zip(*(g[0] for g in gallery)) for r in pair] + [r for pair in zip(*(g[1] for g in gallery)) for r in pair]
     gallery_path = write_gallery(os.path.join(output, "gallery.html"), f"lsb-mm demo: baseline vs LexSemBridge ({head})", ordered)
     lines = _table(results, list(rows))
+    for label, per_task in modulation.items():
+        for t, m in per_task.items():
+            lines.append(f"\nModulation of {label} on the {t} queries: median max(a)/min(a) {m['max_over_min']:.2f} "
+                         f"(1 = an untrained head), entropy {m['entropy']:.3f} of uniform.")
     seconds = time.perf_counter() - t0
     m = machine_info()
     md = [f"# lsb-mm demo: Tux Paint, {len(test_set)} held-out stamps, one seed", "",
           f"Machine: {m['cuda'] or m['cpu']} ({m['threads']} threads); {seconds:.0f} s.", ""] + lines
     write_text(os.path.join(output, "results.md"), "\n".join(md) + "\n")
     payload = {"head": head, "seconds": round(seconds, 1), "machine": m, "stamps": len(stamps), "train": len(train_set),
-               "test": len(test_set), "skipped": data.skipped, "feature_cache": cache.stats(), "results": results}
+               "test": len(test_set), "skipped": data.skipped, "feature_cache": cache.stats(), "results": results,
+               "modulation": modulation}
     write_text(os.path.join(output, "results.json"), json.dumps(payload, indent=2))
     _say("[5/5] results (held-out stamps; Δ = LexSemBridge - baseline):\n\n" + "\n".join(lines) + "\n")
     _say(f"gallery: {gallery_path}\nresults: {os.path.join(output, 'results.md')}, {os.path.join(output, 'results.json')}\n"

@@ -92,20 +92,30 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
 
 def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Optional[Dict[str, float]]:
     """Modulation strength (:func:`lsb_mm.heads.modulation_strength`) of the query-side head over every
-    query of the task folders, or None for a head without one (``none``, ``adapter``) or image queries."""
+    query of the task folders (text or image queries), or None for a head without one (``none``,
+    ``adapter``) or without query-side fusion."""
     import torch
 
     from .datasets.tasks import read_task
     from .heads import modulation_strength
 
-    head = model.text_head
-    texts = [q["text"] for f in folders for q in read_task(f).queries if "text" in q]
-    if head is None or not hasattr(head, "modulation") or not texts or not model.fusion["query"]:
+    queries = [q for f in folders for q in read_task(f).queries]
+    if not queries or not model.fusion["query"]:
         return None
+    image = "image" in queries[0]
+    head = model.image_head if image else model.text_head
+    if head is None or not hasattr(head, "modulation"):
+        return None
+    parts = []
     with torch.inference_mode():
-        a = torch.cat([head.modulation(model.text_stream(texts[s:s + batch_size])).float().cpu()
-                       for s in range(0, len(texts), batch_size)])
-    return modulation_strength(a)
+        if image:
+            for pixels in model._pixel_batches([q["image"] for q in queries], batch_size):
+                parts.append(head.modulation(model.image_stream(pixels)).float().cpu())
+        else:
+            texts = [q["text"] for q in queries]
+            for s in range(0, len(texts), batch_size):
+                parts.append(head.modulation(model.text_stream(texts[s:s + batch_size])).float().cpu())
+    return modulation_strength(torch.cat(parts))
 
 
 def summarize(rows: Dict[str, List[Dict[str, object]]]) -> Summary:

@@ -27,6 +27,9 @@ def test_demo_small(tmp_path, minilm_path):
     assert page.count('<div class="query">') == 8  # 2 queries x (text->image, image->image) x (baseline, head)
     assert 'class="card rel"' in page and ".rel{" in page
     assert "Δ" in (out / "results.md").read_text()
+    mods = res["modulation"]["LexSemBridge (llr)"]
+    assert set(mods) == {"caption2image", "snippet-30-random"} and all(m["max_over_min"] >= 1 for m in mods.values())
+    assert res["modulation"]["baseline (none)"] == {} and "Modulation of LexSemBridge (llr)" in (out / "results.md").read_text()
     for name in ("index-none", "index-llr"):
         assert len(lsb_mm.Index.load(str(out / name))) == res["test"]
 
