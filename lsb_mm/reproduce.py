@@ -91,9 +91,10 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
 
 
 def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Optional[Dict[str, float]]:
-    """Modulation strength (:func:`lsb_mm.heads.modulation_strength`) of the query-side head over every
-    query of the task folders (text or image queries), or None for a head without one (``none``,
-    ``adapter``) or without query-side fusion."""
+    """Modulation strength (:func:`lsb_mm.heads.modulation_strength`) of the query-side heads over every
+    query of the task folders (text queries through the text head, image queries through the image
+    head), or None when no query meets a head that modulates (``none``, ``adapter``) or without
+    query-side fusion."""
     import torch
 
     from .datasets.tasks import read_task
@@ -102,19 +103,20 @@ def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Op
     queries = [q for f in folders for q in read_task(f).queries]
     if not queries or not model.fusion["query"]:
         return None
-    image = "image" in queries[0]
-    head = model.image_head if image else model.text_head
-    if head is None or not hasattr(head, "modulation"):
-        return None
     parts = []
     with torch.inference_mode():
-        if image:
-            for pixels in model._pixel_batches([q["image"] for q in queries], batch_size):
-                parts.append(head.modulation(model.image_stream(pixels)).float().cpu())
-        else:
-            texts = [q["text"] for q in queries]
-            for s in range(0, len(texts), batch_size):
-                parts.append(head.modulation(model.text_stream(texts[s:s + batch_size])).float().cpu())
+        for kind, head in (("text", model.text_head), ("image", model.image_head)):
+            items = [q[kind] for q in queries if kind in q]  # cross-modal task sets mix both kinds
+            if not items or head is None or not hasattr(head, "modulation"):
+                continue
+            if kind == "image":
+                for pixels in model._pixel_batches(items, batch_size):
+                    parts.append(head.modulation(model.image_stream(pixels)).float().cpu())
+            else:
+                for s in range(0, len(items), batch_size):
+                    parts.append(head.modulation(model.text_stream(items[s:s + batch_size])).float().cpu())
+    if not parts:
+        return None
     return modulation_strength(torch.cat(parts))
 
 
