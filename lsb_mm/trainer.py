@@ -233,6 +233,7 @@ class Trainer:
         self.cached_kinds = [k for k in dict.fromkeys((self.qkind, self.pkind))
                              if cfg.tower_cache_gb > 0 and tower_frozen(self.model, k)]
         self.pool = list(dict.fromkeys(p for e in self.data.examples for p in list(e.pos) + list(e.neg)))
+        self.pool_row = {p: i for i, p in enumerate(self.pool)}  # training document -> its row in the pool
         if cfg.corpus_negatives:
             if self.pkind not in self.cached_kinds:
                 raise InputError("--corpus-negatives scores every query against all training documents, which needs "
@@ -419,8 +420,7 @@ class Trainer:
         return loss
 
     def _corpus_loss(self, q: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
-        where = {p: i for i, p in enumerate(self.pool)} if not hasattr(self, "_pool_row") else self._pool_row
-        self._pool_row = where
+        where = self.pool_row
         passages = batch["passages"]
         target = torch.tensor([where[passages[i]] for i in batch["pos_index"].tolist()], dtype=torch.long)
         exclude = torch.zeros(len(target), len(self.pool), dtype=torch.bool)
