@@ -21,7 +21,7 @@ from torch import nn
 from .stream import TokenStream
 
 __all__ = ["HEADS", "LSBHead", "NoneHead", "SLRHead", "LLRHead", "CLRHead", "AdapterHead", "build_head",
-           "head_options", "modulation_strength"]
+           "head_options", "modulation_strength", "modulation_rows"]
 
 HEADS: Dict[str, type] = {}
 
@@ -251,6 +251,11 @@ def head_options(config: Dict[str, Any]) -> Dict[str, Any]:
     cls = HEADS.get(str(config.get("kind")).lower())
     extra = {k: v for k, v in config.items() if k not in BASE_CONFIG}
     return {**getattr(cls, "LEGACY_OPTIONS", {}), **extra}
+
+
+def modulation_rows(head: nn.Module, streams) -> torch.Tensor:
+    """``a`` of ``head`` for every row of ``streams`` (an iterable of token-stream batches), ``[N, d]`` on the CPU."""
+    return torch.cat([head.modulation(s).float().cpu() for s in streams])
 
 
 def modulation_strength(a: torch.Tensor) -> Dict[str, float]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tupl
 
 import numpy as np
 
-__all__ = ["stratified_split", "run_grid", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
+__all__ = ["stratified_split", "run_grid", "plugin_text_config", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
 T = TypeVar("T")
@@ -90,6 +90,21 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     return rows, runs
 
 
+def plugin_text_config(args, head: str, train_file: str, output: str, lr: float, temperature: float,
+                       weight_decay: float, seed: int):
+    """The plug-in text recipe of ``scripts/sweep_heads.py`` and ``scripts/repro_text_plugin.py`` (one
+    definition, so the reproduction trains exactly as the sweep chose): towers locked and cached,
+    corpus negatives, validation carved from the training queries, early stopping, best model kept.
+    ``args`` gives ``model``, ``batch_size``, ``max_steps``, ``eval_steps``, ``patience``, ``val_fraction``."""
+    from .trainer import TrainConfig
+
+    return TrainConfig(model=args.model, head=head, train_data=train_file, output=output, modality="text", train="heads",
+                       corpus_negatives=True, lr=lr, temperature=temperature, weight_decay=weight_decay,
+                       batch_size=args.batch_size, max_steps=args.max_steps, eval_steps=args.eval_steps,
+                       patience=args.patience, val_fraction=args.val_fraction, seed=seed, log_steps=50,
+                       keep_checkpoints=1, show_progress=False)
+
+
 def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Optional[Dict[str, float]]:
     """Modulation strength (:func:`lsb_mm.heads.modulation_strength`) of the query-side heads over every
     query of the task folders (text queries through the text head, image queries through the image
@@ -98,7 +113,7 @@ def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Op
     import torch
 
     from .datasets.tasks import read_task
-    from .heads import modulation_strength
+    from .heads import modulation_rows, modulation_strength
 
     queries = [q for f in folders for q in read_task(f).queries]
     if not queries or not model.fusion["query"]:
@@ -109,12 +124,9 @@ def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Op
             items = [q[kind] for q in queries if kind in q]  # cross-modal task sets mix both kinds
             if not items or head is None or not hasattr(head, "modulation"):
                 continue
-            if kind == "image":
-                for pixels in model._pixel_batches(items, batch_size):
-                    parts.append(head.modulation(model.image_stream(pixels)).float().cpu())
-            else:
-                for s in range(0, len(items), batch_size):
-                    parts.append(head.modulation(model.text_stream(items[s:s + batch_size])).float().cpu())
+            streams = (model.image_stream(px) for px in model._pixel_batches(items, batch_size)) if kind == "image" \
+                else (model.text_stream(items[s:s + batch_size]) for s in range(0, len(items), batch_size))
+            parts.append(modulation_rows(head, streams))
     if not parts:
         return None
     return modulation_strength(torch.cat(parts))

@@ -35,7 +35,7 @@ from .encoders.tower_cache import TowerCache, tower_digest, tower_frozen
 from .errors import InputError
 from .files import atomic_folder, iter_jsonl, write_text
 from .images import load_image, one_thread
-from .heads import modulation_strength
+from .heads import modulation_rows, modulation_strength
 from .losses import corpus_nce, info_nce
 from .metrics import evaluate_run
 
@@ -738,9 +738,8 @@ class Trainer:
             return None
         if self.qkind == "image" and self.qkind not in self.tower_caches:  # images would need decoding here
             return None
-        parts = [head.modulation(self._stream(queries[s:s + batch_size], self.qkind)).float().cpu()
-                 for s in range(0, len(queries), batch_size)]
-        return modulation_strength(torch.cat(parts))
+        return modulation_strength(modulation_rows(head, (self._stream(queries[s:s + batch_size], self.qkind)
+                                                          for s in range(0, len(queries), batch_size))))
 
     def _state(self) -> Dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "micro": self.micro, "world_size": self.dist.world_size,

@@ -34,7 +34,8 @@ from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
 from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
-from lsb_mm.reproduce import bm25_results, head_tables, machine_line, query_modulation, summarize  # noqa: E402
+from lsb_mm.reproduce import (bm25_results, head_tables, machine_line, plugin_text_config, query_modulation,  # noqa: E402
+                              summarize)
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
 
@@ -89,12 +90,8 @@ def main(argv=None) -> int:
             if os.path.isfile(path):
                 continue
             r = recipe[head]
-            cfg = lsb_mm.TrainConfig(model=args.model, head=head, train_data=train_file, modality="text", train="heads",
-                                     output=os.path.join(args.work, "runs", f"{head}-seed{seed}"), corpus_negatives=True,
-                                     lr=r["lr"], temperature=r["temperature"], weight_decay=r["weight_decay"],
-                                     batch_size=args.batch_size, max_steps=args.max_steps, eval_steps=args.eval_steps,
-                                     patience=args.patience, val_fraction=args.val_fraction, seed=seed, log_steps=50,
-                                     keep_checkpoints=1, show_progress=False)
+            cfg = plugin_text_config(args, head, train_file, os.path.join(args.work, "runs", f"{head}-seed{seed}"),
+                                     r["lr"], r["temperature"], r["weight_decay"], seed)
             t0 = time.perf_counter()
             trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
             final = trainer.train()

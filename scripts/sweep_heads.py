@@ -31,6 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
+from lsb_mm.reproduce import plugin_text_config  # noqa: E402
 from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
 
@@ -89,11 +90,7 @@ def main(argv=None) -> int:
         path = os.path.join(runs_dir, f"{name}.json")
         if os.path.isfile(path):
             continue
-        cfg = lsb_mm.TrainConfig(model=args.model, head=head, train_data=train_file, output=os.path.join(args.work, "runs", name),
-                                 modality="text", train="heads", corpus_negatives=True, lr=lr, temperature=t, weight_decay=wd,
-                                 batch_size=args.batch_size, max_steps=args.max_steps, eval_steps=args.eval_steps,
-                                 patience=args.patience, val_fraction=args.val_fraction, seed=args.seed, log_steps=50,
-                                 keep_checkpoints=1, show_progress=False)
+        cfg = plugin_text_config(args, head, train_file, os.path.join(args.work, "runs", name), lr, t, wd, args.seed)
         t0 = time.perf_counter()
         trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
         trainer.train()
