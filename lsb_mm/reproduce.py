@@ -8,37 +8,20 @@ head and task, whether it beats the baseline (Welch's t-test over the seeds, p <
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
-from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["stratified_split", "run_grid", "plugin_text_config", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
+from .datasets.splits import stratified_split
+
+__all__ = ["stratified_split", "run_grid", "plugin_config", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "plugin_experiment",
+           "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
-T = TypeVar("T")
 Summary = Dict[str, Dict[str, Dict[str, List[float]]]]  # row -> task -> metric -> [mean, std, n]
-
-
-def stratified_split(items: Sequence[T], key: Callable[[T], Hashable], test_fraction: float, seed: int = 0
-                     ) -> Tuple[List[T], List[T]]:
-    """Split each group (by ``key``) into train / test with a seeded shuffle; order is kept within each part.
-
-    A group gets ``round(len * test_fraction)`` test items, so a group of one stays in train.
-    """
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    groups: Dict[Hashable, List[int]] = {}
-    for i, it in enumerate(items):
-        groups.setdefault(key(it), []).append(i)
-    rs = np.random.default_rng(seed)
-    test = set()
-    for g in sorted(groups, key=str):
-        idx = groups[g]
-        n = int(round(len(idx) * test_fraction))
-        test.update(int(i) for i in rs.permutation(idx)[:n])
-    return [it for i, it in enumerate(items) if i not in test], [it for i, it in enumerate(items) if i in test]
 
 
 def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Sequence[int], folders: Sequence[str],
@@ -90,19 +73,108 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     return rows, runs
 
 
-def plugin_text_config(args, head: str, train_file: str, output: str, lr: float, temperature: float,
-                       weight_decay: float, seed: int):
-    """The plug-in text recipe of ``scripts/sweep_heads.py`` and ``scripts/repro_text_plugin.py`` (one
-    definition, so the reproduction trains exactly as the sweep chose): towers locked and cached,
-    corpus negatives, validation carved from the training queries, early stopping, best model kept.
-    ``args`` gives ``model``, ``batch_size``, ``max_steps``, ``eval_steps``, ``patience``, ``val_fraction``."""
+def plugin_config(args, head: str, train_file: str, output: str, lr: float, temperature: float, weight_decay: float,
+                  seed: int, modality: str = "text"):
+    """The plug-in recipe of ``scripts/sweep_heads.py`` and ``scripts/repro_plugin.py`` (one definition,
+    so a reproduction trains exactly as the sweep chose): towers locked and cached, corpus negatives,
+    validation carved from the training data, early stopping, best model kept. ``lr`` trains
+    everything that trains: the heads, and a dual encoder's projections (image, cross). ``args``
+    gives ``model``, ``model_options`` (or None), ``batch_size``, ``max_steps``, ``eval_steps``,
+    ``patience``, ``val_fraction`` and, for image / cross, ``vocab_size``; cross is symmetric."""
     from .trainer import TrainConfig
 
-    return TrainConfig(model=args.model, head=head, train_data=train_file, output=output, modality="text", train="heads",
-                       corpus_negatives=True, lr=lr, temperature=temperature, weight_decay=weight_decay,
-                       batch_size=args.batch_size, max_steps=args.max_steps, eval_steps=args.eval_steps,
-                       patience=args.patience, val_fraction=args.val_fraction, seed=seed, log_steps=50,
-                       keep_checkpoints=1, show_progress=False)
+    extra = {} if modality == "text" else {"vocab_size": args.vocab_size, "symmetric": modality == "cross"}
+    return TrainConfig(model=args.model, model_options=dict(getattr(args, "model_options", None) or {}), head=head,
+                       train_data=train_file, output=output, modality=modality, train="heads", corpus_negatives=True,
+                       lr=lr, head_lr=lr, temperature=temperature, weight_decay=weight_decay, batch_size=args.batch_size,
+                       max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,
+                       val_fraction=args.val_fraction, seed=seed, log_steps=50, keep_checkpoints=1, show_progress=False,
+                       **extra)
+
+
+PLUGIN_HEADS = {"text": ["slr", "llr", "clr", "adapter"], "image": ["none", "slr", "llr", "clr", "adapter"],
+                "cross": ["none", "slr", "llr", "clr", "adapter"]}
+
+
+@dataclasses.dataclass
+class PluginExperiment:
+    """The data and model of one plug-in experiment (``scripts/sweep_heads.py``, ``scripts/repro_plugin.py``).
+
+    ``key`` names its results: ``text``, ``cross`` or ``image-<dataset>``. ``model`` /
+    ``model_options`` are what :class:`~lsb_mm.TrainConfig` takes."""
+
+    key: str
+    modality: str
+    label: str
+    model: str
+    model_options: Dict[str, Any]
+    train_file: str
+    folders: List[str]
+    info: Dict[str, Any]
+    untuned: Any = None  # the text experiment's untuned model (it sized the passages)
+
+
+def add_plugin_data_args(ap) -> None:
+    """The options that choose a plug-in experiment's data and model (shared by the sweep and the reproduction)."""
+    ap.add_argument("--modality", default="text", choices=["text", "image", "cross"],
+                    help="text: man pages on all-MiniLM-L6-v2; image: image -> image on --dataset; cross: Tux Paint "
+                         "captions -> stamps (image and cross: the MiniLM + EfficientNet-Lite0 dual encoder)")
+    ap.add_argument("--dataset", default="tuxpaint", choices=["fashion-mnist", "tuxpaint"], help="image data (default: %(default)s)")
+    ap.add_argument("--model", default=None, help="text: the encoder (default: the packaged all-MiniLM-L6-v2)")
+    ap.add_argument("--pages", type=int, default=0, help="text: first N man pages only (0: all)")
+    ap.add_argument("--limit", type=int, default=0, help="Tux Paint: first N stamps only (0: all)")
+    ap.add_argument("--per-class", type=int, default=200, help="Fashion-MNIST images per class, train and test (default: %(default)s)")
+    ap.add_argument("--crops-per-image", type=int, default=4, help="image: crop -> image training pairs per training image")
+    ap.add_argument("--embed-dim", type=int, default=256, help="image, cross: the projections' shared space (default: %(default)s)")
+    ap.add_argument("--vocab-size", type=int, default=256, help="image, cross: visual words (default: %(default)s)")
+
+
+def plugin_experiment(args, work: str) -> PluginExperiment:
+    """Build the training data and held-out tasks of ``args.modality`` under ``work``; sets
+    ``args.model`` / ``args.model_options`` for :func:`plugin_config`."""
+    from .pretrained import dual_encoder, text_model_or_minilm
+
+    if args.modality == "text":
+        from .datasets.manpage_experiment import build_manpage_experiment
+        from .factory import create_model
+
+        label, args.model = text_model_or_minilm(args.model)
+        args.model_options = None
+        untuned = create_model(args.model, head="none")
+        train_file, folders, info = build_manpage_experiment(work, untuned, pages=args.pages, per_page="all")
+        return PluginExperiment("text", "text", label, args.model, {}, train_file, folders, info, untuned)
+    from .datasets.image_experiment import IMAGE_SIZE, build_cross_experiment, build_image_experiment
+
+    size = IMAGE_SIZE[args.dataset] if args.modality == "image" else 160
+    args.model, args.model_options = dual_encoder(size, args.embed_dim)
+    label = f"all-MiniLM-L6-v2 + EfficientNet-Lite0 ({size} px)"
+    if args.modality == "cross":
+        train_file, folders, info = build_cross_experiment(work, limit=args.limit)
+        return PluginExperiment("cross", "cross", label, args.model, args.model_options, train_file, folders, info)
+    train_file, folders, info = build_image_experiment(work, args.dataset, per_class=args.per_class, limit=args.limit,
+                                                       crops_per_image=args.crops_per_image)
+    info["img_size"] = size
+    return PluginExperiment(f"image-{args.dataset}", "image", label, args.model, args.model_options, train_file, folders,
+                            info)
+
+
+def plugin_references(exp: PluginExperiment, feature_cache=None, corpus_cache=None) -> Dict[str, List[dict]]:
+    """The reference rows of a plug-in experiment: text, the untuned encoder and BM25; image, the
+    untuned EfficientNet-Lite0's pooled features; cross, the untrained dual encoder (chance level)."""
+    from .evaluation import evaluate
+    from .factory import create_model
+    from .pretrained import efficientnet_lite0_weights
+
+    if exp.modality == "text":
+        return {"untuned": [evaluate(exp.untuned, exp.folders, show_progress_bar=False, corpus_cache=corpus_cache)],
+                "BM25": [bm25_results(exp.folders)]}
+    if exp.modality == "image":
+        model, name = create_model("timm:tf_efficientnet_lite0", head="none", weights=efficientnet_lite0_weights(),
+                                   img_size=exp.info["img_size"]), "EfficientNet-Lite0 (untuned)"
+    else:
+        model, name = create_model(exp.model, head="none", **exp.model_options), "untrained"
+    with feature_cache.attach(model) if feature_cache is not None else contextlib.nullcontext():
+        return {name: [evaluate(model, exp.folders, show_progress_bar=False)]}
 
 
 def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Optional[Dict[str, float]]:

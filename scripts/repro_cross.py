@@ -17,7 +17,6 @@ Writes ``<out>/repro_cross.json`` and ``<out>/repro_cross.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -28,7 +27,8 @@ import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.pretrained import dual_encoder  # noqa: E402
-from lsb_mm.reproduce import head_tables, machine_line, run_grid, stratified_split, summarize  # noqa: E402
+from lsb_mm.datasets.image_experiment import build_cross_experiment  # noqa: E402
+from lsb_mm.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "recall@10", "ndcg@10", "mrr@10")
 
@@ -88,19 +88,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
-    from lsb_mm.datasets import load_tuxpaint
-    from lsb_mm.datasets.tasks import cross_tasks
-
     t_start = time.perf_counter()
-    data = load_tuxpaint()
-    stamps = data.stamps[: args.limit or None]
-    train, test = stratified_split(stamps, lambda s: s.category, args.test_fraction, seed=0)
-    os.makedirs(args.work, exist_ok=True)
-    train_file = os.path.join(args.work, "train.jsonl")
-    with open(train_file, "w", encoding="utf-8") as f:
-        for s in train:
-            f.write(json.dumps({"query": s.caption, "pos": [s.path]}) + "\n")
-    folders = cross_tasks([(s.caption, s.path) for s in test], os.path.join(args.work, "tasks"))
+    train_file, folders, info = build_cross_experiment(args.work, limit=args.limit, test_fraction=args.test_fraction)
     cache = ImageFeatureCache()
     config = lit_config(args, "cross", train_file, args.work, symmetric=True)
     untuned = lsb_mm.create_model(config("none", 0).model, head="none", **config("none", 0).model_options)
@@ -108,8 +97,7 @@ def main(argv=None) -> int:
         rows = {"untrained": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)]}
     grid, runs = run_grid(config, args.heads, args.seeds, folders, feature_cache=cache, log=lambda line: print(line, flush=True))
     rows.update(grid)
-    info = {"stamps": len(stamps), "train": len(train), "test": len(test), "skipped": data.skipped,
-            "categories": len({s.category for s in stamps}), "feature_cache": cache.stats()}
+    info["feature_cache"] = cache.stats()
     payload = {"settings": vars(args), "data": info, "runs": runs, "summary": summarize(rows), "results": rows,
                "machine": machine_info(), "total_seconds": round(time.perf_counter() - t_start, 1)}
     write_benchmark(args.out, "repro_cross", payload, render(payload))

@@ -19,7 +19,6 @@ Writes ``<out>/repro_image.json`` and ``<out>/repro_image.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,54 +30,26 @@ import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
-from lsb_mm.reproduce import head_tables, machine_line, run_grid, stratified_split, summarize  # noqa: E402
+from lsb_mm.datasets.image_experiment import IMAGE_DATASETS, IMAGE_SIZE, build_image_experiment  # noqa: E402
+from lsb_mm.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_cross import add_lit_args, describe, lit_config  # noqa: E402
 
 METRICS = ("ndcg@10", "mrr@10", "recall@10")
-IMG_SIZE = {"fashion-mnist": 112, "tuxpaint": 160}  # 28 px images x4; stamps: 5x5 cells
-
-
-def prepare(name: str, args, work: str) -> tuple:
-    """(train labelled folder, test labelled folder, info) of one dataset."""
-    if name == "fashion-mnist":
-        from lsb_mm.datasets import export_labelled_folder
-
-        train = export_labelled_folder(os.path.join(work, "train"), "train", args.per_class, seed=0)
-        test = export_labelled_folder(os.path.join(work, "test"), "test", args.per_class, seed=0)
-        return train, test, {"per_class": args.per_class, "classes": 10}
-    from lsb_mm.datasets.tuxpaint import link_labelled_folder, load_tuxpaint
-
-    data = load_tuxpaint()
-    stamps = data.stamps[: args.limit or None]
-    train, test = stratified_split(stamps, lambda s: s.category, args.test_fraction, seed=0)
-    return (link_labelled_folder(train, os.path.join(work, "train")), link_labelled_folder(test, os.path.join(work, "test")),
-            {"stamps": len(stamps), "train": len(train), "test": len(test), "skipped": data.skipped})
 
 
 def run_dataset(name: str, args, cache: ImageFeatureCache) -> dict:
-    from lsb_mm.datasets.tasks import image_pair_training_data, image_tasks
-
-    work = os.path.join(args.work, name)
-    if os.path.isdir(work):  # built from scratch each time: the split and crops follow the arguments
-        import shutil
-
-        shutil.rmtree(work)
-    os.makedirs(work)
-    train_dir, test_dir, info = prepare(name, args, work)
-    train_file = os.path.join(work, "train.jsonl")
-    info["train_examples"] = image_pair_training_data(train_dir, train_file)
-    kinds = ["class"] + [f"snippet-{p}" for p in args.snippets]
-    folders = image_tasks(test_dir, os.path.join(work, "tasks"), kinds=kinds, position="random", seed=0)
-    info["tasks"] = {os.path.basename(f): json.load(open(os.path.join(f, "task.json"))) for f in folders}
-    args.img_size = IMG_SIZE[name] if args.img_size_arg is None else args.img_size_arg
+    train_file, folders, info = build_image_experiment(os.path.join(args.work, name), name, per_class=args.per_class,
+                                                       limit=args.limit, test_fraction=args.test_fraction,
+                                                       snippets=args.snippets)
+    args.img_size = IMAGE_SIZE[name] if args.img_size_arg is None else args.img_size_arg
     untuned = lsb_mm.create_model("timm:tf_efficientnet_lite0", head="none", weights=efficientnet_lite0_weights(),
                                   img_size=args.img_size)
     with cache.attach(untuned):
         rows = {"EfficientNet-Lite0 (untuned)": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)]}
-    grid, runs = run_grid(lit_config(args, "image", train_file, work), args.heads, args.seeds, folders, feature_cache=cache,
-                          log=lambda line: print(f"{name}: {line}", flush=True))
+    grid, runs = run_grid(lit_config(args, "image", train_file, os.path.join(args.work, name)), args.heads, args.seeds,
+                          folders, feature_cache=cache, log=lambda line: print(f"{name}: {line}", flush=True))
     rows.update(grid)
     return {"data": info, "img_size": args.img_size, "runs": runs, "summary": summarize(rows), "results": rows}
 
@@ -98,7 +69,7 @@ def render(payload: dict) -> list:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_lit_args(ap, epochs=3, batch_size=64, img_size=None)
-    ap.add_argument("--datasets", nargs="+", default=["fashion-mnist", "tuxpaint"], choices=["fashion-mnist", "tuxpaint"])
+    ap.add_argument("--datasets", nargs="+", default=list(IMAGE_DATASETS), choices=IMAGE_DATASETS)
     ap.add_argument("--per-class", type=int, default=200, help="Fashion-MNIST images per class, train and test (default: %(default)s)")
     ap.add_argument("--limit", type=int, default=0, help="Tux Paint: use the first N stamps (0: all)")
     ap.add_argument("--snippets", type=int, nargs="+", default=[10, 30, 50, 80], help="crop percentages of the snippet tasks")
@@ -106,7 +77,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
-    args.img_size_arg = args.img_size  # None: per dataset (IMG_SIZE)
+    args.img_size_arg = args.img_size  # None: per dataset (IMAGE_SIZE)
     t_start = time.perf_counter()
     cache = ImageFeatureCache(max_gb=8)
     payload = {"settings": dict(vars(args)), "datasets": {}}

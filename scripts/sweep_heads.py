@@ -1,21 +1,26 @@
 """Choose each head's plug-in recipe on validation, never on the test tasks.
 
     python3 scripts/sweep_heads.py                        # text: man pages, all-MiniLM-L6-v2 locked
+    python3 scripts/sweep_heads.py --modality image --dataset tuxpaint   # image -> image: Tux Paint stamps
+    python3 scripts/sweep_heads.py --modality cross       # text -> image: Tux Paint captions -> stamps
     python3 scripts/sweep_heads.py --heads slr --lrs 1e-3 --pages 80 --max-steps 20   # a smoke run
     python3 scripts/sweep_heads.py --render results/sweep_text.json
 
-Data: the man-page experiment of ``lsb_mm.datasets.manpage_experiment`` (training pages only: one
-training query of every kind per page, NAME line, keywords, pop-N spans). ``--val-fraction`` of the
-training examples (whole pages) is held out as validation; validation queries search their page
-among all training pages. Every run: towers locked (``--train heads``), cached tower outputs,
-corpus negatives (exact softmax over the training pages), AdamW, evaluation every
-``--eval-steps`` with early stopping (``--patience``); the run's score is its best validation
-NDCG@10, and its model there is kept. Grid: head x lr x temperature x weight decay, one seed.
+Data (:func:`lsb_mm.reproduce.plugin_experiment`), training part only: text, the man-page
+experiment (one training query of every kind per training page: NAME line, keywords, pop-N
+spans); image, crops -> their image and image -> same-class images of the training images
+(Fashion-MNIST or Tux Paint); cross, the captions of the training stamps. ``--val-fraction`` of
+the training examples (whole documents) is held out as validation; validation queries search
+their document among all training documents. Every run: towers locked (``--train heads``; a dual
+encoder's projections train with the heads), cached tower outputs, corpus negatives (exact
+softmax over the training documents), AdamW, evaluation every ``--eval-steps`` with early
+stopping (``--patience``); the run's score is its best validation NDCG@10, and its model there is
+kept. Grid: head x lr x temperature x weight decay, one seed.
 
-Each run is one JSON under ``<out>/sweep_<modality>/`` (a finished run is never redone: the
-sweep resumes); the summary ``<out>/sweep_<modality>.json`` / ``.md`` lists every run and the
-winner per head. The held-out test tasks are built (with the split of the reproductions) but
-never read here.
+Each run is one JSON under ``<out>/sweep_<key>/`` (key: ``text``, ``cross``, ``image-<dataset>``;
+a finished run is never redone: the sweep resumes); the summary ``<out>/sweep_<key>.json`` /
+``.md`` lists every run and the winner per head. The held-out test tasks are built (with the
+split of the reproductions) but never read here.
 """
 from __future__ import annotations
 
@@ -30,9 +35,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
-from lsb_mm.reproduce import plugin_text_config  # noqa: E402
-from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
+from lsb_mm.reproduce import PLUGIN_HEADS, add_plugin_data_args, plugin_config, plugin_experiment  # noqa: E402
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
 
 METRIC = "ndcg@10"
@@ -57,10 +60,8 @@ def summarise_log(path: str) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--modality", default="text", choices=["text"], help="text (image and cross: not yet)")
-    ap.add_argument("--model", default=None, help="text encoder (default: the packaged all-MiniLM-L6-v2)")
-    ap.add_argument("--pages", type=int, default=0, help="first N man pages only (0: all)")
-    ap.add_argument("--heads", nargs="+", default=["slr", "llr", "clr", "adapter"])
+    add_plugin_data_args(ap)
+    ap.add_argument("--heads", nargs="+", default=None, help="default: slr llr clr adapter (text); none too (image, cross)")
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.02])
     ap.add_argument("--weight-decays", type=float, nargs="+", default=[0.01])
@@ -70,18 +71,20 @@ def main(argv=None) -> int:
     ap.add_argument("--patience", type=int, default=3)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default="runs/sweep_text", help="data, models and logs")
+    ap.add_argument("--work", default=None, help="data, models and logs (default: runs/sweep_<key>)")
     ap.add_argument("--out", default="results", help="where sweep_<modality>/ and the summary go")
     ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved summary")
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
-    _, args.model = text_model_or_minilm(args.model)
+    args.heads = args.heads or PLUGIN_HEADS[args.modality]
     t_start = time.perf_counter()
-    untuned = lsb_mm.create_model(args.model, head="none")
-    train_file, _, data_info = build_manpage_experiment(args.work, untuned, pages=args.pages, per_page="all")
-    del untuned
-    runs_dir = os.path.join(args.out, f"sweep_{args.modality}")
+    key = "text" if args.modality == "text" else "cross" if args.modality == "cross" else f"image-{args.dataset}"
+    args.work = args.work or f"runs/sweep_{key}"
+    exp = plugin_experiment(args, args.work)
+    train_file, data_info = exp.train_file, exp.info
+    del exp
+    runs_dir = os.path.join(args.out, f"sweep_{key}")
     os.makedirs(runs_dir, exist_ok=True)
     shared = None
     order = sorted(args.heads, key=lambda h: h != "llr")  # LLR first: its cache keeps hidden states, all reuse it
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
         path = os.path.join(runs_dir, f"{name}.json")
         if os.path.isfile(path):
             continue
-        cfg = plugin_text_config(args, head, train_file, os.path.join(args.work, "runs", name), lr, t, wd, args.seed)
+        cfg = plugin_config(args, head, train_file, os.path.join(args.work, "runs", name), lr, t, wd, args.seed, args.modality)
         t0 = time.perf_counter()
         trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
         trainer.train()
@@ -105,24 +108,33 @@ def main(argv=None) -> int:
     winners = {h: max((r for r in runs if r["head"] == h), key=lambda r: r["best"][METRIC])["name"] for h in args.heads
                if any(r["head"] == h for r in runs)}
     start = next((r["start"] for r in runs if r.get("start")), None)
-    payload = {"settings": vars(args), "data": data_info, "metric": METRIC, "untrained": start, "runs": runs,
+    payload = {"settings": vars(args), "key": key, "data": data_info, "metric": METRIC, "untrained": start, "runs": runs,
                "winners": winners, "machine": machine_info(), "total_seconds": round(time.perf_counter() - t_start, 1)}
-    write_benchmark(args.out, f"sweep_{args.modality}", payload, render(payload))
+    write_benchmark(args.out, f"sweep_{key}", payload, render(payload))
     return 0
 
 
 def render(payload: dict) -> list:
     s = argparse.Namespace(**payload["settings"])
     m = payload["machine"]
-    lines = [f"# Head sweep ({s.modality}, plug-in: towers locked), chosen on validation only", "",
+    key, d = payload.get("key", s.modality), payload["data"]
+    if s.modality == "text":
+        data = f"{d['train_pages']} training pages, {d['train_examples']} training queries (every kind per page)"
+        start = "the locked encoder alone"
+    else:
+        data = (f"{d['train']} training stamps, {d['train_examples']} caption -> stamp pairs" if s.modality == "cross" else
+                f"{d['train_examples']} training pairs ({d.get('crops_per_image', 1)} crop(s) -> image per training "
+                "image, image -> same-class images)")
+        data += f"; dual encoder, towers locked, {s.embed_dim}-d projections trained with the heads, {s.vocab_size} visual words"
+        start = "random projections"
+    lines = [f"# Head sweep ({key}, plug-in: towers locked), chosen on validation only", "",
              f"Machine: {m.get('cpu') or m.get('machine')} ({m.get('threads')} threads); {payload['total_seconds']:.0f} s in "
-             f"all (this invocation). {payload['data']['train_pages']} training pages, "
-             f"{payload['data']['train_examples']} training queries (every kind per page), {s.val_fraction:g} of them "
-             f"(whole pages) held out as validation; batch {s.batch_size}, corpus negatives, evaluation every "
-             f"{s.eval_steps} steps, patience {s.patience}, at most {s.max_steps} steps, seed {s.seed}.", ""]
+             f"all (this invocation). {data}; {s.val_fraction:g} of the examples (whole documents) held out as "
+             f"validation; batch {s.batch_size}, corpus negatives, evaluation every {s.eval_steps} steps, patience "
+             f"{s.patience}, at most {s.max_steps} steps, seed {s.seed}.", ""]
     if payload.get("untrained"):
         u = payload["untrained"]
-        lines += [f"Untrained (the locked encoder alone) on validation: NDCG@10 {u['ndcg@10']:.4f}, "
+        lines += [f"Untrained ({start}) on validation: NDCG@10 {u['ndcg@10']:.4f}, "
                   f"R@1 {u['recall@1']:.4f}, R@10 {u['recall@10']:.4f}.", ""]
     lines += ["| head | lr | temperature | weight decay | val NDCG@10 | val R@1 | val R@10 | best step | steps run | "
               "max/min a | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

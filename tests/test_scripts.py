@@ -144,7 +144,7 @@ def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minil
     assert load("sweep_heads").main(sweep) == 0  # resumes: nothing is redone
     assert before == {f: os.path.getmtime(tmp_path / "sweep_text" / f) for f in os.listdir(tmp_path / "sweep_text")}
     _check_render("sweep_heads", tmp_path, "sweep_text")
-    assert load("repro_text_plugin").main(["--pages", "40", "--heads", "slr", "adapter", "--seeds", "0", "--max-steps", "4",
+    assert load("repro_plugin").main(["--pages", "40", "--heads", "slr", "adapter", "--seeds", "0", "--max-steps", "4",
                                            "--eval-steps", "2", "--batch-size", "16", "--recipe", str(tmp_path / "sweep_text.json"),
                                            "--work", str(tmp_path / "rp"), "--out", str(tmp_path)]) == 0
     res = _check_repro(tmp_path / "repro_text_plugin.json", ["untuned", "BM25", "slr", "adapter"],
@@ -154,4 +154,34 @@ def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minil
     assert next(r for r in res["runs"] if r["head"] == "adapter")["modulation"] is None
     md = (tmp_path / "repro_text_plugin.md").read_text()
     assert "Verdicts against `untuned`" in md and "Verdicts against `adapter`" in md
-    _check_render("repro_text_plugin", tmp_path, "repro_text_plugin")
+    _check_render("repro_plugin", tmp_path, "repro_text_plugin")
+
+
+@pytest.mark.parametrize("modality", ["image", "cross"])
+def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_path, modality):
+    """The plug-in sweep and reproduction on the dual encoder: projections train with the heads,
+    `none` is a trained row, the adapter a control, and the image head's modulation is reported."""
+    data = ["--modality", modality, "--dataset", "tuxpaint", "--limit", "60", "--crops-per-image", "2", "--embed-dim", "32",
+            "--vocab-size", "16", "--max-steps", "4", "--eval-steps", "2", "--batch-size", "8"]
+    assert load("sweep_heads").main(data + ["--heads", "none", "slr", "adapter", "--lrs", "1e-3", "--work",
+                                            str(tmp_path / "sw"), "--out", str(tmp_path)]) == 0
+    key = "cross" if modality == "cross" else "image-tuxpaint"
+    summary = json.load(open(tmp_path / f"sweep_{key}.json"))
+    assert set(summary["winners"]) == {"none", "slr", "adapter"} and summary["key"] == key
+    if modality == "image":
+        examples = [json.loads(line) for line in open(tmp_path / "sw" / "train.jsonl")]
+        assert len(examples) > 2 * 36  # two crops per training image, and the same-class pairs
+    _check_render("sweep_heads", tmp_path, f"sweep_{key}")
+    assert load("repro_plugin").main(data + ["--heads", "none", "slr", "adapter", "--seeds", "0", "--recipe",
+                                             str(tmp_path / f"sweep_{key}.json"), "--work", str(tmp_path / "rp"),
+                                             "--out", str(tmp_path)]) == 0
+    reference = "untrained" if modality == "cross" else "EfficientNet-Lite0 (untuned)"
+    tasks = ["caption2image", "image2caption"] if modality == "cross" else \
+        ["class", "snippet-10-random", "snippet-30-random", "snippet-50-random", "snippet-80-random"]
+    res = _check_repro(tmp_path / f"repro_{key}_plugin.json", [reference, "none", "slr", "adapter"], tasks)
+    assert res["references"] == [reference]
+    slr = next(r for r in res["runs"] if r["head"] == "slr")
+    assert slr["modulation"]["max_over_min"] >= 1 and slr["steps_run"] >= 2
+    md = (tmp_path / f"repro_{key}_plugin.md").read_text()
+    assert "Verdicts against `none`" in md and "Verdicts against `adapter`" in md
+    _check_render("repro_plugin", tmp_path, f"repro_{key}_plugin")

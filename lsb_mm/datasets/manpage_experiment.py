@@ -62,7 +62,7 @@ def build_manpage_experiment(work: str, model, pages: int = 0, test_fraction: fl
                              pop: Sequence[int] = (16, 32, 64, 128), train_queries: Optional[Sequence[str]] = None,
                              per_page: str = "one") -> Tuple[str, List[str], Dict]:
     """Train JSONL and held-out task folders under ``work``; returns (train file, task folders, info)."""
-    from ..reproduce import stratified_split
+    from .splits import stratified_split
     from .manpages import load_manpages
     from .tasks import text_tasks
 

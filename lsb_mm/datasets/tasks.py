@@ -251,25 +251,29 @@ def image_tasks(folder: str, out_dir: str, kinds: Sequence[str] = ("class", "sni
     return made
 
 
-def image_pair_training_data(folder: str, out_file: str, percents: Sequence[int] = (10, 30, 50, 80), seed: int = 0) -> int:
-    """Image-to-image training data (JSONL) from a labelled folder: for each image, a crop keeping a
-    random one of ``percents``% of each side at a random position -> the image, and the image -> the
-    other images of its class (when it has any). Crops go to ``<out_file's folder>/train_crops``.
-    Returns the number of examples."""
+def image_pair_training_data(folder: str, out_file: str, percents: Sequence[int] = (10, 30, 50, 80), seed: int = 0,
+                             crops: int = 1) -> int:
+    """Image-to-image training data (JSONL) from a labelled folder: for each image, ``crops`` crops
+    each keeping a random one of ``percents``% of each side at a random position -> the image, and
+    the image -> the other images of its class (when it has any). Crops go to ``<out_file's
+    folder>/train_crops``. Returns the number of examples."""
+    if crops < 1:
+        raise InputError(f"crops must be >= 1 per image, got {crops}")
     by_class = _labelled(folder)
     rs = np.random.default_rng(seed)
-    crops = os.path.join(os.path.dirname(os.path.abspath(out_file)), "train_crops")
-    os.makedirs(crops, exist_ok=True)
+    crop_dir = os.path.join(os.path.dirname(os.path.abspath(out_file)), "train_crops")
+    os.makedirs(crop_dir, exist_ok=True)
     n = 0
     with open(out_file, "w", encoding="utf-8") as f:
         for images in by_class.values():
             images = [os.path.abspath(p) for p in images]
             for i, path in enumerate(images):
                 img = load_image(path)
-                crop = os.path.join(crops, f"{n:06d}.png")
-                img.crop(crop_box(img.width, img.height, int(rs.choice(percents)), "random", rs)).save(crop)
-                f.write(json.dumps({"query": crop, "pos": [path]}) + "\n")
-                n += 1
+                for _ in range(crops):
+                    crop = os.path.join(crop_dir, f"{n:06d}.png")
+                    img.crop(crop_box(img.width, img.height, int(rs.choice(percents)), "random", rs)).save(crop)
+                    f.write(json.dumps({"query": crop, "pos": [path]}) + "\n")
+                    n += 1
                 if len(images) > 1:
                     f.write(json.dumps({"query": path, "pos": images[:i] + images[i + 1:]}) + "\n")
                     n += 1
