@@ -17,7 +17,7 @@ import numpy as np
 
 from .datasets.splits import stratified_split
 
-__all__ = ["stratified_split", "run_grid", "plugin_config", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "plugin_experiment",
+__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "plugin_experiment",
            "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
@@ -26,19 +26,28 @@ Summary = Dict[str, Dict[str, Dict[str, List[float]]]]  # row -> task -> metric 
 
 def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Sequence[int], folders: Sequence[str],
              feature_cache=None, head_off: bool = True, keep_checkpoints: bool = False,
-             log: Callable[[str], None] = print, share_tower_caches: bool = False
+             log: Callable[[str], None] = print, share_tower_caches: bool = False,
+             then: Optional[Callable[[str, int, str], Any]] = None, runs_dir: Optional[str] = None
              ) -> Tuple[Dict[str, List[dict]], List[dict]]:
     """Train ``config(head, seed)`` (a :class:`~lsb_mm.TrainConfig`) for every seed and head, then
     evaluate each final model on ``folders``; heads other than ``none`` are also scored with the head
-    off (row ``"<head> (head off)"``). A locked image tower is served from ``feature_cache`` in
-    training and evaluation; ``share_tower_caches`` reuses the first run's tower caches in the others
-    (plug-in runs on one locked tower; LLR runs first, its cache keeps hidden states). Documents are
-    encoded once per distinct document side (:class:`~lsb_mm.evaluation.CorpusCache`). Returns
-    ``(rows, runs)``: evaluation results per row, and one record per run (with the query-side
-    modulation strength on the test queries)."""
+    off (row ``"<head> (head off)"``). ``then(head, seed, final folder)`` may return a second config
+    that starts from the first stage's model (e.g. the head trained on to convergence with the tuned
+    tower locked); its model is the one evaluated. A locked image tower is served from
+    ``feature_cache`` in training and evaluation; ``share_tower_caches`` reuses the first run's tower
+    caches in the others (plug-in runs on one locked tower; LLR runs first, its cache keeps hidden
+    states; not with ``then``, whose towers differ per run). Documents are encoded once per distinct document side
+    (:class:`~lsb_mm.evaluation.CorpusCache`). With ``runs_dir`` each run is written to
+    ``<runs_dir>/<head>-seed<seed>.json`` when done and read back instead of redone (resumable).
+    Returns ``(rows, runs)``: evaluation results per row, and one record per run (with the
+    query-side modulation strength on the test queries)."""
+    import json
+    import os
+
     from .checkpoint import remove_checkpoints
     from .evaluation import CorpusCache, evaluate
     from .factory import load_model
+    from .files import write_text
     from .trainer import Trainer
 
     rows: Dict[str, List[dict]] = {}
@@ -46,41 +55,84 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     docs = CorpusCache()
     shared = None
     order = sorted(heads, key=lambda h: h != "llr") if share_tower_caches else list(heads)
+    if runs_dir:
+        os.makedirs(runs_dir, exist_ok=True)
+
+    def train_stage(cfg) -> str:
+        nonlocal shared
+        trainer = Trainer(cfg, feature_cache, tower_caches=shared)
+        final = trainer.train()
+        if share_tower_caches and then is None and shared is None and trainer.tower_caches:
+            shared = trainer.tower_caches
+        if not keep_checkpoints:  # the final model folder stays; checkpoints repeat it with optimizer state
+            remove_checkpoints(cfg.output)
+        return final
+
     for seed in seeds:
         for head in order:
-            cfg = config(head, seed)
+            saved = os.path.join(runs_dir, f"{head}-seed{seed}.json") if runs_dir else None
+            if saved and os.path.isfile(saved):
+                with open(saved, encoding="utf-8") as f:
+                    done = json.load(f)
+                for name, res in done.pop("rows").items():
+                    rows.setdefault(name, []).append(res)
+                runs.append(done)
+                continue
             t0 = time.perf_counter()
-            trainer = Trainer(cfg, feature_cache, tower_caches=shared)
-            model = load_model(trainer.train())
-            if share_tower_caches and shared is None and trainer.tower_caches:
-                shared = trainer.tower_caches
-            del trainer
+            cfg = config(head, seed)
+            final = train_stage(cfg)
+            second = then(head, seed, final) if then is not None else None
+            stage_seconds = [round(time.perf_counter() - t0, 1)]
+            if second is not None:
+                cfg, final = second, train_stage(second)
+                stage_seconds.append(round(time.perf_counter() - t0 - stage_seconds[0], 1))
             t_train = time.perf_counter() - t0
-            if not keep_checkpoints:  # the final model folder stays; checkpoints repeat it with optimizer state
-                remove_checkpoints(cfg.output)
+            model = load_model(final)
+            mine: Dict[str, dict] = {}
             cached = feature_cache.attach(model) if feature_cache is not None and model.has_image else contextlib.nullcontext()
             with cached:
-                res = evaluate(model, folders, show_progress_bar=False, corpus_cache=docs)
-                rows.setdefault(head, []).append(res)
+                res = mine[head] = evaluate(model, folders, show_progress_bar=False, corpus_cache=docs)
                 if head_off and head != "none":
-                    rows.setdefault(f"{head} (head off)", []).append(
-                        evaluate(model, folders, enhance=False, show_progress_bar=False, corpus_cache=docs))
+                    mine[f"{head} (head off)"] = evaluate(model, folders, enhance=False, show_progress_bar=False,
+                                                          corpus_cache=docs)
                 modulation = query_modulation(model, folders)
-            runs.append({"head": head, "seed": seed, "train_seconds": round(t_train, 1), "output": cfg.output,
-                         "metrics": {t: r["metrics"] for t, r in res["tasks"].items()}, "modulation": modulation})
+            for name, r in mine.items():
+                rows.setdefault(name, []).append(r)
+            run = {"head": head, "seed": seed, "train_seconds": round(t_train, 1), "stage_seconds": stage_seconds,
+                   "output": cfg.output, "validation": validation_record(cfg.output),
+                   "metrics": {t: r["metrics"] for t, r in res["tasks"].items()}, "modulation": modulation}
+            runs.append(run)
+            if saved:
+                write_text(saved, json.dumps({**run, "rows": mine}, indent=2))
             log(f"{head} seed {seed}: trained in {t_train:.0f} s; " +
                 ", ".join(f"{t} NDCG@10 {r['metrics']['ndcg@10']:.3f}" for t, r in res["tasks"].items()))
     return rows, runs
 
 
+def validation_record(output: str) -> Optional[Dict[str, Any]]:
+    """What a training run in ``output`` kept: ``{"from_step", "metric", "value", "steps_run"}`` of its
+    best validation evaluation (None for a run without validation)."""
+    import os
+
+    from .files import iter_jsonl
+
+    log = [rec for _, rec in iter_jsonl(os.path.join(output, "train_log.jsonl"))]
+    final = next((rec["final"] for rec in log if "final" in rec), None)
+    if final is None or final.get("value") is None:
+        return None
+    return {"from_step": final["from_step"], "metric": final["metric"], "value": final["value"],
+            "steps_run": max((rec["step"] for rec in log if "loss" in rec), default=0)}
+
+
 def plugin_config(args, head: str, train_file: str, output: str, lr: float, temperature: float, weight_decay: float,
-                  seed: int, modality: str = "text"):
+                  seed: int, modality: str = "text", eval_data: Optional[str] = None):
     """The plug-in recipe of ``scripts/sweep_heads.py`` and ``scripts/repro_plugin.py`` (one definition,
     so a reproduction trains exactly as the sweep chose): towers locked and cached, corpus negatives,
     validation carved from the training data, early stopping, best model kept. ``lr`` trains
     everything that trains: the heads, and a dual encoder's projections (image, cross). ``args``
     gives ``model``, ``model_options`` (or None), ``batch_size``, ``max_steps``, ``eval_steps``,
-    ``patience``, ``val_fraction`` and, for image / cross, ``vocab_size``; cross is symmetric."""
+    ``patience``, ``val_fraction`` and, for image / cross, ``vocab_size``; cross is symmetric. With
+    ``eval_data`` (a validation JSONL) nothing is carved from the training data."""
     from .trainer import TrainConfig
 
     extra = {} if modality == "text" else {"vocab_size": args.vocab_size, "symmetric": modality == "cross"}
@@ -88,8 +140,8 @@ def plugin_config(args, head: str, train_file: str, output: str, lr: float, temp
                        train_data=train_file, output=output, modality=modality, train="heads", corpus_negatives=True,
                        lr=lr, head_lr=lr, temperature=temperature, weight_decay=weight_decay, batch_size=args.batch_size,
                        max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,
-                       val_fraction=args.val_fraction, seed=seed, log_steps=50, keep_checkpoints=1, show_progress=False,
-                       **extra)
+                       val_fraction=0.0 if eval_data else args.val_fraction, eval_data=eval_data, seed=seed, log_steps=50,
+                       keep_checkpoints=1, show_progress=False, **extra)
 
 
 PLUGIN_HEADS = {"text": ["slr", "llr", "clr", "adapter"], "image": ["none", "slr", "llr", "clr", "adapter"],

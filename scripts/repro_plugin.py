@@ -37,9 +37,10 @@ import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
-from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
+from lsb_mm.files import write_text  # noqa: E402
 from lsb_mm.reproduce import (PLUGIN_HEADS, add_plugin_data_args, head_tables, machine_line, plugin_config,  # noqa: E402
-                              plugin_experiment, plugin_references, query_modulation, summarize)
+                              plugin_experiment, plugin_references, query_modulation, summarize,
+                              validation_record)
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
 
@@ -111,11 +112,10 @@ def main(argv=None) -> int:
             with images.attach(model) if images is not None else contextlib.nullcontext():
                 res = lsb_mm.evaluate(model, exp.folders, show_progress_bar=False, corpus_cache=docs)
                 modulation = query_modulation(model, exp.folders)
-            log = [rec for _, rec in iter_jsonl(os.path.join(cfg.output, "train_log.jsonl"))]
-            done = next(rec["final"] for rec in log if "final" in rec)
+            done = validation_record(cfg.output)
             run = {"head": head, "seed": seed, "recipe": r, "train_seconds": round(t_train, 1), "best_step": done["from_step"],
-                   "validation": {"metric": done["metric"], "value": done["value"]},
-                   "steps_run": max(rec["step"] for rec in log if "loss" in rec), "modulation": modulation, "result": res}
+                   "validation": {"metric": done["metric"], "value": done["value"]}, "steps_run": done["steps_run"],
+                   "modulation": modulation, "result": res}
             write_text(path, json.dumps(run, indent=2))
             print(f"{key} {head} seed {seed}: {t_train:.0f} s, best step {run['best_step']}; " +
                   ", ".join(f"{t} {m['metrics']['ndcg@10']:.3f}" for t, m in res["tasks"].items()), flush=True)

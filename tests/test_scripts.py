@@ -86,17 +86,37 @@ def _check_render(script, folder, name):
 
 
 def test_repro_text_small(tmp_path, manpages_present, minilm_path):
-    assert load("repro_text").main(["--pages", "40", "--seeds", "0", "--max-steps", "1", "--batch-size", "4",
-                                    "--heads", "none", "slr", "--pop", "16", "--work", str(tmp_path / "w"),
-                                    "--out", str(tmp_path)]) == 0
+    """Stage 1 fine-tunes on one query per training page (validation pages left out); stage 2
+    converges each head on the locked tuned tower with the sweep's recipe; runs resume from their JSONs."""
+    recipe = {"winners": {"slr": "slr_a"}, "runs": [{"name": "slr_a", "lr": 1e-2, "temperature": 0.05, "weight_decay": 0.0,
+                                                      "best": {"ndcg@10": 0.5}}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(recipe))
+    argv = ["--pages", "40", "--seeds", "0", "--max-steps", "1", "--batch-size", "4", "--heads", "none", "slr", "--pop", "16",
+            "--converge-max-steps", "4", "--eval-steps", "2", "--converge-batch-size", "8", "--recipe",
+            str(tmp_path / "sweep.json"), "--work", str(tmp_path / "w"), "--out", str(tmp_path)]
+    assert load("repro_text").main(argv) == 0
     res = _check_repro(tmp_path / "repro_text.json", ["untuned", "BM25", "none", "slr", "slr (head off)"],
                        ["query", "keyword", "pop-16"])
     assert res["data"]["train_examples"] == res["data"]["train_pages"] > 0
     kinds = {json.loads(line)["kind"] for line in open(tmp_path / "w" / "train.jsonl")}
     assert kinds <= {"query", "keyword", "pop-16"} and len(kinds) >= 2
+    split = tmp_path / "w" / "split-seed0"
+    val_pages = {json.loads(line)["pos"][0] for line in open(split / "train.held.jsonl")}
+    assert val_pages and not val_pages & {json.loads(line)["pos"][0] for line in open(split / "train.train.jsonl")}
+    none, slr = (next(r for r in res["runs"] if r["head"] == h) for h in ("none", "slr"))
+    assert len(none["stage_seconds"]) == 1 and none["validation"] is None
+    assert len(slr["stage_seconds"]) == 2 and slr["validation"]["from_step"] in (0, 2, 4)
+    second = json.load(open(tmp_path / "w" / "runs" / "slr-seed0-converged" / "run_info.json"))
+    assert second["config"]["model"] == str(tmp_path / "w" / "runs" / "slr-seed0" / "final")  # starts from stage 1
+    assert (second["config"]["lr"], second["config"]["temperature"], second["config"]["train"]) == (1e-2, 0.05, "heads")
+    assert "text" in second["tower_cache"]  # the tuned tower is locked and cached
     md = (tmp_path / "repro_text.md").read_text()
-    assert "| untuned |" in md and "Verdicts" in md
+    assert "| untuned |" in md and "Verdicts" in md and "Stage 2" in md
     _check_render("repro_text", tmp_path, "repro_text")
+    before = os.path.getmtime(tmp_path / "repro_text" / "slr-seed0.json")
+    assert load("repro_text").main(argv) == 0  # resumes: the finished runs are read back, not redone
+    assert os.path.getmtime(tmp_path / "repro_text" / "slr-seed0.json") == before
+    assert json.load(open(tmp_path / "repro_text.json"))["summary"] == res["summary"]
 
 
 def test_repro_cross_small(tmp_path, minilm_path):

@@ -5,7 +5,7 @@ from typing import Callable, Dict, Hashable, List, Sequence, Tuple, TypeVar
 
 import numpy as np
 
-__all__ = ["stratified_split"]
+__all__ = ["stratified_split", "split_jsonl_by_document"]
 
 T = TypeVar("T")
 
@@ -28,3 +28,32 @@ def stratified_split(items: Sequence[T], key: Callable[[T], Hashable], test_frac
         n = int(round(len(idx) * test_fraction))
         test.update(int(i) for i in rs.permutation(idx)[:n])
     return [it for i, it in enumerate(items) if i not in test], [it for i, it in enumerate(items) if i in test]
+
+
+def split_jsonl_by_document(paths: Sequence[str], out_dir: str, fraction: float, seed: int) -> List[Tuple[str, str]]:
+    """Hold out the same documents in several training JSONL files: about ``fraction`` of the
+    documents (an example's document is its first positive, ``pos[0]``) of the first file, drawn
+    with ``seed``; every example of any file whose document is held out goes to that file's held-out
+    part. Returns ``[(train path, held-out path)]`` per input, written under ``out_dir``."""
+    import os
+
+    from ..errors import InputError
+    from ..files import iter_jsonl, write_jsonl
+
+    if not 0 < fraction < 1:
+        raise InputError(f"fraction must be in (0, 1), got {fraction}")
+    records = [[rec for _, rec in iter_jsonl(p)] for p in paths]
+    docs = list(dict.fromkeys(r["pos"][0] for r in records[0]))
+    n = int(round(len(docs) * fraction))
+    if not 0 < n < len(docs):
+        raise InputError(f"{paths[0]}: {len(docs)} documents cannot be split with fraction {fraction}")
+    held = {docs[i] for i in np.random.default_rng([seed, 7919]).permutation(len(docs))[:n]}
+    os.makedirs(out_dir, exist_ok=True)
+    out = []
+    for path, recs in zip(paths, records):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        parts = (os.path.join(out_dir, f"{stem}.train.jsonl"), os.path.join(out_dir, f"{stem}.held.jsonl"))
+        write_jsonl(parts[0], (r for r in recs if r["pos"][0] not in held))
+        write_jsonl(parts[1], (r for r in recs if r["pos"][0] in held))
+        out.append(parts)
+    return out
