@@ -190,6 +190,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "(0 = run the towers every step; default: %(default)s)")
     g.add_argument("--tower-cache-dtype", default=d.tower_cache_dtype, choices=["float32", "float16"],
                    help="storage of cached hidden states (float16 halves their memory; default: %(default)s)")
+    g.add_argument("--tower-cache-dir", default=d.tower_cache_dir, metavar="DIR",
+                   help="keep cached hidden states on disk in a temporary folder under DIR (memory-mapped, removed "
+                        "at the end) for training sets whose tower outputs do not fit --tower-cache-gb of memory")
     g = p.add_argument_group("objective")
     g.add_argument("--train-group-size", type=int, default=d.train_group_size,
                    help="passages per query: 1 positive + N-1 hard negatives (default: %(default)s)")

@@ -109,6 +109,7 @@ class TrainConfig:
     feature_cache_gb: float = 4.0
     tower_cache_gb: float = 4.0
     tower_cache_dtype: str = "float32"
+    tower_cache_dir: Optional[str] = None
     corpus_negatives: bool = False
     show_progress: bool = True
 
@@ -568,7 +569,8 @@ class Trainer:
                 continue
             cache = TowerCache.build(self.model, kind, items, keep_hidden=keep, max_gb=budget,
                                      hidden_dtype=torch.float16 if cfg.tower_cache_dtype == "float16" else torch.float32,
-                                     num_workers=cfg.workers, show_progress_bar=cfg.show_progress and self.dist.is_main)
+                                     num_workers=cfg.workers, show_progress_bar=cfg.show_progress and self.dist.is_main,
+                                     disk_dir=cfg.tower_cache_dir)
             budget -= cache.nbytes / (1 << 30)
             self.tower_caches[kind] = cache
             log.info("tower cache %s: %d inputs, %.3f GiB in %.1f s", kind, len(cache), cache.nbytes / (1 << 30),
@@ -608,6 +610,7 @@ class Trainer:
                 "trainable_parameters": sum(p.numel() for p in self.params), "device": str(self.device),
                 "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg),
                 "tower_cache": {k: {"inputs": len(c), "gib": round(c.nbytes / (1 << 30), 4), "hidden": c.keeps_hidden,
+                                    "disk_gib": round(c.disk_bytes / (1 << 30), 4),
                                     "build_seconds": round(c.build_seconds, 2)} for k, c in self.tower_caches.items()}}
         write_text(os.path.join(cfg.output, "run_info.json"), json.dumps(info, indent=2))
         if d.skipped:

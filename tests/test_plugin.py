@@ -61,21 +61,47 @@ def _trainer(tmp_path, data, tiny_hf_dir, modality, model, head, extra, **kw):
 @pytest.mark.parametrize("modality, model, head, extra", CASES, ids=[f"{c[0]}-{c[1]}-{c[2]}" for c in CASES])
 def test_cached_towers_give_the_uncached_loss_and_gradients(modality, model, head, extra, tmp_path, data, tiny_hf_dir):
     results = []
-    for gb in (1.0, 0.0):
-        t = _trainer(tmp_path, data, tiny_hf_dir, modality, model, head, extra, tower_cache_gb=gb)
+    for gb, disk in ((1.0, None), (1.0, str(tmp_path / "disk")), (0.0, None)):  # memory, disk-backed, no cache
+        t = _trainer(tmp_path, data, tiny_hf_dir, modality, model, head, extra, tower_cache_gb=gb, tower_cache_dir=disk)
         t._build_tower_caches()
         assert bool(t.tower_caches) == (gb > 0)
+        assert all(c.on_disk == (disk is not None and c.keeps_hidden) for c in t.tower_caches.values())
         t._train_mode()
         batch = t.micro_batch(0, 0)
         loss = t.compute_loss(batch)
         loss.backward()
         grads = {n: p.grad.detach().clone() for n, p in t.model.named_parameters() if p.grad is not None}
         results.append((float(loss.detach()), grads))
-    (cached_loss, cached), (plain_loss, plain) = results
-    assert cached and set(cached) == set(plain)
-    assert abs(cached_loss - plain_loss) <= 1e-5, (cached_loss, plain_loss)
-    for name in plain:
-        assert torch.allclose(cached[name], plain[name], atol=1e-5, rtol=1e-4), name
+    plain_loss, plain = results[-1]
+    for cached_loss, cached in results[:-1]:
+        assert cached and set(cached) == set(plain)
+        assert abs(cached_loss - plain_loss) <= 1e-5, (cached_loss, plain_loss)
+        for name in plain:
+            assert torch.allclose(cached[name], plain[name], atol=1e-5, rtol=1e-4), name
+
+
+def test_disk_backed_tower_cache_serves_sets_that_do_not_fit_memory(tmp_path, tiny_hf_dir):
+    m = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="llr").requires_grad_(False).eval()
+    texts = [f"text number {i} " * (1 + i % 7) for i in range(60)] + [""]
+    memory = TowerCache.build(m, "text", texts)
+    budget = 1.1 * (memory.nbytes - sum(t.numel() * 4 for t in memory._hidden)) / (1 << 30)  # all but the hidden states
+    with pytest.raises(InputError, match="--tower-cache-dir"):
+        TowerCache.build(m, "text", texts, max_gb=budget)
+    for dtype in (torch.float32, torch.float16):
+        disk = TowerCache.build(m, "text", texts, max_gb=budget, disk_dir=str(tmp_path), hidden_dtype=dtype)
+        assert disk.on_disk and disk.nbytes < memory.nbytes and disk.disk_bytes > 0
+        folder = disk._hidden.folder
+        assert os.path.dirname(folder) == str(tmp_path) and os.listdir(folder) == ["hidden.bin"]
+        rows = disk.rows([texts[3], texts[-1], texts[10], texts[3]])
+        a, b = memory.features(rows), disk.features(rows)
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.mask, b.mask) and torch.equal(a.pooled, b.pooled)
+        tol = 0 if dtype == torch.float32 else 1e-2
+        assert torch.allclose(a.hidden, b.hidden, atol=tol, rtol=tol)
+        del disk, b
+        import gc
+
+        gc.collect()
+        assert not os.path.exists(folder)  # the temporary folder goes with the cache
 
 
 def test_corpus_negatives_are_an_exact_softmax_over_the_training_documents(tmp_path, data, tiny_hf_dir):

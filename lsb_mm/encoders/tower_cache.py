@@ -13,20 +13,27 @@ what sits above the tower (a dual encoder's projections, the heads) still runs a
 
 Rows hold the tower's float32 output (``hidden_dtype=torch.float16`` halves the hidden states'
 memory at a small cost in exactness). A set that does not fit ``max_gb`` is refused with the size
-it would need.
+it would need, unless ``disk_dir`` is given: the hidden states (nearly all of a cache's size) then
+go to a file in a temporary folder under ``disk_dir``, read back through a memory map, and only
+the small per-input rows count against ``max_gb``. The folder goes when the cache does.
 """
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
+import weakref
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from .base import Backbone, ImageFeatures, TextFeatures
 
-__all__ = ["TowerCache", "tower_of_kind", "tower_frozen", "tower_digest"]
+__all__ = ["TowerCache", "DiskRows", "tower_of_kind", "tower_frozen", "tower_digest"]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +68,55 @@ def tower_frozen(model, kind: str) -> bool:
     return not any(p.requires_grad for p in _tower_params(model, kind))
 
 
+class DiskRows:
+    """Rows ``[length_i, dim]`` of one dtype in one file under a temporary folder of ``parent``,
+    read through a memory map once :meth:`seal` is called; the folder is removed with the object."""
+
+    def __init__(self, parent: str, dim: int, dtype: torch.dtype):
+        os.makedirs(parent, exist_ok=True)
+        self.folder = tempfile.mkdtemp(prefix="lsb-mm-tower-cache-", dir=parent)
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.dim, self.np_dtype = int(dim), np.dtype("float16" if dtype == torch.float16 else "float32")
+        self.path = os.path.join(self.folder, "hidden.bin")
+        self._file = open(self.path, "wb")
+        self._offsets: Dict[int, tuple] = {}
+        self._written = 0
+        self._map: Optional[np.memmap] = None
+        self.order: List[int] = []
+
+    def add(self, key: int, rows: torch.Tensor) -> None:
+        """Append ``rows`` (``[length, dim]``) as the row of ``key``."""
+        data = rows.detach().to("cpu").numpy().astype(self.np_dtype, copy=False)
+        self._file.write(np.ascontiguousarray(data).tobytes())
+        self._offsets[key] = (self._written, data.shape[0])
+        self._written += data.shape[0]
+
+    def seal(self, keys: Sequence[int]) -> None:
+        """Close the file; row ``r`` is then the row added under ``keys[r]``."""
+        self._file.close()
+        self.order = [self._offsets[k] for k in keys]
+        self._map = np.memmap(self.path, dtype=self.np_dtype, mode="r", shape=(self._written, self.dim)) \
+            if self._written else None
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, r: int) -> torch.Tensor:
+        start, length = self.order[r]
+        if not length:
+            return torch.zeros(0, self.dim)
+        return torch.from_numpy(np.array(self._map[start:start + length]))
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._written * self.dim * self.np_dtype.itemsize
+
+
 class TowerCache:
     """Per-input rows of one locked tower; see the module docstring. Build with :meth:`build`."""
 
     def __init__(self, kind: str, items: List[str], ids: List[torch.Tensor], mask: List[torch.Tensor],
-                 hidden: Optional[List[torch.Tensor]], hidden_dim: int, pooled: torch.Tensor, summary: torch.Tensor):
+                 hidden: Optional[Union[List[torch.Tensor], DiskRows]], hidden_dim: int, pooled: torch.Tensor, summary: torch.Tensor):
         self.kind, self.items = kind, items
         self._row = {item: i for i, item in enumerate(items)}
         self._ids, self._mask, self._hidden = ids, mask, hidden
@@ -82,9 +133,19 @@ class TowerCache:
         return self._hidden is not None
 
     @property
+    def on_disk(self) -> bool:
+        """Whether the hidden states are read from a file (``disk_dir`` of :meth:`build`)."""
+        return isinstance(self._hidden, DiskRows)
+
+    @property
     def nbytes(self) -> int:
-        rows = [*self._ids, *self._mask, *(self._hidden or []), self.pooled, self.summary]
+        """Bytes held in memory (the hidden states too, unless they are on disk: :attr:`disk_bytes`)."""
+        rows = [*self._ids, *self._mask, *([] if self.on_disk else (self._hidden or [])), self.pooled, self.summary]
         return sum(t.numel() * t.element_size() for t in rows)
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._hidden.disk_bytes if self.on_disk else 0
 
     def covers(self, items: Iterable[str]) -> bool:
         """Whether every one of ``items`` has a row."""
@@ -123,11 +184,12 @@ class TowerCache:
     @torch.no_grad()
     def build(cls, model, kind: str, items: Iterable[str], keep_hidden: bool = True,
               hidden_dtype: torch.dtype = torch.float32, batch_size: int = 64, max_gb: float = 4.0,
-              num_workers: int = 0, show_progress_bar: Optional[bool] = None) -> "TowerCache":
+              num_workers: int = 0, show_progress_bar: Optional[bool] = None,
+              disk_dir: Optional[str] = None) -> "TowerCache":
         """Run every distinct input of ``items`` (texts, or image paths for ``kind="image"``)
         through ``model``'s locked ``kind`` tower once, in float32, in batches. The tower must be
         locked (no parameter with ``requires_grad``; the trainer locks it with ``--train heads``)
-        and in eval mode."""
+        and in eval mode. With ``disk_dir`` the hidden states go to disk (module docstring)."""
         from tqdm.auto import tqdm
 
         if kind not in ("text", "image"):
@@ -146,7 +208,9 @@ class TowerCache:
         limit = int(max_gb * (1 << 30))
         ids: List[torch.Tensor] = []
         mask: List[torch.Tensor] = []
-        hidden: Optional[List[torch.Tensor]] = [] if keep_hidden else None
+        dim = getattr(tower, "text_hidden_dim" if kind == "text" else "image_hidden_dim")
+        disk = DiskRows(disk_dir, dim, hidden_dtype) if keep_hidden and disk_dir else None
+        hidden: Optional[List[torch.Tensor]] = [] if keep_hidden and disk is None else None
         pooled: List[torch.Tensor] = []
         summary: List[torch.Tensor] = []
         used = 0
@@ -173,14 +237,18 @@ class TowerCache:
                 for j, i in enumerate(chunk):
                     on = f_mask[j].nonzero()
                     length = int(on[-1]) + 1 if on.numel() else 0  # trailing padding dropped
+                    h = f.hidden[j, :length].to("cpu", hidden_dtype) if keep_hidden else None
+                    if disk is not None:
+                        disk.add(i, h)
+                        h = None
                     row = (f_ids[j, :length].cpu().clone(), f_mask[j, :length].cpu().clone(),
-                           f.hidden[j, :length].to("cpu", hidden_dtype).clone() if keep_hidden else None,
-                           f.pooled[j].float().cpu(), f.summary[j].float().cpu())
+                           h.clone() if h is not None else None, f.pooled[j].float().cpu(), f.summary[j].float().cpu())
                     used += sum(t.numel() * t.element_size() for t in row if t is not None)
                     if used > limit:
                         raise InputError(f"tower cache: the {kind} outputs of {len(items)} inputs need more than "
-                                         f"{max_gb:g} GiB (reached after {len(rows)}); raise --tower-cache-gb, keep hidden "
-                                         "states in float16 (--tower-cache-dtype float16), or turn the cache off (0)")
+                                         f"{max_gb:g} GiB of memory (reached after {len(rows)}); raise --tower-cache-gb, keep "
+                                         "hidden states in float16 (--tower-cache-dtype float16) or on disk "
+                                         "(--tower-cache-dir DIR), or turn the cache off (0)")
                     rows[i] = row
         for i in range(len(items)):
             a, m, h, p, s = rows[i]
@@ -190,9 +258,12 @@ class TowerCache:
                 hidden.append(h)
             pooled.append(p)
             summary.append(s)
-        dim = getattr(tower, "text_hidden_dim" if kind == "text" else "image_hidden_dim")
-        out = cls(kind, items, ids, mask, hidden, dim, torch.stack(pooled), torch.stack(summary))
+        if disk is not None:
+            disk.seal(range(len(items)))
+        out = cls(kind, items, ids, mask, disk if disk is not None else hidden, dim, torch.stack(pooled),
+                  torch.stack(summary))
         out.build_seconds = time.perf_counter() - t0
         out.tower_digest = tower_digest(model, kind)
-        log.info("tower cache (%s): %d inputs, %.3f GiB, %.1f s", kind, len(items), out.nbytes / (1 << 30), out.build_seconds)
+        log.info("tower cache (%s): %d inputs, %.3f GiB in memory, %.3f GiB on disk, %.1f s", kind, len(items),
+                 out.nbytes / (1 << 30), out.disk_bytes / (1 << 30), out.build_seconds)
         return out
