@@ -158,6 +158,7 @@ OUTPUT/checkpoint-NNNNNN, the step log to OUTPUT/train_log.jsonl, run settings t
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .recipes import FINE_TUNE
     from .trainer import TrainConfig
 
     d = TrainConfig(model="", train_data="", output="")
@@ -202,7 +203,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corpus-negatives", action="store_true",
                    help="score every query against all training documents (exact softmax) instead of the batch's "
                         "passages; needs the document tower locked and cached (--train heads) and plain documents")
-    g.add_argument("--temperature", type=float, default=d.temperature, help="InfoNCE temperature (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="InfoNCE temperature (default: the recipe, see --lr)")
     g.add_argument("--symmetric", action="store_true", help="cross: add the image->text direction to the loss")
     g.add_argument("--cross-device-negatives", action="store_true",
                    help="with several processes, score every query against all processes' passages")
@@ -210,9 +212,13 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train", default=d.train, choices=["heads", "all"], help="train the heads only, or the towers too (default: %(default)s)")
     g.add_argument("--lock-text", action="store_true", help="with --train all: keep the text tower frozen")
     g.add_argument("--lock-image", action="store_true", help="with --train all: keep the image tower frozen")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of AdamW (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate of AdamW (default: the recipe: with --train heads, the plug-in recipe swept "
+                        "on validation for the modality and head, e.g. slr on text 1e-3; else the fine-tune default "
+                        f"{FINE_TUNE['lr']:g}; `lsb-mm recipes` lists them)")
     g.add_argument("--head-lr", type=float, default=None, help="learning rate of the heads (default: --lr)")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW weight decay of matrices (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="AdamW weight decay of matrices (default: the recipe, see --lr)")
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear warm-up steps (default: %(default)s)")
     g.add_argument("--scheduler", default=d.scheduler, choices=["cosine", "linear", "constant"], help="decay after warm-up (default: %(default)s)")
     g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="gradient clipping, 0 = off (default: %(default)s)")
@@ -424,6 +430,21 @@ def cmd_build_tasks(args) -> int:
     return 0
 
 
+def cmd_recipes(args) -> int:
+    from .recipes import FINE_TUNE, PLUGIN
+
+    rows = [{"modality": m, "head": h, "train": "heads", **r} for (m, h), r in sorted(PLUGIN.items())]
+    rows.append({"modality": "any", "head": "any", "train": "all (or no swept recipe)", **FINE_TUNE, "source": "fine-tune default"})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print("| modality | head | train | lr | temperature | weight decay | source |\n|---|---|---|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['modality']} | {r['head']} | {r['train']} | {r['lr']:g} | {r['temperature']:g} | {r['weight_decay']:g} | "
+              f"{r['source']} |")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -547,6 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--seed", type=int, default=0)
     bt.add_argument("--output", required=True, help="folder that receives one sub-folder per task")
     bt.set_defaults(func=cmd_build_tasks)
+
+    rc = sub.add_parser("recipes", help="the default lr / temperature / weight decay of `lsb-mm train`, per modality and head",
+                        description="The training defaults filled in when --lr, --temperature or --weight-decay are not "
+                                    "given: with --train heads (towers locked), the plug-in recipe that "
+                                    "scripts/sweep_heads.py chose on validation for the modality and head; otherwise "
+                                    "the fine-tune defaults.")
+    rc.add_argument("--json", action="store_true", help="print JSON instead of a markdown table")
+    rc.set_defaults(func=cmd_recipes)
 
     de = sub.add_parser("demo", help="the whole method on real data, offline, in minutes: train, index, evaluate, gallery",
                         description="Build the MiniLM + EfficientNet-Lite0 dual encoder from packaged weights, train "

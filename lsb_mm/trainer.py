@@ -56,7 +56,9 @@ RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size"
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (the CLI's options, one to one)."""
+    """Every setting of a training run (the CLI's options, one to one). ``lr``, ``temperature`` and
+    ``weight_decay`` left as None come from :func:`lsb_mm.recipes.recipe_for`: the plug-in recipe
+    swept on validation for the modality and head (``train="heads"``), else the fine-tune defaults."""
 
     model: str
     train_data: str
@@ -70,16 +72,16 @@ class TrainConfig:
     train_group_size: int = 1
     mine_negatives: bool = False
     mine_top_k: int = 30
-    temperature: float = 0.02
+    temperature: Optional[float] = None
     symmetric: bool = False
     fusion_q: Optional[bool] = None
     fusion_p: Optional[bool] = None
     train: str = "heads"
     lock_text: bool = False
     lock_image: bool = False
-    lr: float = 1e-4
+    lr: Optional[float] = None
     head_lr: Optional[float] = None
-    weight_decay: float = 0.01
+    weight_decay: Optional[float] = None
     warmup_steps: int = 0
     scheduler: str = "cosine"
     max_grad_norm: float = 1.0
@@ -112,6 +114,18 @@ class TrainConfig:
     tower_cache_dir: Optional[str] = None
     corpus_negatives: bool = False
     show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Fill lr, temperature and weight decay left as None from the recipe (:mod:`lsb_mm.recipes`):
+        the swept plug-in recipe of the modality and head with ``train="heads"``, else the fine-tune
+        defaults. ``defaults_from`` says which recipe filled something (None when all were given)."""
+        from .recipes import recipe_for
+
+        missing = [k for k in ("lr", "temperature", "weight_decay") if getattr(self, k) is None]
+        recipe = recipe_for(self.modality, self.head, self.train)
+        for k in missing:
+            setattr(self, k, recipe[k])
+        self.defaults_from = {"recipe": recipe["source"], "filled": missing} if missing else None
 
     def check(self) -> None:
         item_kinds(self.modality)
@@ -608,6 +622,7 @@ class Trainer:
         info = {"examples": len(d), "format": d.fmt, "skipped": len(d.skipped), "without_hard_negatives": d.without_negatives,
                 "world_size": self.dist.world_size, "global_batch": self.global_batch, "total_steps": self.total_steps,
                 "trainable_parameters": sum(p.numel() for p in self.params), "device": str(self.device),
+                "defaults_from": getattr(cfg, "defaults_from", None),
                 "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg),
                 "tower_cache": {k: {"inputs": len(c), "gib": round(c.nbytes / (1 << 30), 4), "hidden": c.keeps_hidden,
                                     "disk_gib": round(c.disk_bytes / (1 << 30), 4),
