@@ -448,8 +448,7 @@ def cmd_recipes(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.output, head=args.head, epochs_cross=args.epochs_cross, epochs_image=args.epochs_image,
-             max_steps=args.max_steps, limit=args.limit, stamps_root=args.stamps, seed=args.seed)
+    run_demo(args.output, head=args.head, max_steps=args.max_steps, limit=args.limit, stamps_root=args.stamps, seed=args.seed)
     return 0
 
 
@@ -588,9 +587,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--output", default="runs/demo", help="folder for results, indexes, gallery.html; an earlier demo's "
                     "folder is replaced, any other non-empty folder refused (default: %(default)s)")
     de.add_argument("--head", default="slr", choices=_head_choices(with_none=False), help="the LexSemBridge head (default: %(default)s)")
-    de.add_argument("--epochs-cross", type=int, default=8, help="epochs of text->image training (default: %(default)s)")
-    de.add_argument("--epochs-image", type=int, default=4, help="epochs of image->image training (default: %(default)s)")
-    de.add_argument("--max-steps", type=int, default=0, help="cap on steps per training (0: the epochs)")
+    de.add_argument("--max-steps", type=int, default=600,
+                    help="cap on steps per training; each stops earlier when validation stops improving (default: %(default)s)")
     de.add_argument("--limit", type=int, default=0, help="use the first N stamps only (a quick look; 0: all)")
     de.add_argument("--stamps", default=None, help="a Tux Paint stamps folder (default: the Debian package's)")
     de.add_argument("--seed", type=int, default=0)

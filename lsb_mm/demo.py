@@ -5,15 +5,18 @@
 2. The dual encoder of real packaged towers: all-MiniLM-L6-v2 (text) + EfficientNet-Lite0 with
    ImageNet weights (image), both locked, with learned projections into a shared space (LiT-style).
 3. For the baseline (``none``: projections only) and for LexSemBridge (projections + ``--head``):
-   train text->image on the training captions, and image->image on crops and same-category pairs
-   of the training stamps. The locked image tower runs once per image (feature cache).
+   train text->image on the training captions, and image->image on crops (four per stamp) and
+   same-category pairs of the training stamps, with the plug-in recipe that
+   ``scripts/sweep_heads.py`` chose on validation (:mod:`lsb_mm.recipes`): cached tower outputs,
+   corpus negatives, a validation split of the training data (20%, whole stamps), early stopping,
+   the best validation model kept.
 4. Index the held-out stamps (FAISS, saved), evaluate ``caption2image`` and the fine-grained
    ``snippet-30`` task (a crop keeping 30% of each side, random position -> its stamp) and
    ``class``; print the table; write ``results.json``, ``results.md`` and ``gallery.html`` (a few
    text->image and image->image searches, baseline beside LexSemBridge, relevant hits framed green).
 
-One seed, short training: a demonstration, not the measurement. ``scripts/repro_*.py`` give the
-3-seed numbers that the README reports.
+One seed: a demonstration, not the measurement. ``scripts/repro_plugin.py`` gives the 3-seed
+numbers of the same recipe that the README reports.
 """
 from __future__ import annotations
 
@@ -99,8 +102,8 @@ def _searches(model, index, queries: List[dict], kind: str, qrels: Dict[str, Dic
     return out
 
 
-def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8, epochs_image: int = 4,
-             batch_size: int = 32, img_size: int = 160, seed: int = 0, limit: int = 0, max_steps: int = 0,
+def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600, eval_steps: int = 50, patience: int = 3,
+             batch_size: int = 64, img_size: int = 160, seed: int = 0, limit: int = 0, crops_per_image: int = 4,
              stamps_root: Optional[str] = None, gallery_queries: int = 4) -> dict:
     """Run the demo (see the module docstring); returns the results dict also written to ``results.json``."""
     from . import Index, TrainConfig, evaluate, load_model, train
@@ -111,7 +114,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
     from .encoders import ImageFeatureCache
     from .gallery import write_gallery
     from .pretrained import dual_encoder
-    from .reproduce import query_modulation, stratified_split
+    from .reproduce import query_modulation, stratified_split, validation_record
 
     if head == "none":
         raise InputError("--head must be a LexSemBridge head (slr, llr or clr); the baseline 'none' always runs")
@@ -130,7 +133,8 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
         for s in train_set:
             f.write(json.dumps({"query": s.caption, "pos": [s.path]}) + "\n")
     image_file = os.path.join(work, "image_pairs.jsonl")
-    image_pair_training_data(link_labelled_folder(train_set, os.path.join(work, "train_stamps")), image_file, seed=seed)
+    image_pair_training_data(link_labelled_folder(train_set, os.path.join(work, "train_stamps")), image_file, seed=seed,
+                             crops=crops_per_image)
     tasks_dir = os.path.join(work, "tasks")
     cross_tasks([(s.caption, s.path) for s in test_set], tasks_dir)
     image_tasks(link_labelled_folder(test_set, os.path.join(work, "test_stamps")), tasks_dir, kinds=("class", "snippet-30"),
@@ -142,18 +146,25 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
     cache = ImageFeatureCache()
     rows = {"baseline (none)": "none", f"LexSemBridge ({head})": head}
     models: Dict[str, Dict[str, object]] = {}
+    recipes: Dict[str, Dict[str, dict]] = {}
     for label, h in rows.items():
-        models[label] = {}
-        for modality, file, epochs in (("cross", cross_file, epochs_cross), ("image", image_file, epochs_image)):
+        models[label], recipes[label] = {}, {}
+        for modality, file in (("cross", cross_file), ("image", image_file)):
             t = time.perf_counter()
             cfg = TrainConfig(model=name, model_options=options, head=h, modality=modality, train_data=file, train="heads",
-                              symmetric=modality == "cross", epochs=epochs, max_steps=max_steps,
-                              batch_size=min(batch_size, len(train_set)), lr=1e-3, head_lr=1e-3, vocab_size=256, seed=seed,
-                              output=os.path.join(work, "runs", f"{h}-{modality}"), show_progress=False, log_steps=10)
+                              symmetric=modality == "cross", corpus_negatives=True, val_fraction=0.2, eval_steps=eval_steps,
+                              patience=patience, max_steps=max_steps, batch_size=min(batch_size, len(train_set)),
+                              vocab_size=256, seed=seed, output=os.path.join(work, "runs", f"{h}-{modality}"),
+                              show_progress=False, log_steps=50, keep_checkpoints=1)
             models[label][modality] = load_model(train(cfg, feature_cache=cache))
             remove_checkpoints(cfg.output)
+            recipes[label][modality] = {"lr": cfg.lr, "temperature": cfg.temperature, "weight_decay": cfg.weight_decay,
+                                        "from": (cfg.defaults_from or {}).get("recipe"),
+                                        **(validation_record(cfg.output) or {})}
+            r = recipes[label][modality]
             _say(f"[3/5] trained {label} {'text->image' if modality == 'cross' else 'image->image'} "
-                 f"in {time.perf_counter() - t:.0f} s")
+                 f"in {time.perf_counter() - t:.0f} s (lr {cfg.lr:g}, temperature {cfg.temperature:g}; best validation "
+                 f"NDCG@10 {r.get('value', float('nan')):.3f} at step {r.get('from_step')} of {r.get('steps_run')})")
 
     results: Dict[str, dict] = {}
     modulation: Dict[str, dict] = {label: {} for label in rows}
@@ -200,7 +211,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", epochs_cross: int = 8
     write_text(os.path.join(output, "results.md"), "\n".join(md) + "\n")
     payload = {"head": head, "seconds": round(seconds, 1), "machine": m, "stamps": len(stamps), "train": len(train_set),
                "test": len(test_set), "skipped": data.skipped, "feature_cache": cache.stats(), "results": results,
-               "modulation": modulation}
+               "modulation": modulation, "recipes": recipes}
     write_text(os.path.join(output, "results.json"), json.dumps(payload, indent=2))
     _say("[5/5] results (held-out stamps; Δ = LexSemBridge - baseline):\n\n" + "\n".join(lines) + "\n")
     _say(f"gallery: {gallery_path}\nresults: {os.path.join(output, 'results.md')}, {os.path.join(output, 'results.json')}\n"

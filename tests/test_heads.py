@@ -169,8 +169,9 @@ def test_clr_normalises_its_vocabulary_vector_and_old_folders_keep_their_meaning
 
 
 def test_clr_stays_finite_over_500_plug_in_steps_at_its_lr(tmp_path):
-    """At the recipe's lr (1e-3, the sweep's winner) the normalised CLR learns for 500 steps with a
-    bounded logit scale, where the paper's unnormalised w lets the logits run away at the same lr."""
+    """At 1e-3 (above its default, the text plug-in recipe's 3e-4; see test_recipes) the normalised
+    CLR learns for 500 steps with a bounded logit scale, where the paper's unnormalised w lets the
+    logits run away at the same lr."""
     import json
     import os
     import sys
