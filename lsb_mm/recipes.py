@@ -20,6 +20,13 @@ PLUGIN: Dict[Tuple[str, str], Dict[str, object]] = {
     ("text", "llr"): {"lr": 3e-4, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_text.json"},
     ("text", "clr"): {"lr": 3e-4, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_text.json"},
     ("text", "adapter"): {"lr": 3e-4, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_text.json"},
+    # image -> image on a dual encoder's image tower (Tux Paint): lr trains the projection and the head
+    ("image", "none"): {"lr": 1e-4, "temperature": 0.05, "weight_decay": 0.01, "source": "results/sweep_image-tuxpaint.json"},
+    ("image", "slr"): {"lr": 1e-4, "temperature": 0.05, "weight_decay": 0.01, "source": "results/sweep_image-tuxpaint.json"},
+    ("image", "llr"): {"lr": 1e-4, "temperature": 0.05, "weight_decay": 0.01, "source": "results/sweep_image-tuxpaint.json"},
+    ("image", "clr"): {"lr": 1e-4, "temperature": 0.05, "weight_decay": 0.01, "source": "results/sweep_image-tuxpaint.json"},
+    ("image", "adapter"): {"lr": 3e-5, "temperature": 0.05, "weight_decay": 0.01,
+                           "source": "results/sweep_image-tuxpaint.json"},
 }
 
 

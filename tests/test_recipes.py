@@ -20,6 +20,7 @@ def test_each_plugin_recipe_is_its_sweeps_winner(key):
     assert {k: winner[k] for k in ("lr", "temperature", "weight_decay")} == \
         {k: recipe[k] for k in ("lr", "temperature", "weight_decay")}
     assert sweep["settings"]["modality"] == key[0]
+    assert set(sweep["winners"]) <= {h for m, h in PLUGIN if m == key[0]}  # every swept row has its recipe
 
 
 def test_train_config_fills_only_what_is_not_given():

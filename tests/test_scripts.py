@@ -175,6 +175,13 @@ def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minil
     md = (tmp_path / "repro_text_plugin.md").read_text()
     assert "Verdicts against `untuned`" in md and "Verdicts against `adapter`" in md
     _check_render("repro_plugin", tmp_path, "repro_text_plugin")
+    assert load("results_summary").main(["--results", str(tmp_path)]) == 0
+    summary = json.load(open(tmp_path / "summary.json"))
+    text = next(e for e in summary["settings"] if e["file"] == "repro_text_plugin.json")
+    assert text["best_head"] == "slr" and text["baseline"] == "untuned" and text["target_met_on"] == []
+    assert {r["task"] for r in text["rows"]} == {"query", "keyword", "pop-16", "pop-32"}
+    assert all(e["status"] == "not run" for e in summary["settings"] if e is not text)
+    assert "Target **not met**" in (tmp_path / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("modality", ["image", "cross"])
