@@ -27,6 +27,12 @@ PLUGIN: Dict[Tuple[str, str], Dict[str, object]] = {
     ("image", "clr"): {"lr": 1e-4, "temperature": 0.05, "weight_decay": 0.01, "source": "results/sweep_image-tuxpaint.json"},
     ("image", "adapter"): {"lr": 3e-5, "temperature": 0.05, "weight_decay": 0.01,
                            "source": "results/sweep_image-tuxpaint.json"},
+    # text -> image on a dual encoder (Tux Paint captions -> stamps): lr trains both projections and the heads
+    ("cross", "none"): {"lr": 3e-3, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_cross.json"},
+    ("cross", "slr"): {"lr": 3e-3, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_cross.json"},
+    ("cross", "llr"): {"lr": 1e-2, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_cross.json"},
+    ("cross", "clr"): {"lr": 1e-3, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_cross.json"},
+    ("cross", "adapter"): {"lr": 1e-2, "temperature": 0.02, "weight_decay": 0.01, "source": "results/sweep_cross.json"},
 }
 
 

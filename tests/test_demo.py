@@ -30,6 +30,13 @@ def test_demo_small(tmp_path, minilm_path):
     mods = res["modulation"]["LexSemBridge (llr)"]
     assert set(mods) == {"caption2image", "snippet-30-random"} and all(m["max_over_min"] >= 1 for m in mods.values())
     assert res["modulation"]["baseline (none)"] == {} and "Modulation of LexSemBridge (llr)" in (out / "results.md").read_text()
+    from lsb_mm.recipes import PLUGIN
+
+    for label, head in (("baseline (none)", "none"), ("LexSemBridge (llr)", "llr")):  # the swept plug-in recipes
+        for modality in ("cross", "image"):
+            used = res["recipes"][label][modality]
+            assert used["from"] == PLUGIN[(modality, head)]["source"] and used["lr"] == PLUGIN[(modality, head)]["lr"]
+            assert used["from_step"] in (0, 1) and used["metric"] == "ndcg@10"  # the best validation model is kept
     for name in ("index-none", "index-llr"):
         assert len(lsb_mm.Index.load(str(out / name))) == res["test"]
 
