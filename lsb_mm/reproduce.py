@@ -17,7 +17,7 @@ import numpy as np
 
 from .datasets.splits import stratified_split
 
-__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "plugin_experiment",
+__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
            "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
@@ -179,6 +179,16 @@ def add_plugin_data_args(ap) -> None:
     ap.add_argument("--crops-per-image", type=int, default=4, help="image: crop -> image training pairs per training image")
     ap.add_argument("--embed-dim", type=int, default=256, help="image, cross: the projections' shared space (default: %(default)s)")
     ap.add_argument("--vocab-size", type=int, default=256, help="image, cross: visual words (default: %(default)s)")
+
+
+def add_run_args(ap, work: str) -> None:
+    """Validation, output and ``--render`` options shared by the sweep and the reproductions."""
+    ap.add_argument("--patience", type=int, default=3, help="stop after N evaluations without a gain (default: %(default)s)")
+    ap.add_argument("--val-fraction", type=float, default=0.2,
+                    help="training examples (whole documents) held out as validation (default: %(default)s)")
+    ap.add_argument("--work", default=None, help=f"data, models and logs (default: {work})")
+    ap.add_argument("--out", default="results", help="where the JSON / markdown go (default: %(default)s)")
+    ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved result JSON (no training)")
 
 
 def plugin_experiment(args, work: str) -> PluginExperiment:

@@ -38,7 +38,7 @@ from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # n
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
-from lsb_mm.reproduce import (PLUGIN_HEADS, add_plugin_data_args, head_tables, machine_line, plugin_config,  # noqa: E402
+from lsb_mm.reproduce import (PLUGIN_HEADS, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
                               plugin_experiment, plugin_references, query_modulation, summarize,
                               validation_record)
 
@@ -73,11 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-steps", type=int, default=600)
     ap.add_argument("--eval-steps", type=int, default=50)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--val-fraction", type=float, default=0.2)
-    ap.add_argument("--work", default=None, help="data, models and logs (default: runs/repro_<key>_plugin)")
-    ap.add_argument("--out", default="results")
-    ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved result JSON")
+    add_run_args(ap, "runs/repro_<key>_plugin")
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)

@@ -35,7 +35,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.reproduce import PLUGIN_HEADS, add_plugin_data_args, plugin_config, plugin_experiment  # noqa: E402
+from lsb_mm.reproduce import PLUGIN_HEADS, add_plugin_data_args, add_run_args, plugin_config, plugin_experiment  # noqa: E402
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
 
 METRIC = "ndcg@10"
@@ -68,12 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-steps", type=int, default=600)
     ap.add_argument("--eval-steps", type=int, default=50)
-    ap.add_argument("--patience", type=int, default=3)
-    ap.add_argument("--val-fraction", type=float, default=0.2)
+    add_run_args(ap, "runs/sweep_<key>")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--work", default=None, help="data, models and logs (default: runs/sweep_<key>)")
-    ap.add_argument("--out", default="results", help="where sweep_<modality>/ and the summary go")
-    ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved summary")
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)

@@ -212,3 +212,32 @@ def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_
     md = (tmp_path / f"repro_{key}_plugin.md").read_text()
     assert "Verdicts against `none`" in md and "Verdicts against `adapter`" in md
     _check_render("repro_plugin", tmp_path, f"repro_{key}_plugin")
+
+
+def test_dual_encoder_fine_tune_after_the_plug_in_stage_small(tmp_path, minilm_path):
+    """Stage 1 = the plug-in run; stage 2 starts from its model with every tower unlocked, on the
+    same validation split (its step-0 score is stage 1's best), mined negatives; runs resume."""
+    sweep = {"winners": {"none": "a", "slr": "b"},
+             "runs": [{"name": "a", "lr": 1e-3, "temperature": 0.02, "weight_decay": 0.01, "best": {"ndcg@10": 0.1}},
+                      {"name": "b", "lr": 1e-3, "temperature": 0.05, "weight_decay": 0.0, "best": {"ndcg@10": 0.1}}]}
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    argv = ["--modality", "cross", "--limit", "60", "--embed-dim", "32", "--vocab-size", "16", "--heads", "none", "slr",
+            "--seeds", "0", "--plugin-max-steps", "4", "--max-steps", "2", "--eval-steps", "1", "--batch-size", "8",
+            "--plugin-batch-size", "8", "--recipe", str(tmp_path / "sweep.json"), "--work", str(tmp_path / "w"),
+            "--out", str(tmp_path)]
+    assert load("repro_finetune").main(argv) == 0
+    res = _check_repro(tmp_path / "repro_cross_finetune.json", ["untrained", "none", "slr", "slr (head off)"],
+                       ["caption2image", "image2caption"])
+    runs = tmp_path / "w" / "runs"
+    for head in ("none", "slr"):
+        first, second = (json.load(open(runs / f"{head}-seed0{s}" / "run_info.json"))["config"] for s in ("-plugin", ""))
+        assert first["train"] == "heads" and first["corpus_negatives"] and first["temperature"] == second["temperature"]
+        assert second["train"] == "all" and second["mine_negatives"] and second["model"] == str(runs / f"{head}-seed0-plugin" / "final")
+        evals = [[json.loads(line) for line in open(runs / f"{head}-seed0{s}" / "train_log.jsonl")] for s in ("-plugin", "")]
+        best_first = max(r["eval"]["ndcg@10"] for r in evals[0] if "eval" in r)
+        assert next(r["eval"]["ndcg@10"] for r in evals[1] if "eval" in r and r["step"] == 0) == pytest.approx(best_first)
+    assert all(len(r["stage_seconds"]) == 2 for r in res["runs"])
+    assert "Stage 2: every tower unlocked" in (tmp_path / "repro_cross_finetune.md").read_text()
+    _check_render("repro_finetune", tmp_path, "repro_cross_finetune")
+    assert load("repro_finetune").main(argv) == 0  # resumes from the per-run JSONs
+    assert json.load(open(tmp_path / "repro_cross_finetune.json"))["summary"] == res["summary"]
