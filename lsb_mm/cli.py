@@ -238,6 +238,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="continue exactly from the latest checkpoint in --output, or from the given checkpoint folder")
     g.add_argument("--eval-data", default=None, help="held-out validation data (same formats): NDCG@k, MRR@k, Recall@k, "
                    "success@k in the log")
+    g.add_argument("--eval-distractors", action="store_true",
+                   help="with --eval-data: validation queries search their documents among every training document "
+                        "too (as with --val-fraction), so that a small validation corpus does not saturate")
     g.add_argument("--val-fraction", type=float, default=d.val_fraction,
                    help="hold out this share of the training examples as validation instead (whole positive documents; "
                         "they are searched among all training documents)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .datasets.splits import stratified_split
 
-__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
+__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
            "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
@@ -60,6 +60,10 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
 
     def train_stage(cfg) -> str:
         nonlocal shared
+        done = finished_run(cfg)
+        if done:  # e.g. stage 1 of a run whose stage 2 is being redone
+            log(f"{cfg.output}: finished with the same settings, reused")
+            return done
         trainer = Trainer(cfg, feature_cache, tower_caches=shared)
         final = trainer.train()
         if share_tower_caches and then is None and shared is None and trainer.tower_caches:
@@ -109,6 +113,26 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     return rows, runs
 
 
+def finished_run(cfg) -> Optional[str]:
+    """``<output>/final`` of a training run that finished with the same result-relevant settings
+    (:data:`lsb_mm.trainer.RESUME_FIXED` and the head) as ``cfg``, else None."""
+    import json
+    import os
+
+    from .serialization import CONFIG_NAME
+    from .trainer import FINAL_DIR, RESUME_FIXED, TrainConfig
+
+    final, info = os.path.join(cfg.output, FINAL_DIR), os.path.join(cfg.output, "run_info.json")
+    if not (os.path.isfile(os.path.join(final, CONFIG_NAME)) and os.path.isfile(info)):
+        return None
+    with open(info, encoding="utf-8") as f:
+        saved = json.load(f).get("config", {})
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # keys older runs did not record
+    same = all(saved.get(k, defaults.get(k)) == now.get(k) for k in (*RESUME_FIXED, "head"))
+    return final if same else None
+
+
 def validation_record(output: str) -> Optional[Dict[str, Any]]:
     """What a training run in ``output`` kept: ``{"from_step", "metric", "value", "steps_run"}`` of its
     best validation evaluation (None for a run without validation)."""
@@ -132,7 +156,8 @@ def plugin_config(args, head: str, train_file: str, output: str, lr: float, temp
     everything that trains: the heads, and a dual encoder's projections (image, cross). ``args``
     gives ``model``, ``model_options`` (or None), ``batch_size``, ``max_steps``, ``eval_steps``,
     ``patience``, ``val_fraction`` and, for image / cross, ``vocab_size``; cross is symmetric. With
-    ``eval_data`` (a validation JSONL) nothing is carved from the training data."""
+    ``eval_data`` (a validation JSONL) nothing is carved from the training data; its queries search
+    among the training documents too, as a carved validation's do."""
     from .trainer import TrainConfig
 
     extra = {} if modality == "text" else {"vocab_size": args.vocab_size, "symmetric": modality == "cross"}
@@ -140,7 +165,8 @@ def plugin_config(args, head: str, train_file: str, output: str, lr: float, temp
                        train_data=train_file, output=output, modality=modality, train="heads", corpus_negatives=True,
                        lr=lr, head_lr=lr, temperature=temperature, weight_decay=weight_decay, batch_size=args.batch_size,
                        max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,
-                       val_fraction=0.0 if eval_data else args.val_fraction, eval_data=eval_data, seed=seed, log_steps=50,
+                       val_fraction=0.0 if eval_data else args.val_fraction, eval_data=eval_data,
+                       eval_distractors=bool(eval_data), seed=seed, log_steps=50,
                        keep_checkpoints=1, show_progress=False, **extra)
 
 

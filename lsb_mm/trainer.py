@@ -47,7 +47,8 @@ BEST_DIR = "best"
 LOG_NAME = "train_log.jsonl"
 # settings that must not change between a run and its resumption, or the result would differ
 RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
-                "corpus_negatives", "tower_cache_dtype", "val_fraction", "eval_data", "eval_steps", "best_metric",
+                "corpus_negatives", "tower_cache_dtype", "val_fraction", "eval_data", "eval_distractors", "eval_steps",
+                "best_metric",
                 "keep_best", "patience",
                 "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
                 "mine_negatives", "mine_top_k", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay",
@@ -96,6 +97,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: Optional[str] = None
     eval_data: Optional[str] = None
+    eval_distractors: bool = False
     val_fraction: float = 0.0
     eval_steps: int = 0
     best_metric: str = "ndcg@10"
@@ -148,6 +150,8 @@ class TrainConfig:
             (self.log_steps >= 1, f"log_steps must be >= 1 (log every N steps), got {self.log_steps}"),
             (0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
             (not (self.val_fraction and self.eval_data), "give eval_data or val_fraction, not both"),
+            (not self.eval_distractors or self.eval_data, "eval_distractors applies to eval_data (val_fraction always "
+                                                          "searches among the training documents)"),
             (self.patience >= 0, f"patience must be >= 0 (0 = no early stopping), got {self.patience}"),
             (self.best_metric.split("@")[0] in ("ndcg", "mrr", "recall", "success")
              and self.best_metric.partition("@")[2] in ("1", "5", "10"),
@@ -219,6 +223,7 @@ class Trainer:
         self.eval_distractors: List[str] = []
         if cfg.val_fraction:  # validation carved from the training data: whole positive documents go to one side
             self.data, self.eval_data = split_validation(self.data, cfg.val_fraction, cfg.seed)
+        if cfg.val_fraction or (cfg.eval_data and cfg.eval_distractors):
             # the held-out queries search their documents among every training document too
             self.eval_distractors = list(dict.fromkeys(p for e in self.data.examples for p in e.pos))
         self.best: Dict[str, Any] = {"metric": cfg.best_metric, "value": None, "step": None, "bad_evals": 0}

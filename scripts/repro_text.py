@@ -98,12 +98,16 @@ def main(argv=None) -> int:
     untuned = lsb_mm.create_model(args.model, head="none")
     one_file, every_file, folders, data_info = build_data(args, untuned)
     rows = {"untuned": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)], "BM25": [bm25_results(folders)]}
+    if args.converge_heads and not args.val_fraction:
+        ap.error("--converge-heads stops on validation pages: give --val-fraction > 0 (or --no-converge-heads)")
     recipe = recipes(args.recipe, [h for h in args.heads if h != "none"]) if args.converge_heads else {}
 
     splits = {}
 
     def split(seed: int):
         """(fine-tune file, second-stage file, validation file) of a seed: its validation pages left out."""
+        if seed not in splits and not args.val_fraction:  # every training page trains (no stage 2 then)
+            splits[seed] = one_file, every_file, None
         if seed not in splits:
             (every_train, val), (one_train, _) = split_jsonl_by_document([every_file, one_file], os.path.join(
                 args.work, f"split-seed{seed}"), args.val_fraction, seed)

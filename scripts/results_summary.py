@@ -90,15 +90,15 @@ def summarise(results: str) -> dict:
 
 def compact(payload: dict) -> list:
     """One line per (modality, setting, task): the table the README shows."""
-    lines = ["| modality | setting | best head | task | head | baseline | adapter | Δ vs baseline (p) | Δ vs adapter (p) | "
-             "max/min a |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| modality | setting | best head | task | head NDCG@10 / R@1 / R@10 | baseline | adapter | "
+             "Δ NDCG@10 vs baseline (p) | Δ vs adapter (p) | max/min a |", "|---|---|---|---|---|---|---|---:|---:|---:|"]
     for e in payload["settings"]:
         if e["status"] != "run":
             lines.append(f"| {e['modality']} | {e['setting']} | not run yet | | | | | | | |")
             continue
         head, base = e["best_head"], e["baseline"]
         for r in e["rows"]:
-            cells = [f"{r[w]['ndcg@10'][0]:.3f}" if r.get(w) else "–" for w in (head, base, "adapter")]
+            cells = [" / ".join(f"{r[w][m][0]:.3f}" for m in METRICS) if r.get(w) else "–" for w in (head, base, "adapter")]
             vs = [f"{r[k]['diff']:+.3f} ({r[k]['p']:.2g})" if r.get(k) else "–" for k in (f"vs {base}", "vs adapter")]
             star = " **✓**" if r["task"] in e["target_met_on"] else ""
             mod = f"{e['modulation']:.2f}" if e["modulation"] else "–"
@@ -111,8 +111,7 @@ def render(payload: dict) -> list:
     lines = ["# Every setting: the best head (chosen on validation) against the baseline and the linear adapter", "",
              f"Test NDCG@10 / R@1 / R@10, mean over seeds; Δ NDCG@10 with Welch's p. Target: the best head ahead of both "
              f"by ≥ +{payload['target']:.3f} NDCG@10 with p < {payload['alpha']} on the target tasks (**✓** where met). "
-             "NDCG@10 in the compact table; baseline = `none`, or the locked encoder (`untuned`) in the text plug-in "
-             "setting.", ""] + compact(payload) + [""]
+             "Baseline = `none`, or the locked encoder (`untuned`) in the text plug-in setting.", ""] + compact(payload) + [""]
     for e in payload["settings"]:
         lines += [f"## {e['modality']}, {e['setting']}", ""]
         if e["status"] != "run":

@@ -218,6 +218,21 @@ def test_validation_split_keeps_documents_apart():
         split_validation(TrainData(ex[:3], "text", "jsonl"), 0.5, seed=0)  # one document: nothing to split
 
 
+def test_explicit_validation_can_search_among_the_training_documents(tmp_path, data, tiny_hf_dir):
+    """--eval-distractors: held-out queries meet every training document, as a carved validation's do."""
+    from lsb_mm.datasets.splits import split_jsonl_by_document
+
+    (train_part, held), = split_jsonl_by_document([data["text"]], str(tmp_path / "split"), 0.25, seed=0)
+    kw = dict(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=train_part,
+              eval_data=held, output=str(tmp_path / "o"), batch_size=8, max_steps=2, show_progress=False)
+    plain, among = Trainer(TrainConfig(**kw)), Trainer(TrainConfig(eval_distractors=True, **kw))
+    docs = {p for e in among.data.examples for p in e.pos}
+    assert plain.eval_distractors == [] and set(among.eval_distractors) == docs and docs
+    assert not docs & {p for e in among.eval_data.examples for p in e.pos}  # held-out documents are apart
+    with pytest.raises(InputError, match="eval_distractors applies to eval_data"):
+        TrainConfig(**{**kw, "eval_data": None, "val_fraction": 0.2, "eval_distractors": True}).check()
+
+
 def test_best_validation_model_is_kept_and_patience_stops(tmp_path, data, tiny_hf_dir):
     out = tmp_path / "run"
     base = dict(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=data["text"],

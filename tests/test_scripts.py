@@ -113,10 +113,26 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     md = (tmp_path / "repro_text.md").read_text()
     assert "| untuned |" in md and "Verdicts" in md and "Stage 2" in md
     _check_render("repro_text", tmp_path, "repro_text")
+    assert second["config"]["eval_distractors"]  # validation pages searched among the training pages
     before = os.path.getmtime(tmp_path / "repro_text" / "slr-seed0.json")
     assert load("repro_text").main(argv) == 0  # resumes: the finished runs are read back, not redone
     assert os.path.getmtime(tmp_path / "repro_text" / "slr-seed0.json") == before
     assert json.load(open(tmp_path / "repro_text.json"))["summary"] == res["summary"]
+    # a run whose stage 2 is redone reuses its finished stage 1 (same settings) instead of training it again
+    import shutil
+
+    (tmp_path / "repro_text" / "slr-seed0.json").unlink()
+    shutil.rmtree(tmp_path / "w" / "runs" / "slr-seed0-converged")
+    stage1 = os.path.getmtime(tmp_path / "w" / "runs" / "slr-seed0" / "final" / "lsb_config.json")
+    assert load("repro_text").main(argv) == 0
+    assert os.path.getmtime(tmp_path / "w" / "runs" / "slr-seed0" / "final" / "lsb_config.json") == stage1
+    assert (tmp_path / "w" / "runs" / "slr-seed0-converged" / "final").is_dir()
+    from lsb_mm.reproduce import finished_run
+    from lsb_mm.trainer import TrainConfig
+
+    saved = json.load(open(tmp_path / "w" / "runs" / "slr-seed0" / "run_info.json"))["config"]
+    assert finished_run(TrainConfig(**saved)) == str(tmp_path / "w" / "runs" / "slr-seed0" / "final")
+    assert finished_run(TrainConfig(**{**saved, "lr": saved["lr"] * 2})) is None  # other settings: trained again
 
 
 def test_repro_cross_small(tmp_path, minilm_path):
