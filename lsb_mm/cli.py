@@ -200,6 +200,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mine-negatives", action="store_true",
                    help="mine hard negatives each epoch with the current model (FAISS over the positives' pool)")
     g.add_argument("--mine-top-k", type=int, default=d.mine_top_k, help="mined negatives kept per query (default: %(default)s)")
+    g.add_argument("--freeze-bn-stats", action="store_true",
+                   help="keep batch-norm running statistics of trained towers fixed (eval mode; their affine weights "
+                        "still train): small batches of unfamiliar images otherwise shift them at every step")
     g.add_argument("--corpus-negatives", action="store_true",
                    help="score every query against all training documents (exact softmax) instead of the batch's "
                         "passages; needs the document tower locked and cached (--train heads) and plain documents")

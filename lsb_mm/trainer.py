@@ -47,7 +47,7 @@ BEST_DIR = "best"
 LOG_NAME = "train_log.jsonl"
 # settings that must not change between a run and its resumption, or the result would differ
 RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
-                "corpus_negatives", "tower_cache_dtype", "val_fraction", "eval_data", "eval_distractors", "eval_steps",
+                "corpus_negatives", "freeze_bn_stats", "tower_cache_dtype", "val_fraction", "eval_data", "eval_distractors", "eval_steps",
                 "best_metric",
                 "keep_best", "patience",
                 "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
@@ -115,6 +115,7 @@ class TrainConfig:
     tower_cache_dtype: str = "float32"
     tower_cache_dir: Optional[str] = None
     corpus_negatives: bool = False
+    freeze_bn_stats: bool = False
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -599,10 +600,15 @@ class Trainer:
 
     def _train_mode(self) -> None:
         """Train mode (dropout) for every module with something to train and for the parameter-free
-        modules (dropout) inside them; a module whose parameters are all frozen stays in eval."""
+        modules (dropout) inside them; a module whose parameters are all frozen stays in eval. With
+        ``freeze_bn_stats`` batch-norm layers stay in eval too (running statistics kept, affine
+        weights still trained)."""
         def visit(module: torch.nn.Module) -> None:
             params = list(module.parameters())
             if params and not any(p.requires_grad for p in params):
+                module.eval()
+                return
+            if self.cfg.freeze_bn_stats and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
                 return
             module.training = True

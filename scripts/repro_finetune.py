@@ -11,7 +11,8 @@ the sweep's recipe for the row, corpus negatives, early stopping on a validation
 the training data: its projections and head trained to convergence). Stage 2 unlocks every tower
 (``--train all``: MiniLM and EfficientNet-Lite0 too) and trains the whole model on the same
 training data for ``--epochs`` with ``--group-size - 1`` hard negatives mined each epoch by the
-current model, at ``--lr`` (towers and projections) and ``--head-lr`` (heads), on the same
+current model, at ``--lr`` (towers and projections) and ``--head-lr`` (heads), batch-norm
+statistics kept (``--freeze-bn-stats``), on the same
 validation split (same seed), evaluated every ``--eval-steps`` with early stopping; the best
 validation model of stage 2 (its step 0 is stage 1's model) is tested. Every row (``none``, the
 heads, the ``adapter`` control) runs both stages with the same settings.
@@ -56,6 +57,9 @@ def main(argv=None) -> int:
                     help="stage 2: passages per query, the positive + N-1 mined hard negatives (default: %(default)s)")
     ap.add_argument("--lr", type=float, default=1e-5, help="stage 2: towers and projections (default: %(default)s)")
     ap.add_argument("--head-lr", type=float, default=1e-4, help="stage 2: heads (default: %(default)s)")
+    ap.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=True,
+                    help="stage 2: keep EfficientNet's batch-norm statistics (default: on; batches of 32 stamps "
+                         "otherwise shift them: validation NDCG@10 0.228 -> 0.091 in 10 steps at lr 1e-5)")
     ap.add_argument("--eval-steps", type=int, default=10, help="validation every N steps, both stages use its split")
     add_run_args(ap, "runs/repro_<key>_finetune")
     args = ap.parse_args(argv)
@@ -89,7 +93,8 @@ def main(argv=None) -> int:
                                   max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
                                   temperature=r["temperature"], weight_decay=r["weight_decay"],
                                   train_group_size=args.group_size, mine_negatives=args.group_size > 1, seed=seed,
-                                  feature_cache_gb=0, output=os.path.join(args.work, "runs", f"{head}-seed{seed}"),
+                                  feature_cache_gb=0, freeze_bn_stats=args.freeze_bn_stats,
+                                  output=os.path.join(args.work, "runs", f"{head}-seed{seed}"),
                                   log_steps=10, keep_checkpoints=1, show_progress=False)
 
     grid, runs = run_grid(plugin, args.heads, args.seeds, exp.folders, feature_cache=images, then=unlocked,
@@ -114,7 +119,8 @@ def render(payload: dict) -> list:
              f"{args.plugin_max_steps} steps, batch {args.plugin_batch_size}). Stage 2: every tower unlocked, "
              f"{args.epochs} epoch(s){f' / {args.max_steps} steps' if args.max_steps else ''}, batch {args.batch_size}, "
              f"{args.group_size - 1} mined hard negative(s) per query, lr {args.lr:g} (towers, projections), head lr "
-             f"{args.head_lr:g}. {info['train_examples']} training pairs, {args.val_fraction:g} of them (whole documents) "
+             f"{args.head_lr:g}{', batch-norm statistics frozen' if getattr(args, 'freeze_bn_stats', False) else ''}. "
+             f"{info['train_examples']} training pairs, {args.val_fraction:g} of them (whole documents) "
              f"held out as validation per seed, the same split in both stages; evaluation every {args.eval_steps} steps, "
              f"patience {args.patience}; the best stage-2 model on validation NDCG@10 is tested. Seeds {args.seeds}.", "",
              "| head | seed | stage 1 s | stage 2 s | best stage-2 step | steps run | validation NDCG@10 | max/min a |",

@@ -323,3 +323,20 @@ def test_explain_names_tokens_of_the_query(tmp_path, data, tiny_hf_dir):
     assert got["tokens"] and got["tokens"][0]["token"].startswith("visual word")
     r = cli("explain", "--model", "open_clip:lsb-tiny-test", "--head", "adapter", "--text", "x", check=False)
     assert r.returncode == 2 and "no token-aware modulation" in r.stderr
+
+
+def test_frozen_batch_norm_statistics_stay_while_the_tower_trains(tmp_path, data, tiny_hf_dir):
+    import torch.nn as nn
+
+    for freeze in (True, False):
+        t = _trainer(tmp_path, data, tiny_hf_dir, "image", "resnet", "none", {"model_options": {"img_size": 32}},
+                     train="all", freeze_bn_stats=freeze, lr=1e-2)
+        bns = [m for m in t.model.modules() if isinstance(m, nn.BatchNorm2d)]
+        before = [m.running_mean.clone() for m in bns]
+        weights = [m.weight.detach().clone() for m in bns]
+        t._train_mode()
+        assert bns and all(m.training != freeze for m in bns)
+        t.compute_loss(t.micro_batch(0, 0)).backward()
+        t.optimizer_step()
+        assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bns)) == freeze
+        assert not all(torch.equal(w, m.weight) for w, m in zip(weights, bns))  # affine weights train either way

@@ -248,7 +248,8 @@ def test_dual_encoder_fine_tune_after_the_plug_in_stage_small(tmp_path, minilm_p
     for head in ("none", "slr"):
         first, second = (json.load(open(runs / f"{head}-seed0{s}" / "run_info.json"))["config"] for s in ("-plugin", ""))
         assert first["train"] == "heads" and first["corpus_negatives"] and first["temperature"] == second["temperature"]
-        assert second["train"] == "all" and second["mine_negatives"] and second["model"] == str(runs / f"{head}-seed0-plugin" / "final")
+        assert second["train"] == "all" and second["mine_negatives"] and second["freeze_bn_stats"]
+        assert second["model"] == str(runs / f"{head}-seed0-plugin" / "final")
         evals = [[json.loads(line) for line in open(runs / f"{head}-seed0{s}" / "train_log.jsonl")] for s in ("-plugin", "")]
         best_first = max(r["eval"]["ndcg@10"] for r in evals[0] if "eval" in r)
         assert next(r["eval"]["ndcg@10"] for r in evals[1] if "eval" in r and r["step"] == 0) == pytest.approx(best_first)
