@@ -47,9 +47,8 @@ BEST_DIR = "best"
 LOG_NAME = "train_log.jsonl"
 # settings that must not change between a run and its resumption, or the result would differ
 RESUME_FIXED = ("model", "model_options", "train_data", "modality", "batch_size", "train_group_size", "grad_accum", "seed",
-                "corpus_negatives", "freeze_bn_stats", "tower_cache_dtype", "val_fraction", "eval_data", "eval_distractors", "eval_steps",
-                "best_metric",
-                "keep_best", "patience",
+                "corpus_negatives", "freeze_bn_stats", "tower_cache_dtype", "val_fraction", "eval_data",
+                "eval_distractors", "eval_steps", "best_metric", "keep_best", "patience",
                 "temperature", "train", "lock_text", "lock_image", "cross_device_negatives", "symmetric",
                 "mine_negatives", "mine_top_k", "lr", "head_lr", "scheduler", "warmup_steps", "weight_decay",
                 "max_grad_norm", "precision", "max_steps", "epochs")
