@@ -17,7 +17,7 @@ import numpy as np
 
 from .datasets.splits import stratified_split
 
-__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
+__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "settings_differ", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
            "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
@@ -45,6 +45,7 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     import os
 
     from .checkpoint import remove_checkpoints
+    from .errors import InputError
     from .evaluation import CorpusCache, evaluate
     from .factory import load_model
     from .files import write_text
@@ -58,38 +59,45 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     if runs_dir:
         os.makedirs(runs_dir, exist_ok=True)
 
-    def train_stage(cfg) -> str:
+    def train_stage(cfg, reuse: bool = True) -> Tuple[str, bool]:
+        """(final folder, whether a finished run with the same settings was reused)."""
         nonlocal shared
-        done = finished_run(cfg)
+        done = finished_run(cfg) if reuse else None
         if done:  # e.g. stage 1 of a run whose stage 2 is being redone
             log(f"{cfg.output}: finished with the same settings, reused")
-            return done
+            return done, True
         trainer = Trainer(cfg, feature_cache, tower_caches=shared)
         final = trainer.train()
         if share_tower_caches and then is None and shared is None and trainer.tower_caches:
             shared = trainer.tower_caches
         if not keep_checkpoints:  # the final model folder stays; checkpoints repeat it with optimizer state
             remove_checkpoints(cfg.output)
-        return final
+        return final, False
 
     for seed in seeds:
         for head in order:
             saved = os.path.join(runs_dir, f"{head}-seed{seed}.json") if runs_dir else None
+            cfg = config(head, seed)
             if saved and os.path.isfile(saved):
                 with open(saved, encoding="utf-8") as f:
                     done = json.load(f)
+                differ = settings_differ(done.get("config") or {}, cfg)
+                if differ:
+                    raise InputError(f"{saved} was trained with other settings ({', '.join(differ)}); delete it to "
+                                     "train again, or write to another --out")
                 for name, res in done.pop("rows").items():
                     rows.setdefault(name, []).append(res)
                 runs.append(done)
                 continue
             t0 = time.perf_counter()
-            cfg = config(head, seed)
-            final = train_stage(cfg)
+            first = cfg
+            final, reused = train_stage(cfg)
             second = then(head, seed, final) if then is not None else None
-            stage_seconds = [round(time.perf_counter() - t0, 1)]
-            if second is not None:
-                cfg, final = second, train_stage(second)
+            stage_seconds, stages_reused = [round(time.perf_counter() - t0, 1)], [reused]
+            if second is not None:  # a retrained first stage makes any earlier second stage stale
+                (final, reused), cfg = train_stage(second, reuse=reused), second
                 stage_seconds.append(round(time.perf_counter() - t0 - stage_seconds[0], 1))
+                stages_reused.append(reused)
             t_train = time.perf_counter() - t0
             model = load_model(final)
             mine: Dict[str, dict] = {}
@@ -103,6 +111,7 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
             for name, r in mine.items():
                 rows.setdefault(name, []).append(r)
             run = {"head": head, "seed": seed, "train_seconds": round(t_train, 1), "stage_seconds": stage_seconds,
+                   "stages_reused": stages_reused, "config": json.loads(json.dumps(dataclasses.asdict(first))),
                    "output": cfg.output, "validation": validation_record(cfg.output),
                    "metrics": {t: r["metrics"] for t, r in res["tasks"].items()}, "modulation": modulation}
             runs.append(run)
@@ -113,24 +122,51 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     return rows, runs
 
 
+def settings_differ(saved: Dict[str, Any], cfg) -> List[str]:
+    """The result-relevant settings (:data:`lsb_mm.trainer.RESUME_FIXED`, the head, the visual
+    vocabulary, fusion, pooling) in which a saved config (``dataclasses.asdict`` of a
+    :class:`~lsb_mm.TrainConfig`, as JSON) differs from ``cfg``; a key an older run did not record
+    counts as its default."""
+    import json
+
+    from .trainer import RESUME_FIXED, TrainConfig
+
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    keys = (*RESUME_FIXED, "head", "vocab_size", "fit_codebook", "fusion_q", "fusion_p", "pooling", "image_root")
+    return [k for k in keys if saved.get(k, defaults.get(k)) != now.get(k)]
+
+
 def finished_run(cfg) -> Optional[str]:
-    """``<output>/final`` of a training run that finished with the same result-relevant settings
-    (:data:`lsb_mm.trainer.RESUME_FIXED` and the head) as ``cfg``, else None."""
+    """``<output>/final`` of a training run that finished (its log ends with the ``final`` record
+    of that run: the log is emptied when a run starts) with the same result-relevant settings as
+    ``cfg`` (:func:`settings_differ`) on a training file of the same content, else None."""
     import json
     import os
 
+    from .files import iter_jsonl
     from .serialization import CONFIG_NAME
-    from .trainer import FINAL_DIR, RESUME_FIXED, TrainConfig
+    from .trainer import FINAL_DIR, LOG_NAME
 
     final, info = os.path.join(cfg.output, FINAL_DIR), os.path.join(cfg.output, "run_info.json")
-    if not (os.path.isfile(os.path.join(final, CONFIG_NAME)) and os.path.isfile(info)):
+    log_path = os.path.join(cfg.output, LOG_NAME)
+    if not all(os.path.isfile(p) for p in (os.path.join(final, CONFIG_NAME), info, log_path)):
         return None
+    if not any("final" in rec for _, rec in iter_jsonl(log_path)):
+        return None  # interrupted: the final folder, if any, is an older run's
     with open(info, encoding="utf-8") as f:
-        saved = json.load(f).get("config", {})
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # keys older runs did not record
-    same = all(saved.get(k, defaults.get(k)) == now.get(k) for k in (*RESUME_FIXED, "head"))
-    return final if same else None
+        saved = json.load(f)
+    if settings_differ(saved.get("config", {}), cfg) or saved.get("train_file") != _file_stamp(cfg.train_data):
+        return None
+    return final
+
+
+def _file_stamp(path: str) -> Optional[str]:
+    import os
+
+    from .files import file_sha256
+
+    return file_sha256(path) if path and os.path.isfile(path) else None
 
 
 def validation_record(output: str) -> Optional[Dict[str, Any]]:

@@ -33,7 +33,7 @@ from .encoders.base import ImageFeatures, TextFeatures
 from .encoders.feature_cache import ImageFeatureCache, image_tower_frozen
 from .encoders.tower_cache import TowerCache, tower_digest, tower_frozen
 from .errors import InputError
-from .files import atomic_folder, iter_jsonl, write_text
+from .files import atomic_folder, file_sha256, iter_jsonl, write_text
 from .images import load_image, one_thread
 from .heads import modulation_rows, modulation_strength
 from .losses import corpus_nce, info_nce
@@ -633,6 +633,7 @@ class Trainer:
                 "world_size": self.dist.world_size, "global_batch": self.global_batch, "total_steps": self.total_steps,
                 "trainable_parameters": sum(p.numel() for p in self.params), "device": str(self.device),
                 "defaults_from": getattr(cfg, "defaults_from", None),
+                "train_file": file_sha256(cfg.train_data) if os.path.isfile(cfg.train_data) else None,
                 "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg),
                 "tower_cache": {k: {"inputs": len(c), "gib": round(c.nbytes / (1 << 30), 4), "hidden": c.keeps_hidden,
                                     "disk_gib": round(c.disk_bytes / (1 << 30), 4),

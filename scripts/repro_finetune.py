@@ -2,7 +2,7 @@
 
     python3 scripts/repro_finetune.py --modality cross                       # after scripts/sweep_heads.py --modality cross
     python3 scripts/repro_finetune.py --modality image --dataset tuxpaint
-    python3 scripts/repro_finetune.py --modality cross --limit 80 --seeds 0 --plugin-max-steps 4 --max-steps 2   # a smoke run
+    python3 scripts/repro_finetune.py --modality cross --limit 80 --seeds 0 --plugin-max-steps 4 --max-steps 2 --out /tmp/smoke
     python3 scripts/repro_finetune.py --render results/repro_cross_finetune.json
 
 A dual encoder's projections start random, so the towers are unlocked only once they are trained
@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", default=None, help="stage 1: the sweep summary (default: results/sweep_<key>.json)")
     ap.add_argument("--plugin-max-steps", type=int, default=600, help="stage 1: at most this many steps")
     ap.add_argument("--plugin-batch-size", type=int, default=64)
+    ap.add_argument("--plugin-eval-steps", type=int, default=50, help="stage 1: validation every N steps (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=1, help="stage 2: epochs with every tower unlocked (default: %(default)s)")
     ap.add_argument("--max-steps", type=int, default=0, help="stage 2: cap on steps (0: --epochs)")
     ap.add_argument("--batch-size", type=int, default=32, help="stage 2 batch (default: %(default)s)")
@@ -60,13 +61,15 @@ def main(argv=None) -> int:
     ap.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=True,
                     help="stage 2: keep EfficientNet's batch-norm statistics (default: on; batches of 32 stamps "
                          "otherwise shift them: validation NDCG@10 0.228 -> 0.091 in 10 steps at lr 1e-5)")
-    ap.add_argument("--eval-steps", type=int, default=10, help="validation every N steps, both stages use its split")
+    ap.add_argument("--eval-steps", type=int, default=10, help="stage 2: validation every N steps (the split of stage 1)")
     add_run_args(ap, "runs/repro_<key>_finetune")
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
     if args.modality == "text":
         ap.error("text: scripts/repro_text.py is the fine-tune setting (no projections to train first)")
+    if not 0 < args.val_fraction < 1:
+        ap.error(f"--val-fraction must be in (0, 1): both stages stop early on validation (got {args.val_fraction})")
     key = experiment_key(args)
     args.heads = args.heads or PLUGIN_HEADS[args.modality]
     args.recipe = args.recipe or f"results/sweep_{key}.json"
@@ -77,7 +80,7 @@ def main(argv=None) -> int:
     images = ImageFeatureCache(max_gb=8)
     rows = plugin_references(exp, images)
     stage1 = argparse.Namespace(model=exp.model, model_options=exp.model_options, batch_size=args.plugin_batch_size,
-                                max_steps=args.plugin_max_steps, eval_steps=args.eval_steps * 5, patience=args.patience,
+                                max_steps=args.plugin_max_steps, eval_steps=args.plugin_eval_steps, patience=args.patience,
                                 val_fraction=args.val_fraction, vocab_size=args.vocab_size)
 
     def plugin(head: str, seed: int) -> lsb_mm.TrainConfig:
@@ -116,7 +119,8 @@ def render(payload: dict) -> list:
     lines = [f"# {what}, fine-tune: {payload['label']}, every tower unlocked after the plug-in stage", "",
              machine_line(payload),
              f"Stage 1: the plug-in run (towers locked, the sweep's recipe per row: {args.recipe}, corpus negatives, at most "
-             f"{args.plugin_max_steps} steps, batch {args.plugin_batch_size}). Stage 2: every tower unlocked, "
+             f"{args.plugin_max_steps} steps, batch {args.plugin_batch_size}, evaluation every "
+             f"{getattr(args, 'plugin_eval_steps', 50)} steps). Stage 2: every tower unlocked, "
              f"{args.epochs} epoch(s){f' / {args.max_steps} steps' if args.max_steps else ''}, batch {args.batch_size}, "
              f"{args.group_size - 1} mined hard negative(s) per query, lr {args.lr:g} (towers, projections), head lr "
              f"{args.head_lr:g}{', batch-norm statistics frozen' if getattr(args, 'freeze_bn_stats', False) else ''}. "

@@ -4,7 +4,7 @@
     python3 scripts/repro_plugin.py                  # then: text, 3 seeds x (slr, llr, clr, adapter) with those recipes
     python3 scripts/repro_plugin.py --modality image --dataset tuxpaint   # (after the image sweep of that dataset)
     python3 scripts/repro_plugin.py --modality cross
-    python3 scripts/repro_plugin.py --pages 80 --seeds 0 --max-steps 20 --recipe R.json   # a smoke run
+    python3 scripts/repro_plugin.py --pages 80 --seeds 0 --max-steps 20 --out /tmp/smoke   # a smoke run
     python3 scripts/repro_plugin.py --render results/repro_text_plugin.json
 
 The paper's claim is plug-and-play: heads added "without modifying the backbone encoder". Here the
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -39,8 +40,8 @@ from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
 from lsb_mm.reproduce import (PLUGIN_HEADS, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
-                              plugin_experiment, plugin_references, query_modulation, summarize,
-                              validation_record)
+                              plugin_experiment, plugin_references, query_modulation, settings_differ,
+                              summarize, validation_record)
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
 
@@ -51,9 +52,15 @@ def experiment_key(args) -> str:
 
 def recipes(path: str, heads) -> dict:
     """Each head's winning (lr, temperature, weight decay) from a sweep summary."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"--recipe {path}: no such sweep summary; run scripts/sweep_heads.py for this data first "
+                         "(it writes results/sweep_<key>.json)")
     with open(path, encoding="utf-8") as f:
         sweep = json.load(f)
-    by_name = {r["name"]: r for r in sweep["runs"]}
+    by_name = {r["name"]: r for r in sweep.get("runs", [])}
+    missing = [h for h in heads if h in sweep.get("winners", {}) and sweep["winners"][h] not in by_name]
+    if missing:
+        raise SystemExit(f"{path}: the winners of {missing} are not among its runs; re-run scripts/sweep_heads.py")
     out = {}
     for h in heads:
         if h not in sweep["winners"]:
@@ -77,6 +84,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
+    if not 0 < args.val_fraction < 1:
+        ap.error(f"--val-fraction must be in (0, 1): every run stops early on validation (got {args.val_fraction})")
     key = experiment_key(args)
     args.heads = args.heads or PLUGIN_HEADS[args.modality]
     args.recipe = args.recipe or f"results/sweep_{key}.json"
@@ -93,11 +102,16 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for head in sorted(args.heads, key=lambda h: h != "llr"):  # LLR first: its tower cache serves everyone
             path = os.path.join(runs_dir, f"{head}-seed{seed}.json")
-            if os.path.isfile(path):
-                continue
             r = recipe[head]
             cfg = plugin_config(args, head, exp.train_file, os.path.join(args.work, "runs", f"{head}-seed{seed}"),
                                 r["lr"], r["temperature"], r["weight_decay"], seed, args.modality)
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    differ = settings_differ(json.load(f).get("config") or {}, cfg)
+                if differ:
+                    raise SystemExit(f"{path} was trained with other settings ({', '.join(differ)}); delete it to "
+                                     "train again, or write to another --out")
+                continue
             t0 = time.perf_counter()
             trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
             final = trainer.train()
@@ -111,11 +125,13 @@ def main(argv=None) -> int:
             done = validation_record(cfg.output)
             run = {"head": head, "seed": seed, "recipe": r, "train_seconds": round(t_train, 1), "best_step": done["from_step"],
                    "validation": {"metric": done["metric"], "value": done["value"]}, "steps_run": done["steps_run"],
-                   "modulation": modulation, "result": res}
+                   "modulation": modulation, "config": json.loads(json.dumps(dataclasses.asdict(cfg))), "result": res}
             write_text(path, json.dumps(run, indent=2))
             print(f"{key} {head} seed {seed}: {t_train:.0f} s, best step {run['best_step']}; " +
                   ", ".join(f"{t} {m['metrics']['ndcg@10']:.3f}" for t, m in res["tasks"].items()), flush=True)
-    runs = [json.load(open(os.path.join(runs_dir, f"{h}-seed{s}.json"))) for s in args.seeds for h in args.heads]
+    runs = [json.load(open(os.path.join(runs_dir, f"{h}-seed{s}.json"), encoding="utf-8")) for s in args.seeds for h in args.heads]
+    for run in runs:
+        run.pop("config", None)
     for run in runs:
         rows.setdefault(run["head"], []).append(run["result"])
     payload = {"settings": vars(args), "key": key, "label": exp.label, "data": exp.info, "recipe": recipe,

@@ -1,8 +1,8 @@
 """Text reproduction on real Linux man pages, fine-tune setting: MiniLM trained in full with each head.
 
     python3 scripts/repro_text.py                      # the default: a full epoch with a mined negative, then each head converged
-    python3 scripts/repro_text.py --max-steps 20 --group-size 1 --no-converge-heads   # the first, 20-step reproduction
-    python3 scripts/repro_text.py --pages 60 --seeds 0 --max-steps 2 --converge-max-steps 4    # a smoke run
+    python3 scripts/repro_text.py --max-steps 20 --group-size 1 --no-converge-heads --val-fraction 0 --out results/old   # the first, 20-step protocol
+    python3 scripts/repro_text.py --pages 60 --seeds 0 --max-steps 2 --converge-max-steps 4 --out /tmp/smoke    # a smoke run
 
 Data: Debian ``manpages`` + ``manpages-dev``. Query = the NAME line, passage = the page body cut
 to the longest prefix of whole words that fits the encoder's window (256 tokens for MiniLM), so
@@ -93,13 +93,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
+    if not 0 <= args.val_fraction < 1:
+        ap.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    if args.converge_heads and not args.val_fraction:
+        ap.error("--converge-heads stops on validation pages: give --val-fraction > 0 (or --no-converge-heads)")
     label, args.model = text_model_or_minilm(args.model)
     t_start = time.perf_counter()
     untuned = lsb_mm.create_model(args.model, head="none")
     one_file, every_file, folders, data_info = build_data(args, untuned)
     rows = {"untuned": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)], "BM25": [bm25_results(folders)]}
-    if args.converge_heads and not args.val_fraction:
-        ap.error("--converge-heads stops on validation pages: give --val-fraction > 0 (or --no-converge-heads)")
     recipe = recipes(args.recipe, [h for h in args.heads if h != "none"]) if args.converge_heads else {}
 
     splits = {}

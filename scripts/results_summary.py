@@ -51,9 +51,7 @@ def best_head(payload: dict) -> str:
         vals = [r["validation"]["value"] for r in payload["runs"] if r["head"] == h and r.get("validation")]
         if vals:
             scores[h] = statistics.mean(vals)
-    if not scores:
-        raise SystemExit("no head run with a validation record")
-    return max(scores, key=scores.get)
+    return max(scores, key=scores.get) if scores else None
 
 
 def summarise(results: str) -> dict:
@@ -68,6 +66,10 @@ def summarise(results: str) -> dict:
             payload = json.load(f)
         s = payload["summary"]
         head = best_head(payload)
+        if head is None:
+            out["settings"].append({**entry, "status": "no head with a validation record to choose from"})
+            continue
+        tasks = [t for t in tasks if t in s[head]]  # a run may have evaluated fewer tasks
         mods = [r["modulation"]["max_over_min"] for r in payload["runs"] if r["head"] == head and r.get("modulation")]
         rows = []
         for t in tasks:
@@ -94,7 +96,7 @@ def compact(payload: dict) -> list:
              "Δ NDCG@10 vs baseline (p) | Δ vs adapter (p) | max/min a |", "|---|---|---|---|---|---|---|---:|---:|---:|"]
     for e in payload["settings"]:
         if e["status"] != "run":
-            lines.append(f"| {e['modality']} | {e['setting']} | not run yet | | | | | | | |")
+            lines.append(f"| {e['modality']} | {e['setting']} | {e['status']} | | | | | | | |")
             continue
         head, base = e["best_head"], e["baseline"]
         for r in e["rows"]:
@@ -115,7 +117,7 @@ def render(payload: dict) -> list:
     for e in payload["settings"]:
         lines += [f"## {e['modality']}, {e['setting']}", ""]
         if e["status"] != "run":
-            lines += [f"Not run yet (`results/{e['file']}` is missing).", ""]
+            lines += [f"{e['status'].capitalize()} (`results/{e['file']}`).", ""]
             continue
         head, base = e["best_head"], e["baseline"]
         mod = f"{e['modulation']:.2f}" if e["modulation"] else "–"

@@ -102,6 +102,9 @@ def test_disk_backed_tower_cache_serves_sets_that_do_not_fit_memory(tmp_path, ti
 
         gc.collect()
         assert not os.path.exists(folder)  # the temporary folder goes with the cache
+    with pytest.raises(InputError, match="need more than"):  # even the small rows do not fit: nothing left behind
+        TowerCache.build(m, "text", texts, max_gb=1e-6, disk_dir=str(tmp_path / "failed"))
+    assert os.listdir(tmp_path / "failed") == []
 
 
 def test_corpus_negatives_are_an_exact_softmax_over_the_training_documents(tmp_path, data, tiny_hf_dir):

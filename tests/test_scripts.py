@@ -101,8 +101,10 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     kinds = {json.loads(line)["kind"] for line in open(tmp_path / "w" / "train.jsonl")}
     assert kinds <= {"query", "keyword", "pop-16"} and len(kinds) >= 2
     split = tmp_path / "w" / "split-seed0"
-    val_pages = {json.loads(line)["pos"][0] for line in open(split / "train.held.jsonl")}
-    assert val_pages and not val_pages & {json.loads(line)["pos"][0] for line in open(split / "train.train.jsonl")}
+    val_pages = {json.loads(line)["pos"][0] for line in open(split / "0-train.held.jsonl")}
+    for name in ("0-train.train.jsonl", "1-train.train.jsonl"):  # neither stage trains on a validation page
+        assert val_pages and not val_pages & {json.loads(line)["pos"][0] for line in open(split / name)}
+    assert val_pages == {json.loads(line)["pos"][0] for line in open(split / "1-train.held.jsonl")}
     none, slr = (next(r for r in res["runs"] if r["head"] == h) for h in ("none", "slr"))
     assert len(none["stage_seconds"]) == 1 and none["validation"] is None
     assert len(slr["stage_seconds"]) == 2 and slr["validation"]["from_step"] in (0, 2, 4)
@@ -110,6 +112,9 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     assert second["config"]["model"] == str(tmp_path / "w" / "runs" / "slr-seed0" / "final")  # starts from stage 1
     assert (second["config"]["lr"], second["config"]["temperature"], second["config"]["train"]) == (1e-2, 0.05, "heads")
     assert "text" in second["tower_cache"]  # the tuned tower is locked and cached
+    stage2_kinds = [json.loads(line)["kind"] for line in open(second["config"]["train_data"])]
+    assert len(set(stage2_kinds)) >= 2 and len(stage2_kinds) > res["data"]["train_pages"] * 0.8  # every kind per page
+    assert {json.loads(line)["kind"] for line in open(second["config"]["eval_data"])} == set(stage2_kinds)
     md = (tmp_path / "repro_text.md").read_text()
     assert "| untuned |" in md and "Verdicts" in md and "Stage 2" in md
     _check_render("repro_text", tmp_path, "repro_text")
@@ -212,7 +217,7 @@ def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_
     summary = json.load(open(tmp_path / f"sweep_{key}.json"))
     assert set(summary["winners"]) == {"none", "slr", "adapter"} and summary["key"] == key
     if modality == "image":
-        examples = [json.loads(line) for line in open(tmp_path / "sw" / "train.jsonl")]
+        examples = [json.loads(line) for line in open(tmp_path / "sw" / "data" / "train.jsonl")]
         assert len(examples) > 2 * 36  # two crops per training image, and the same-class pairs
     _check_render("sweep_heads", tmp_path, f"sweep_{key}")
     assert load("repro_plugin").main(data + ["--heads", "none", "slr", "adapter", "--seeds", "0", "--recipe",

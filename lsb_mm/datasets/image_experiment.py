@@ -22,17 +22,20 @@ IMAGE_DATASETS = ("fashion-mnist", "tuxpaint")
 IMAGE_SIZE = {"fashion-mnist": 112, "tuxpaint": 160}  # 28 px images x4; stamps: 5x5 cells of EfficientNet-Lite0
 
 
-def _fresh(work: str) -> None:
-    """Built from scratch each time: the split and the crops follow the arguments."""
-    if os.path.isdir(work):
-        shutil.rmtree(work)
-    os.makedirs(work)
+def _fresh(work: str) -> str:
+    """``<work>/data``, built from scratch each time (the split and the crops follow the arguments);
+    nothing else under ``work`` is touched."""
+    data = os.path.join(work, "data")
+    if os.path.isdir(data):
+        shutil.rmtree(data)
+    os.makedirs(data)
+    return data
 
 
 def build_image_experiment(work: str, dataset: str, per_class: int = 200, limit: int = 0, test_fraction: float = 0.4,
                            snippets: Sequence[int] = (10, 30, 50, 80), crops_per_image: int = 1
                            ) -> Tuple[str, List[str], Dict]:
-    """``(train JSONL, held-out task folders, info)`` of one image dataset under ``work`` (rebuilt).
+    """``(train JSONL, held-out task folders, info)`` of one image dataset under ``<work>/data`` (rebuilt).
 
     ``per_class``: Fashion-MNIST images per class in each split; ``limit``: Tux Paint's first N
     stamps (0: all); ``crops_per_image``: crop -> image training pairs per training image."""
@@ -41,7 +44,7 @@ def build_image_experiment(work: str, dataset: str, per_class: int = 200, limit:
 
     if dataset not in IMAGE_DATASETS:
         raise ValueError(f"unknown image dataset {dataset!r}; expected one of {IMAGE_DATASETS}")
-    _fresh(work)
+    work = _fresh(work)
     if dataset == "fashion-mnist":
         from .fashion_mnist import export_labelled_folder
 
@@ -67,13 +70,13 @@ def build_image_experiment(work: str, dataset: str, per_class: int = 200, limit:
 
 
 def build_cross_experiment(work: str, limit: int = 0, test_fraction: float = 0.4) -> Tuple[str, List[str], Dict]:
-    """``(train JSONL, held-out task folders, info)`` of Tux Paint captions -> stamps under ``work`` (rebuilt)."""
+    """``(train JSONL, held-out task folders, info)`` of Tux Paint captions -> stamps under ``<work>/data`` (rebuilt)."""
     from ..files import write_jsonl
     from .splits import stratified_split
     from .tasks import cross_tasks
     from .tuxpaint import load_tuxpaint
 
-    _fresh(work)
+    work = _fresh(work)
     data = load_tuxpaint()
     stamps = data.stamps[: limit or None]
     train, test = stratified_split(stamps, lambda s: s.category, test_fraction, seed=0)

@@ -34,7 +34,8 @@ def split_jsonl_by_document(paths: Sequence[str], out_dir: str, fraction: float,
     """Hold out the same documents in several training JSONL files: about ``fraction`` of the
     documents (an example's document is its first positive, ``pos[0]``) of the first file, drawn
     with ``seed``; every example of any file whose document is held out goes to that file's held-out
-    part. Returns ``[(train path, held-out path)]`` per input, written under ``out_dir``."""
+    part. Returns ``[(train path, held-out path)]`` per input, written under ``out_dir`` as
+    ``<i>-<name>.train.jsonl`` / ``<i>-<name>.held.jsonl`` (``i``: the input's position)."""
     import os
 
     from ..errors import InputError
@@ -50,8 +51,8 @@ def split_jsonl_by_document(paths: Sequence[str], out_dir: str, fraction: float,
     held = {docs[i] for i in np.random.default_rng([seed, 7919]).permutation(len(docs))[:n]}
     os.makedirs(out_dir, exist_ok=True)
     out = []
-    for path, recs in zip(paths, records):
-        stem = os.path.splitext(os.path.basename(path))[0]
+    for i, (path, recs) in enumerate(zip(paths, records)):
+        stem = f"{i}-{os.path.splitext(os.path.basename(path))[0]}"  # inputs may share a file name
         parts = (os.path.join(out_dir, f"{stem}.train.jsonl"), os.path.join(out_dir, f"{stem}.held.jsonl"))
         write_jsonl(parts[0], (r for r in recs if r["pos"][0] not in held))
         write_jsonl(parts[1], (r for r in recs if r["pos"][0] in held))

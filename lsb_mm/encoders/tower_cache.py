@@ -91,6 +91,12 @@ class DiskRows:
         self._offsets[key] = (self._written, data.shape[0])
         self._written += data.shape[0]
 
+    def discard(self) -> None:
+        """Close and remove the file and its folder now (a failed build)."""
+        if not self._file.closed:
+            self._file.close()
+        self._cleanup()
+
     def seal(self, keys: Sequence[int]) -> None:
         """Close the file; row ``r`` is then the row added under ``keys[r]``."""
         self._file.close()
@@ -190,8 +196,6 @@ class TowerCache:
         through ``model``'s locked ``kind`` tower once, in float32, in batches. The tower must be
         locked (no parameter with ``requires_grad``; the trainer locks it with ``--train heads``)
         and in eval mode. With ``disk_dir`` the hidden states go to disk (module docstring)."""
-        from tqdm.auto import tqdm
-
         if kind not in ("text", "image"):
             raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
         if kind == "image" and not keep_hidden:
@@ -206,14 +210,9 @@ class TowerCache:
             raise InputError(f"tower cache: no {kind} inputs to cache")
         t0 = time.perf_counter()
         limit = int(max_gb * (1 << 30))
-        ids: List[torch.Tensor] = []
-        mask: List[torch.Tensor] = []
         dim = getattr(tower, "text_hidden_dim" if kind == "text" else "image_hidden_dim")
         disk = DiskRows(disk_dir, dim, hidden_dtype) if keep_hidden and disk_dir else None
         hidden: Optional[List[torch.Tensor]] = [] if keep_hidden and disk is None else None
-        pooled: List[torch.Tensor] = []
-        summary: List[torch.Tensor] = []
-        used = 0
         device = model.device
         if kind == "text":
             order = sorted(range(len(items)), key=lambda i: -len(items[i]))  # similar lengths share a batch
@@ -227,6 +226,21 @@ class TowerCache:
             batches = ((list(range(s, min(s + batch_size, len(items)))), px.to(device)) for s, px in zip(starts, loader))
             total = len(starts)
         rows: Dict[int, tuple] = {}
+        try:
+            cls._run_tower(tower, kind, batches, total, keep_hidden, hidden_dtype, disk, rows, limit, max_gb, len(items),
+                           device, show_progress_bar)
+        except BaseException:
+            if disk is not None:  # no half-written file left behind
+                disk.discard()
+            raise
+        return cls._assemble(model, tower, kind, items, rows, hidden, disk, dim, t0)
+
+    @staticmethod
+    def _run_tower(tower, kind, batches, total, keep_hidden, hidden_dtype, disk, rows, limit, max_gb, n_items, device,
+                   show_progress_bar) -> None:
+        from tqdm.auto import tqdm
+
+        used = 0
         with torch.autocast(device.type, enabled=False):
             bar = tqdm(batches, total=total, desc=f"cache {kind} tower", unit="batch",
                        disable=not (show_progress_bar if show_progress_bar is not None else total > 4))
@@ -245,11 +259,15 @@ class TowerCache:
                            h.clone() if h is not None else None, f.pooled[j].float().cpu(), f.summary[j].float().cpu())
                     used += sum(t.numel() * t.element_size() for t in row if t is not None)
                     if used > limit:
-                        raise InputError(f"tower cache: the {kind} outputs of {len(items)} inputs need more than "
+                        raise InputError(f"tower cache: the {kind} outputs of {n_items} inputs need more than "
                                          f"{max_gb:g} GiB of memory (reached after {len(rows)}); raise --tower-cache-gb, keep "
                                          "hidden states in float16 (--tower-cache-dtype float16) or on disk "
                                          "(--tower-cache-dir DIR), or turn the cache off (0)")
                     rows[i] = row
+
+    @classmethod
+    def _assemble(cls, model, tower, kind, items, rows, hidden, disk, dim, t0) -> "TowerCache":
+        ids, mask, pooled, summary = [], [], [], []
         for i in range(len(items)):
             a, m, h, p, s = rows[i]
             ids.append(a)
