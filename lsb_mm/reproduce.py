@@ -81,7 +81,7 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
             if saved and os.path.isfile(saved):
                 with open(saved, encoding="utf-8") as f:
                     done = json.load(f)
-                differ = settings_differ(done.get("config") or {}, cfg)
+                differ = settings_differ(done["config"], cfg) if "config" in done else []  # older records: trusted
                 if differ:
                     raise InputError(f"{saved} was trained with other settings ({', '.join(differ)}); delete it to "
                                      "train again, or write to another --out")

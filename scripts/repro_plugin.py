@@ -107,7 +107,8 @@ def main(argv=None) -> int:
                                 r["lr"], r["temperature"], r["weight_decay"], seed, args.modality)
             if os.path.isfile(path):
                 with open(path, encoding="utf-8") as f:
-                    differ = settings_differ(json.load(f).get("config") or {}, cfg)
+                    saved = json.load(f)
+                differ = settings_differ(saved["config"], cfg) if "config" in saved else []  # older records: trusted
                 if differ:
                     raise SystemExit(f"{path} was trained with other settings ({', '.join(differ)}); delete it to "
                                      "train again, or write to another --out")
