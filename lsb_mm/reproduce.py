@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from .datasets.splits import stratified_split
 
-__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "settings_differ", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
+__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "settings_differ", "run_script", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
            "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
@@ -42,7 +43,6 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     Returns ``(rows, runs)``: evaluation results per row, and one record per run (with the
     query-side modulation strength on the test queries)."""
     import json
-    import os
 
     from .checkpoint import remove_checkpoints
     from .errors import InputError
@@ -142,7 +142,6 @@ def finished_run(cfg) -> Optional[str]:
     of that run: the log is emptied when a run starts) with the same result-relevant settings as
     ``cfg`` (:func:`settings_differ`) on a training file of the same content, else None."""
     import json
-    import os
 
     from .files import iter_jsonl
     from .serialization import CONFIG_NAME
@@ -162,17 +161,29 @@ def finished_run(cfg) -> Optional[str]:
 
 
 def _file_stamp(path: str) -> Optional[str]:
-    import os
 
     from .files import file_sha256
 
     return file_sha256(path) if path and os.path.isfile(path) else None
 
 
+def run_script(main: Callable[[], int]) -> int:
+    """Run a script's ``main``: a user mistake (:class:`lsb_mm.LSBError`) prints one line and gives
+    exit status 2, as the CLI does, instead of a traceback."""
+    import sys
+
+    from .errors import LSBError
+
+    try:
+        return main()
+    except LSBError as exc:
+        print(f"{os.path.basename(sys.argv[0])}: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def validation_record(output: str) -> Optional[Dict[str, Any]]:
     """What a training run in ``output`` kept: ``{"from_step", "metric", "value", "steps_run"}`` of its
     best validation evaluation (None for a run without validation)."""
-    import os
 
     from .files import iter_jsonl
 

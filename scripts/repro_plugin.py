@@ -39,7 +39,7 @@ from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # n
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
-from lsb_mm.reproduce import (PLUGIN_HEADS, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
+from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
                               plugin_experiment, plugin_references, query_modulation, settings_differ,
                               summarize, validation_record)
 
@@ -184,4 +184,4 @@ def render(payload: dict) -> list:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -39,7 +39,7 @@ from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # n
 from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
 from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
 from lsb_mm.datasets.splits import split_jsonl_by_document  # noqa: E402
-from lsb_mm.reproduce import bm25_results, head_tables, machine_line, plugin_config, run_grid, summarize  # noqa: E402
+from lsb_mm.reproduce import run_script, bm25_results, head_tables, machine_line, plugin_config, run_grid, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_plugin import recipes  # noqa: E402
@@ -175,4 +175,4 @@ def render(payload: dict) -> list:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

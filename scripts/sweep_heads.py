@@ -35,7 +35,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.reproduce import PLUGIN_HEADS, add_plugin_data_args, add_run_args, plugin_config, plugin_experiment  # noqa: E402
+from lsb_mm.reproduce import run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, plugin_config, plugin_experiment  # noqa: E402
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
 
 METRIC = "ndcg@10"
@@ -144,4 +144,4 @@ def render(payload: dict) -> list:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_script(main))

@@ -138,6 +138,10 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     saved = json.load(open(tmp_path / "w" / "runs" / "slr-seed0" / "run_info.json"))["config"]
     assert finished_run(TrainConfig(**saved)) == str(tmp_path / "w" / "runs" / "slr-seed0" / "final")
     assert finished_run(TrainConfig(**{**saved, "lr": saved["lr"] * 2})) is None  # other settings: trained again
+    # a finished run's record is not mixed with runs of other settings: a clear refusal, exit status 2
+    from lsb_mm.reproduce import run_script
+
+    assert run_script(lambda: load("repro_text").main(argv + ["--lr", "1e-4"])) == 2
 
 
 def test_repro_cross_small(tmp_path, minilm_path):
