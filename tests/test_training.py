@@ -304,11 +304,11 @@ def test_train_mode_keeps_dropout_of_trained_modules_and_freezes_locked_ones(tin
     locked = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
     locked.requires_grad_(False)
     toy = torch.nn.Sequential(trained, locked, torch.nn.Dropout(0.1)).eval()
-    Trainer._train_mode(SimpleNamespace(model=toy))
+    Trainer._train_mode(SimpleNamespace(model=toy, cfg=SimpleNamespace(freeze_bn_stats=False)))
     assert trained.training and trained[1].training and toy[2].training and toy.training
     assert not locked.training and not locked[1].training
 
     m = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="llr").eval()  # --train all: every dropout trains
-    Trainer._train_mode(SimpleNamespace(model=m))
+    Trainer._train_mode(SimpleNamespace(model=m, cfg=SimpleNamespace(freeze_bn_stats=False)))
     drops = [mod for mod in m.modules() if isinstance(mod, torch.nn.Dropout)]
     assert drops and all(d.training for d in drops)
