@@ -588,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "evaluate held-out stamps (caption->image, 30% crop->image, class), print the table "
                                     "and write an HTML gallery. Needs the Debian package tuxpaint-stamps-default.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="example:\n  lsb-mm demo                      # 1-7 minutes on 2 CPU cores\n"
+                        epilog="example:\n  lsb-mm demo                      # about 2 minutes on 2 CPU cores\n"
                                "  lsb-mm demo --head llr --output runs/demo-llr")
     de.add_argument("--output", default="runs/demo", help="folder for results, indexes, gallery.html; an earlier demo's "
                     "folder is replaced, any other non-empty folder refused (default: %(default)s)")
