@@ -18,7 +18,7 @@ import numpy as np
 
 from .datasets.splits import stratified_split
 
-__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "settings_differ", "run_script", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
+__all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "settings_differ", "read_run_record", "run_script", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
            "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
@@ -45,7 +45,6 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     import json
 
     from .checkpoint import remove_checkpoints
-    from .errors import InputError
     from .evaluation import CorpusCache, evaluate
     from .factory import load_model
     from .files import write_text
@@ -78,13 +77,8 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
         for head in order:
             saved = os.path.join(runs_dir, f"{head}-seed{seed}.json") if runs_dir else None
             cfg = config(head, seed)
-            if saved and os.path.isfile(saved):
-                with open(saved, encoding="utf-8") as f:
-                    done = json.load(f)
-                differ = settings_differ(done["config"], cfg) if "config" in done else []  # older records: trusted
-                if differ:
-                    raise InputError(f"{saved} was trained with other settings ({', '.join(differ)}); delete it to "
-                                     "train again, or write to another --out")
+            done = read_run_record(saved, cfg) if saved else None
+            if done is not None:
                 for name, res in done.pop("rows").items():
                     rows.setdefault(name, []).append(res)
                 runs.append(done)
@@ -120,6 +114,25 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
             log(f"{head} seed {seed}: trained in {t_train:.0f} s; " +
                 ", ".join(f"{t} NDCG@10 {r['metrics']['ndcg@10']:.3f}" for t, r in res["tasks"].items()))
     return rows, runs
+
+
+def read_run_record(path: str, cfg) -> Optional[Dict[str, Any]]:
+    """A finished run's saved record (one JSON per run), or None when there is none; a record made
+    with other settings than ``cfg`` (:func:`settings_differ`) is refused rather than mixed in.
+    Records written before settings were recorded are trusted."""
+    import json
+
+    from .errors import InputError
+
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        done = json.load(f)
+    differ = settings_differ(done["config"], cfg) if "config" in done else []
+    if differ:
+        raise InputError(f"{path} was trained with other settings ({', '.join(differ)}); delete it to "
+                         "train again, or write to another --out")
+    return done
 
 
 def settings_differ(saved: Dict[str, Any], cfg) -> List[str]:

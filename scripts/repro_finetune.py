@@ -33,11 +33,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
-from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
+from lsb_mm.reproduce import (run_script, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
                               plugin_experiment, plugin_references, run_grid, summarize)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from repro_plugin import experiment_key, recipes  # noqa: E402
+from repro_plugin import setup  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
 
@@ -68,13 +68,7 @@ def main(argv=None) -> int:
         return render_saved(args.render, render)
     if args.modality == "text":
         ap.error("text: scripts/repro_text.py is the fine-tune setting (no projections to train first)")
-    if not 0 < args.val_fraction < 1:
-        ap.error(f"--val-fraction must be in (0, 1): both stages stop early on validation (got {args.val_fraction})")
-    key = experiment_key(args)
-    args.heads = args.heads or PLUGIN_HEADS[args.modality]
-    args.recipe = args.recipe or f"results/sweep_{key}.json"
-    args.work = args.work or f"runs/repro_{key}_finetune"
-    recipe = recipes(args.recipe, args.heads)
+    key, recipe = setup(ap, args, "finetune")
     t_start = time.perf_counter()
     exp = plugin_experiment(args, args.work)
     images = ImageFeatureCache(max_gb=8)

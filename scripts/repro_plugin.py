@@ -40,7 +40,7 @@ from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
 from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
-                              plugin_experiment, plugin_references, query_modulation, settings_differ,
+                              plugin_experiment, plugin_references, query_modulation, read_run_record,
                               summarize, validation_record)
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
@@ -71,6 +71,18 @@ def recipes(path: str, heads) -> dict:
     return out
 
 
+def setup(ap, args, setting: str) -> tuple:
+    """``(key, recipes)`` of a reproduction (``setting``: ``plugin`` or ``finetune``): checks
+    ``--val-fraction`` and fills the defaults of ``--heads``, ``--recipe`` and ``--work``."""
+    if not 0 < args.val_fraction < 1:
+        ap.error(f"--val-fraction must be in (0, 1): every run stops early on validation (got {args.val_fraction})")
+    key = experiment_key(args)
+    args.heads = args.heads or PLUGIN_HEADS[args.modality]
+    args.recipe = args.recipe or f"results/sweep_{key}.json"
+    args.work = args.work or f"runs/repro_{key}_{setting}"
+    return key, recipes(args.recipe, args.heads)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plugin_data_args(ap)
@@ -84,13 +96,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
-    if not 0 < args.val_fraction < 1:
-        ap.error(f"--val-fraction must be in (0, 1): every run stops early on validation (got {args.val_fraction})")
-    key = experiment_key(args)
-    args.heads = args.heads or PLUGIN_HEADS[args.modality]
-    args.recipe = args.recipe or f"results/sweep_{key}.json"
-    args.work = args.work or f"runs/repro_{key}_plugin"
-    recipe = recipes(args.recipe, args.heads)
+    key, recipe = setup(ap, args, "plugin")
     t_start = time.perf_counter()
     exp = plugin_experiment(args, args.work)
     docs = CorpusCache()
@@ -105,13 +111,7 @@ def main(argv=None) -> int:
             r = recipe[head]
             cfg = plugin_config(args, head, exp.train_file, os.path.join(args.work, "runs", f"{head}-seed{seed}"),
                                 r["lr"], r["temperature"], r["weight_decay"], seed, args.modality)
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    saved = json.load(f)
-                differ = settings_differ(saved["config"], cfg) if "config" in saved else []  # older records: trusted
-                if differ:
-                    raise SystemExit(f"{path} was trained with other settings ({', '.join(differ)}); delete it to "
-                                     "train again, or write to another --out")
+            if read_run_record(path, cfg) is not None:
                 continue
             t0 = time.perf_counter()
             trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
