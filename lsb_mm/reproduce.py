@@ -250,6 +250,33 @@ class PluginExperiment:
     folders: List[str]
     info: Dict[str, Any]
     untuned: Any = None  # the text experiment's untuned model (it sized the passages)
+    extra_train: Optional[str] = None  # extra training queries (text: documentation sections), never validated on
+
+
+def experiment_key(args) -> str:
+    """The name of a plug-in experiment's results: ``text`` (``text-docs`` with ``--extra-docs``),
+    ``cross`` or ``image-<dataset>``."""
+    if args.modality == "text":
+        return "text-docs" if getattr(args, "extra_docs", None) else "text"
+    return "cross" if args.modality == "cross" else f"image-{args.dataset}"
+
+
+def plugin_train_files(exp: PluginExperiment, work: str, seed: int, val_fraction: float) -> Tuple[str, Optional[str]]:
+    """``(training file, validation file or None)`` of one seed's plug-in run. Without extra data
+    the trainer carves the validation itself (``val_fraction`` of ``exp.train_file``). With
+    ``exp.extra_train`` the validation is carved (seeded, whole documents) from the experiment's
+    own training documents only, so early stopping looks at the test tasks' domain, and the extra
+    examples join the training side."""
+    from .datasets.splits import split_jsonl_by_document
+    from .files import iter_jsonl, write_jsonl
+
+    if exp.extra_train is None:
+        return exp.train_file, None
+    folder = os.path.join(work, f"split-seed{seed}")
+    ((train, held),) = split_jsonl_by_document([exp.train_file], folder, val_fraction, seed)
+    combined = os.path.join(folder, "train+extra.jsonl")
+    write_jsonl(combined, (rec for path in (train, exp.extra_train) for _, rec in iter_jsonl(path)))
+    return combined, held
 
 
 def add_plugin_data_args(ap) -> None:
@@ -265,6 +292,11 @@ def add_plugin_data_args(ap) -> None:
     ap.add_argument("--crops-per-image", type=int, default=4, help="image: crop -> image training pairs per training image")
     ap.add_argument("--embed-dim", type=int, default=256, help="image, cross: the projections' shared space (default: %(default)s)")
     ap.add_argument("--vocab-size", type=int, default=256, help="image, cross: visual words (default: %(default)s)")
+    ap.add_argument("--extra-docs", nargs="+", default=[], choices=["python3-doc", "linux-doc"],
+                    help="text: more training queries from these Debian documentation packages (section title -> "
+                         "section body); validation and test stay on man pages")
+    ap.add_argument("--extra-sections", type=int, default=4000,
+                    help="text: documentation sections drawn for --extra-docs (0: all; default: %(default)s)")
 
 
 def add_run_args(ap, work: str) -> None:
@@ -280,17 +312,24 @@ def add_run_args(ap, work: str) -> None:
 def plugin_experiment(args, work: str) -> PluginExperiment:
     """Build the training data and held-out tasks of ``args.modality`` under ``work``; sets
     ``args.model`` / ``args.model_options`` for :func:`plugin_config`."""
+    from .errors import InputError
     from .pretrained import dual_encoder, text_model_or_minilm
 
+    if getattr(args, "extra_docs", None) and args.modality != "text":
+        raise InputError(f"--extra-docs adds text training data; it does not apply to --modality {args.modality}")
     if args.modality == "text":
-        from .datasets.manpage_experiment import build_manpage_experiment
+        from .datasets.manpage_experiment import build_doc_training, build_manpage_experiment
         from .factory import create_model
 
         label, args.model = text_model_or_minilm(args.model)
         args.model_options = None
         untuned = create_model(args.model, head="none")
         train_file, folders, info = build_manpage_experiment(work, untuned, pages=args.pages, per_page="all")
-        return PluginExperiment("text", "text", label, args.model, {}, train_file, folders, info, untuned)
+        extra = None
+        if getattr(args, "extra_docs", None):
+            extra, info["extra"] = build_doc_training(work, untuned, args.extra_docs, args.extra_sections)
+        return PluginExperiment(experiment_key(args), "text", label, args.model, {}, train_file, folders, info, untuned,
+                                extra)
     from .datasets.image_experiment import IMAGE_SIZE, build_cross_experiment, build_image_experiment
 
     size = IMAGE_SIZE[args.dataset] if args.modality == "image" else 160

@@ -39,15 +39,11 @@ from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # n
 from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
-from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
-                              plugin_experiment, plugin_references, query_modulation, read_run_record,
+from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key, head_tables,  # noqa: E402
+                              machine_line, plugin_config, plugin_experiment, plugin_train_files, plugin_references, query_modulation, read_run_record,
                               summarize, validation_record)
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
-
-
-def experiment_key(args) -> str:
-    return "text" if args.modality == "text" else "cross" if args.modality == "cross" else f"image-{args.dataset}"
 
 
 def recipes(path: str, heads) -> dict:
@@ -78,7 +74,7 @@ def setup(ap, args, setting: str) -> tuple:
         ap.error(f"--val-fraction must be in (0, 1): every run stops early on validation (got {args.val_fraction})")
     key = experiment_key(args)
     args.heads = args.heads or PLUGIN_HEADS[args.modality]
-    args.recipe = args.recipe or f"results/sweep_{key}.json"
+    args.recipe = args.recipe or f"results/sweep_{'text' if key == 'text-docs' else key}.json"
     args.work = args.work or f"runs/repro_{key}_{setting}"
     return key, recipes(args.recipe, args.heads)
 
@@ -109,8 +105,9 @@ def main(argv=None) -> int:
         for head in sorted(args.heads, key=lambda h: h != "llr"):  # LLR first: its tower cache serves everyone
             path = os.path.join(runs_dir, f"{head}-seed{seed}.json")
             r = recipe[head]
-            cfg = plugin_config(args, head, exp.train_file, os.path.join(args.work, "runs", f"{head}-seed{seed}"),
-                                r["lr"], r["temperature"], r["weight_decay"], seed, args.modality)
+            train_file, eval_data = plugin_train_files(exp, args.work, seed, args.val_fraction)
+            cfg = plugin_config(args, head, train_file, os.path.join(args.work, "runs", f"{head}-seed{seed}"),
+                                r["lr"], r["temperature"], r["weight_decay"], seed, args.modality, eval_data)
             if read_run_record(path, cfg) is not None:
                 continue
             t0 = time.perf_counter()
@@ -156,6 +153,11 @@ def render(payload: dict) -> list:
                  f"(held-out {info['test_pages']} man pages)")
         data = (f"Training: {info['train_examples']} queries from {info['train_pages']} training pages (every kind per "
                 "page)")
+        if info.get("extra"):
+            x = info["extra"]
+            data += (f", plus {x['train_examples']} queries from {x['sections']} documentation sections "
+                     f"({', '.join(x['packages'])}: section title -> body, every kind per section; training side only, "
+                     "validation is carved from the man pages)")
         base, baselines = "`untuned` is the locked encoder (plug-in `none`)", ("untuned", "adapter")
     else:
         what = "Tux Paint captions -> stamps" if modality == "cross" else f"image -> image, {key[len('image-'):]}"

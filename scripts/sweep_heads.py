@@ -35,7 +35,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.reproduce import run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, plugin_config, plugin_experiment  # noqa: E402
+from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key,  # noqa: E402
+                              plugin_config, plugin_experiment, plugin_train_files)
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
 
 METRIC = "ndcg@10"
@@ -75,10 +76,11 @@ def main(argv=None) -> int:
         return render_saved(args.render, render)
     args.heads = args.heads or PLUGIN_HEADS[args.modality]
     t_start = time.perf_counter()
-    key = "text" if args.modality == "text" else "cross" if args.modality == "cross" else f"image-{args.dataset}"
+    key = experiment_key(args)
     args.work = args.work or f"runs/sweep_{key}"
     exp = plugin_experiment(args, args.work)
-    train_file, data_info = exp.train_file, exp.info
+    train_file, eval_data = plugin_train_files(exp, args.work, args.seed, args.val_fraction)
+    data_info = exp.info
     del exp
     runs_dir = os.path.join(args.out, f"sweep_{key}")
     os.makedirs(runs_dir, exist_ok=True)
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
         path = os.path.join(runs_dir, f"{name}.json")
         if os.path.isfile(path):
             continue
-        cfg = plugin_config(args, head, train_file, os.path.join(args.work, "runs", name), lr, t, wd, args.seed, args.modality)
+        cfg = plugin_config(args, head, train_file, os.path.join(args.work, "runs", name), lr, t, wd, args.seed, args.modality,
+                            eval_data)
         t0 = time.perf_counter()
         trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
         trainer.train()

@@ -209,6 +209,43 @@ def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minil
     assert "Target **not met**" in (tmp_path / "summary.md").read_text()
 
 
+def test_plug_in_reproduction_with_documentation_sections_small(tmp_path, manpages_present, minilm_path, monkeypatch):
+    """``--extra-docs``: documentation sections join the training side only; validation is carved
+    from the man pages per seed and searched among the training documents."""
+    from lsb_mm.datasets import sphinx_docs
+    from lsb_mm.errors import InputError
+
+    root = tmp_path / "pydoc" / "html"
+    root.mkdir(parents=True)
+    body = lambda tag: " ".join(f"{tag}word{i} text" for i in range(40))  # noqa: E731
+    (root / "p.html").write_text("<html><body>" + "".join(
+        f'<section id="s{k}"><h2>Section {k} title</h2><p>{body(k)}</p></section>' for k in range(6)) + "</body></html>",
+        encoding="utf-8")
+    monkeypatch.setitem(sphinx_docs.DOC_PACKAGES, "python3-doc", str(tmp_path / "pyd*" / "html"))
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps({"winners": {"slr": "r"}, "runs": [
+        {"name": "r", "lr": 1e-3, "temperature": 0.02, "weight_decay": 0.0, "best": {"ndcg@10": 0.5}}]}))
+    assert load("repro_plugin").main(["--pages", "40", "--extra-docs", "python3-doc", "--extra-sections", "5",
+                                      "--heads", "slr", "--seeds", "0", "--max-steps", "2", "--eval-steps", "2",
+                                      "--batch-size", "16", "--recipe", str(sweep), "--work", str(tmp_path / "rp"),
+                                      "--out", str(tmp_path)]) == 0
+    res = _check_repro(tmp_path / "repro_text-docs_plugin.json", ["untuned", "BM25", "slr"],
+                       ["query", "keyword", "pop-16", "pop-32", "pop-64", "pop-128"])
+    extra = res["data"]["extra"]
+    assert extra["sections"] == 5 and extra["found"]["kept"] == 6 and extra["train_examples"] >= 5 * 4
+    cfg = json.load(open(tmp_path / "repro_text-docs_plugin" / "slr-seed0.json"))["config"]
+    assert cfg["val_fraction"] == 0 and cfg["eval_distractors"] and cfg["eval_data"].endswith(".held.jsonl")
+    held = [json.loads(line) for line in open(cfg["eval_data"])]
+    trained = [json.loads(line) for line in open(cfg["train_data"])]
+    assert held and not any("word" in r["pos"][0] for r in held)  # no documentation section validates
+    assert sum("0word" in r["pos"][0] or "1word" in r["pos"][0] for r in trained) >= 1
+    assert "documentation sections" in (tmp_path / "repro_text-docs_plugin.md").read_text()
+    _check_render("repro_plugin", tmp_path, "repro_text-docs_plugin")
+    with pytest.raises(InputError, match="does not apply to --modality image"):  # text only
+        load("repro_plugin").main(["--modality", "image", "--extra-docs", "python3-doc", "--heads", "slr",
+                                   "--recipe", str(sweep), "--work", str(tmp_path / "img"), "--out", str(tmp_path)])
+
+
 @pytest.mark.parametrize("modality", ["image", "cross"])
 def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_path, modality):
     """The plug-in sweep and reproduction on the dual encoder: projections train with the heads,

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["fit_words", "write_training_queries", "build_manpage_experiment"]
+__all__ = ["fit_words", "write_training_queries", "build_manpage_experiment", "build_doc_training"]
 
 
 def fit_words(text: str, tokenize, max_tokens: int) -> str:
@@ -83,3 +83,27 @@ def build_manpage_experiment(work: str, model, pages: int = 0, test_fraction: fl
             "passage_words": {"min": min(words), "median": sorted(words)[len(words) // 2], "max": max(words)},
             "tasks": {os.path.basename(f): json.load(open(os.path.join(f, "task.json"))) for f in folders}}
     return train_file, folders, info
+
+
+def build_doc_training(work: str, model, packages: Sequence[str], sections: int = 4000,
+                       pop: Sequence[int] = (16, 32, 64, 128), seed: int = 0) -> Tuple[str, Dict]:
+    """Extra training queries from documentation sections (:mod:`lsb_mm.datasets.sphinx_docs`): a
+    seeded sample of ``sections`` sections (0: all), each body cut to the encoder's window as the
+    man pages are, then one training query of every kind per section (title as ``query``, keywords,
+    ``pop-N`` spans). Returns (``<work>/docs_train.jsonl``, info)."""
+    from .sphinx_docs import load_doc_sections
+
+    found, counts = load_doc_sections(packages)
+    order = np.random.default_rng([seed, 104729]).permutation(len(found))
+    chosen = [found[i] for i in (order[:sections] if sections else order)]
+    window = model.backbone.max_length
+    pairs = [(s.title, fit_words(s.body, model.backbone.tokenize, window)) for s in chosen]
+    os.makedirs(work, exist_ok=True)
+    train_file = os.path.join(work, "docs_train.jsonl")
+    longest = max(len(p.split()) for _, p in pairs)
+    kinds = ["query", "keyword"] + [f"pop-{n}" for n in pop if n <= longest]  # a span needs that many words
+    n = write_training_queries(pairs, kinds, train_file, os.path.join(work, "docs_train_tasks"), seed=seed, per_page="all")
+    words = sorted(len(p.split()) for _, p in pairs)
+    info = {"packages": list(packages), "found": counts, "sections": len(pairs), "train_examples": n, "kinds": kinds,
+            "passage_words": {"min": words[0], "median": words[len(words) // 2], "max": words[-1]}}
+    return train_file, info
