@@ -209,11 +209,12 @@ def validation_record(output: str) -> Optional[Dict[str, Any]]:
 
 
 def plugin_config(args, head: str, train_file: str, output: str, lr: float, temperature: float, weight_decay: float,
-                  seed: int, modality: str = "text", eval_data: Optional[str] = None):
+                  seed: int, modality: str = "text", eval_data: Optional[str] = None, head_lr: Optional[float] = None):
     """The plug-in recipe of ``scripts/sweep_heads.py`` and ``scripts/repro_plugin.py`` (one definition,
     so a reproduction trains exactly as the sweep chose): towers locked and cached, corpus negatives,
     validation carved from the training data, early stopping, best model kept. ``lr`` trains
-    everything that trains: the heads, and a dual encoder's projections (image, cross). ``args``
+    everything that trains: the heads, and a dual encoder's projections (image, cross), unless
+    ``head_lr`` gives the heads their own. ``args``
     gives ``model``, ``model_options`` (or None), ``batch_size``, ``max_steps``, ``eval_steps``,
     ``patience``, ``val_fraction`` and, for image / cross, ``vocab_size``; cross is symmetric. With
     ``eval_data`` (a validation JSONL) nothing is carved from the training data; its queries search
@@ -223,7 +224,7 @@ def plugin_config(args, head: str, train_file: str, output: str, lr: float, temp
     extra = {} if modality == "text" else {"vocab_size": args.vocab_size, "symmetric": modality == "cross"}
     return TrainConfig(model=args.model, model_options=dict(getattr(args, "model_options", None) or {}), head=head,
                        train_data=train_file, output=output, modality=modality, train="heads", corpus_negatives=True,
-                       lr=lr, head_lr=lr, temperature=temperature, weight_decay=weight_decay, batch_size=args.batch_size,
+                       lr=lr, head_lr=head_lr or lr, temperature=temperature, weight_decay=weight_decay, batch_size=args.batch_size,
                        max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,
                        val_fraction=0.0 if eval_data else args.val_fraction, eval_data=eval_data,
                        eval_distractors=bool(eval_data), seed=seed, log_steps=50,

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     def plugin(head: str, seed: int) -> lsb_mm.TrainConfig:
         r = recipe[head]
         return plugin_config(stage1, head, exp.train_file, os.path.join(args.work, "runs", f"{head}-seed{seed}-plugin"),
-                             r["lr"], r["temperature"], r["weight_decay"], seed, args.modality)
+                             r["lr"], r["temperature"], r["weight_decay"], seed, args.modality, head_lr=r["head_lr"])
 
     def unlocked(head: str, seed: int, plugged: str) -> lsb_mm.TrainConfig:
         r = recipe[head]

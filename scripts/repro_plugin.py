@@ -62,7 +62,7 @@ def recipes(path: str, heads) -> dict:
         if h not in sweep["winners"]:
             raise SystemExit(f"{path}: the sweep has no run of head {h!r}; run scripts/sweep_heads.py --heads {h}")
         w = by_name[sweep["winners"][h]]
-        out[h] = {"lr": w["lr"], "temperature": w["temperature"], "weight_decay": w["weight_decay"], "sweep_run": w["name"],
+        out[h] = {"lr": w["lr"], "head_lr": w.get("head_lr", w["lr"]), "temperature": w["temperature"], "weight_decay": w["weight_decay"], "sweep_run": w["name"],
                   "validation_ndcg@10": w["best"]["ndcg@10"]}
     return out
 
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
             r = recipe[head]
             train_file, eval_data = plugin_train_files(exp, args.work, seed, args.val_fraction)
             cfg = plugin_config(args, head, train_file, os.path.join(args.work, "runs", f"{head}-seed{seed}"),
-                                r["lr"], r["temperature"], r["weight_decay"], seed, args.modality, eval_data)
+                                r["lr"], r["temperature"], r["weight_decay"], seed, args.modality, eval_data, r["head_lr"])
             if read_run_record(path, cfg) is not None:
                 continue
             t0 = time.perf_counter()
@@ -171,9 +171,10 @@ def render(payload: dict) -> list:
              f"patience {args.patience}; the best model on validation NDCG@10 is tested. {base}; `adapter` is the "
              f"linear control. Seeds {args.seeds}; mean ± std over seeds.", "",
              "Recipes (the sweep's winners on validation):", "",
-             "| head | lr | temperature | weight decay | validation NDCG@10 in the sweep |", "|---|---:|---:|---:|---:|"]
+             "| head | lr | head lr | temperature | weight decay | validation NDCG@10 in the sweep |",
+             "|---|---:|---:|---:|---:|---:|"]
     for h, r in payload["recipe"].items():
-        lines.append(f"| {h} | {r['lr']:g} | {r['temperature']:g} | {r['weight_decay']:g} | {r['validation_ndcg@10']:.4f} |")
+        lines.append(f"| {h} | {r['lr']:g} | {r.get('head_lr', r['lr']):g} | {r['temperature']:g} | {r['weight_decay']:g} | {r['validation_ndcg@10']:.4f} |")
     lines += ["", "Per run: best validation step and the modulation strength on the test queries (median max(a)/min(a); "
               "entropy of a / log d):", "", "| head | seed | best step | steps run | train s | max/min a | entropy |",
               "|---|---:|---:|---:|---:|---:|---:|"]

@@ -42,8 +42,8 @@ from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
 METRIC = "ndcg@10"
 
 
-def run_name(head: str, lr: float, temperature: float, weight_decay: float) -> str:
-    return f"{head}_lr{lr:g}_t{temperature:g}_wd{weight_decay:g}"
+def run_name(head: str, lr: float, temperature: float, weight_decay: float, head_lr_scale: float = 1.0) -> str:
+    return f"{head}_lr{lr:g}_t{temperature:g}_wd{weight_decay:g}" + (f"_h{head_lr_scale:g}" if head_lr_scale != 1 else "")
 
 
 def summarise_log(path: str) -> dict:
@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.02])
     ap.add_argument("--weight-decays", type=float, nargs="+", default=[0.01])
+    ap.add_argument("--head-lr-scales", type=float, nargs="+", default=[1.0],
+                    help="head lr = lr x scale (image, cross: the projections keep lr; `none` runs scale 1 only; "
+                         "default: %(default)s, one lr for everything)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--max-steps", type=int, default=600)
     ap.add_argument("--eval-steps", type=int, default=50)
@@ -86,18 +89,19 @@ def main(argv=None) -> int:
     os.makedirs(runs_dir, exist_ok=True)
     shared = None
     order = sorted(args.heads, key=lambda h: h != "llr")  # LLR first: its cache keeps hidden states, all reuse it
-    for head, lr, t, wd in itertools.product(order, args.lrs, args.temperatures, args.weight_decays):
-        name = run_name(head, lr, t, wd)
+    for head, lr, t, wd, scale in itertools.product(order, args.lrs, args.temperatures, args.weight_decays,
+                                                    args.head_lr_scales):
+        name = run_name(head, lr, t, wd, scale)
         path = os.path.join(runs_dir, f"{name}.json")
-        if os.path.isfile(path):
+        if os.path.isfile(path) or (head == "none" and scale != 1):  # no head: nothing for the scale to scale
             continue
         cfg = plugin_config(args, head, train_file, os.path.join(args.work, "runs", name), lr, t, wd, args.seed, args.modality,
-                            eval_data)
+                            eval_data, head_lr=lr * scale)
         t0 = time.perf_counter()
         trainer = lsb_mm.Trainer(cfg, tower_caches=shared)
         trainer.train()
         shared = shared or (trainer.tower_caches if head == "llr" else None)
-        rec = {"name": name, "head": head, "lr": lr, "temperature": t, "weight_decay": wd, "seconds": round(time.perf_counter() - t0, 1),
+        rec = {"name": name, "head": head, "lr": lr, "head_lr": lr * scale, "temperature": t, "weight_decay": wd, "seconds": round(time.perf_counter() - t0, 1),
                "validation_examples": len(trainer.eval_data), "training_examples": len(trainer.data),
                **summarise_log(os.path.join(cfg.output, "train_log.jsonl"))}
         write_text(path, json.dumps(rec, indent=2))
@@ -135,12 +139,12 @@ def render(payload: dict) -> list:
         u = payload["untrained"]
         lines += [f"Untrained ({start}) on validation: NDCG@10 {u['ndcg@10']:.4f}, "
                   f"R@1 {u['recall@1']:.4f}, R@10 {u['recall@10']:.4f}.", ""]
-    lines += ["| head | lr | temperature | weight decay | val NDCG@10 | val R@1 | val R@10 | best step | steps run | "
-              "max/min a | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["| head | lr | head lr | temperature | weight decay | val NDCG@10 | val R@1 | val R@10 | best step | "
+              "steps run | max/min a | seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(payload["runs"], key=lambda r: (r["head"], -r["best"]["ndcg@10"])):
         mod = r.get("best_modulation") or {}
         star = " **(winner)**" if payload["winners"].get(r["head"]) == r["name"] else ""
-        lines.append(f"| {r['head']}{star} | {r['lr']:g} | {r['temperature']:g} | {r['weight_decay']:g} | "
+        lines.append(f"| {r['head']}{star} | {r['lr']:g} | {r.get('head_lr', r['lr']):g} | {r['temperature']:g} | {r['weight_decay']:g} | "
                      f"{r['best']['ndcg@10']:.4f} | {r['best']['recall@1']:.4f} | {r['best']['recall@10']:.4f} | "
                      f"{r['best_step']} | {r['steps_run']} | {mod.get('max_over_min', float('nan')):.2f} | {r['seconds']:.0f} |")
     return lines

@@ -252,11 +252,16 @@ def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_
     `none` is a trained row, the adapter a control, and the image head's modulation is reported."""
     data = ["--modality", modality, "--dataset", "tuxpaint", "--limit", "60", "--crops-per-image", "2", "--embed-dim", "32",
             "--vocab-size", "16", "--max-steps", "4", "--eval-steps", "2", "--batch-size", "8"]
-    assert load("sweep_heads").main(data + ["--heads", "none", "slr", "adapter", "--lrs", "1e-3", "--work",
-                                            str(tmp_path / "sw"), "--out", str(tmp_path)]) == 0
+    assert load("sweep_heads").main(data + ["--heads", "none", "slr", "adapter", "--lrs", "1e-3", "--head-lr-scales",
+                                            "1", "10", "--work", str(tmp_path / "sw"), "--out", str(tmp_path)]) == 0
     key = "cross" if modality == "cross" else "image-tuxpaint"
     summary = json.load(open(tmp_path / f"sweep_{key}.json"))
     assert set(summary["winners"]) == {"none", "slr", "adapter"} and summary["key"] == key
+    assert sorted(r["name"] for r in summary["runs"]) == [  # `none` has no head to scale
+        "adapter_lr0.001_t0.02_wd0.01", "adapter_lr0.001_t0.02_wd0.01_h10", "none_lr0.001_t0.02_wd0.01",
+        "slr_lr0.001_t0.02_wd0.01", "slr_lr0.001_t0.02_wd0.01_h10"]
+    info = json.load(open(tmp_path / "sw" / "runs" / "slr_lr0.001_t0.02_wd0.01_h10" / "run_info.json"))
+    assert (info["config"]["lr"], info["config"]["head_lr"]) == (1e-3, 1e-2)
     if modality == "image":
         examples = [json.loads(line) for line in open(tmp_path / "sw" / "data" / "train.jsonl")]
         assert len(examples) > 2 * 36  # two crops per training image, and the same-class pairs
@@ -269,7 +274,10 @@ def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_
         ["class", "snippet-10-random", "snippet-30-random", "snippet-50-random", "snippet-80-random"]
     res = _check_repro(tmp_path / f"repro_{key}_plugin.json", [reference, "none", "slr", "adapter"], tasks)
     assert res["references"] == [reference]
+    winner = next(r for r in summary["runs"] if r["name"] == summary["winners"]["slr"])
+    assert res["recipe"]["slr"]["head_lr"] == winner["head_lr"]  # the reproduction trains the winner's head lr
     slr = next(r for r in res["runs"] if r["head"] == "slr")
+    assert json.load(open(tmp_path / f"repro_{key}_plugin" / "slr-seed0.json"))["config"]["head_lr"] == winner["head_lr"]
     assert slr["modulation"]["max_over_min"] >= 1 and slr["steps_run"] >= 2
     md = (tmp_path / f"repro_{key}_plugin.md").read_text()
     assert "Verdicts against `none`" in md and "Verdicts against `adapter`" in md
