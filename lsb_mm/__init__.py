@@ -1,14 +1,44 @@
-"""lsb-mm: LexSemBridge token-aware embedding heads for text and vision retrieval."""
-from ._version import __version__
+"""lsb-mm: LexSemBridge token-aware embedding heads for text and vision retrieval.
 
-from .errors import ImageLoadError, InputError, LSBError, ModelLoadError  # noqa: E402
-from .stream import TokenStream  # noqa: E402
-from .heads import build_head  # noqa: E402
-from .model import LSBModel  # noqa: E402
-from .factory import add_model_config, create_model, list_models, load_model  # noqa: E402
-from .trainer import TrainConfig, Trainer, train  # noqa: E402
-from .index import Index  # noqa: E402
-from .evaluation import CorpusCache, evaluate  # noqa: E402
+The public names below load on first use (PEP 562), so ``import lsb_mm`` and ``lsb-mm --help``
+do not import torch until something needs it."""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+from .errors import ImageLoadError, InputError, LSBError, ModelLoadError
+
+# public name -> the module that defines it
+_LAZY = {
+    "TokenStream": ".stream", "build_head": ".heads", "LSBModel": ".model",
+    "add_model_config": ".factory", "create_model": ".factory", "list_models": ".factory", "load_model": ".factory",
+    "TrainConfig": ".trainer", "Trainer": ".trainer", "train": ".trainer",
+    "Index": ".index", "CorpusCache": ".evaluation", "evaluate": ".evaluation",
+}
 
 __all__ = ["__version__", "TokenStream", "LSBModel", "create_model", "load_model", "list_models",
-           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "evaluate", "CorpusCache", "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]
+           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "evaluate", "CorpusCache",
+           "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
+    from .evaluation import CorpusCache, evaluate  # noqa: F401
+    from .factory import add_model_config, create_model, list_models, load_model  # noqa: F401
+    from .heads import build_head  # noqa: F401
+    from .index import Index  # noqa: F401
+    from .model import LSBModel  # noqa: F401
+    from .stream import TokenStream  # noqa: F401
+    from .trainer import TrainConfig, Trainer, train  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY))

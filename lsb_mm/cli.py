@@ -69,15 +69,18 @@ def _add_model_option(p) -> None:
 
 
 def _head_choices(with_none: bool = True) -> List[str]:
-    """Head kinds from the head registry (``lsb_mm.heads.HEADS``)."""
-    from .heads import HEADS
+    """Head kinds: the built-in ones, and every head registered with ``lsb_mm.heads.register_head``
+    when that registry is loaded (the parser does not load it: ``--help`` imports no torch)."""
+    from .names import HEAD_KINDS
 
-    return sorted(k for k in HEADS if with_none or k != "none")
+    heads = sys.modules.get(f"{__package__}.heads")
+    kinds = set(HEAD_KINDS) | set(heads.HEADS if heads is not None else ())
+    return sorted(k for k in kinds if with_none or k != "none")
 
 
 def _pooling_choices() -> List[str]:
     """Pooling modes of ``hf:`` text encoders (``auto``: the folder's sentence-transformers setting, else cls)."""
-    from .encoders.hf_backbone import POOLINGS
+    from .names import POOLINGS
 
     return ["auto", *POOLINGS]
 
@@ -159,7 +162,7 @@ OUTPUT/checkpoint-NNNNNN, the step log to OUTPUT/train_log.jsonl, run settings t
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .recipes import FINE_TUNE
-    from .trainer import TrainConfig
+    from .train_config import TrainConfig
 
     d = TrainConfig(model="", train_data="", output="")
     g = p.add_argument_group("model")

@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..names import POOLINGS
 from .base import Backbone, ImageFeatures, TextFeatures, register_backbone
 
-POOLINGS = ("cls", "mean", "max")
 VISION_TYPES = ("vit", "deit", "beit", "dinov2", "vit_msn", "vit_mae", "data2vec-vision", "dinov3_vit")
 
 
