@@ -338,15 +338,21 @@ def cmd_index(args) -> int:
 
 
 def cmd_search(args) -> int:
+    t = [time.perf_counter()]
     from .index import Index
 
     index = Index.load(args.index if len(args.index) > 1 else args.index[0])
+    t.append(time.perf_counter())
     model = _load(args)
+    t.append(time.perf_counter())
     if args.text is not None:
         q = model.encode_text([args.text], role="query")
     else:
         q = model.encode_image([args.image], role="query")
+    t.append(time.perf_counter())
     scores, ids = index.search(q, k=args.k, fingerprint=model.fingerprint())
+    t.append(time.perf_counter())
+    seconds = {k: round(b - a, 4) for k, a, b in zip(("index_load", "model_load", "encode", "search"), t, t[1:])}
     where = {i: n for n, i in enumerate(index.ids)}
     hits = []
     for rank, (s, i) in enumerate(zip(scores[0], ids[0]), 1):
@@ -357,7 +363,8 @@ def cmd_search(args) -> int:
             hit.update(index.metadata[where[i]])
         hits.append(hit)
     if args.json:
-        print(json.dumps({"query": args.text if args.text is not None else args.image, "hits": hits}, ensure_ascii=False))
+        print(json.dumps({"query": args.text if args.text is not None else args.image, "hits": hits, "seconds": seconds},
+                         ensure_ascii=False))
     else:
         print(f"{'rank':>4}  {'score':>8}  id")
         for h in hits:
@@ -529,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text", help="a text query")
     q.add_argument("--image", help="an image query (file path)")
     se.add_argument("-k", type=int, default=10, help="results to return (default: 10)")
-    se.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    se.add_argument("--json", action="store_true", help="print JSON instead of a table (with the seconds spent loading the index and the model, encoding and searching)")
     se.set_defaults(func=cmd_search)
 
     xp = sub.add_parser("explain", help="which tokens (or visual words) drive a query's modulation",

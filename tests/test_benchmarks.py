@@ -55,3 +55,13 @@ def test_bench_encode_effnet_rows(tmp_path, manpages_present, stamps_and_effnet)
     assert [r["head"] for r in rows] == ["none", "slr", "llr", "clr"]
     assert all(r["items"] == 4 and r["per_second"] > 0 and r["ratio_vs_none"] > 0 for r in rows)
     assert "| EfficientNet-Lite0 (Tux Paint) | image | llr |" in (tmp_path / "encode.md").read_text()
+
+
+def test_bench_cli_small(tmp_path, manpages_present, minilm_path):
+    assert load("bench_cli").main(["--repeats", "1", "--docs", "20", "--out", str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "cli.json"))
+    assert {"python3 -c pass", "lsb-mm --help", "lsb-mm train --help"} <= set(res["help_seconds"])
+    split = res["search_seconds"]
+    assert set(split) == {"start_up", "index_load", "model_load", "encode", "search", "total"}
+    assert split["total"] >= split["model_load"] > 0
+    assert "| `lsb-mm --help` |" in (tmp_path / "cli.md").read_text()

@@ -66,7 +66,8 @@ def test_index_then_search_finds_the_query_image_first(digits, tmp_path):
     assert summary["count"] == 120 and summary["kind"] == "image"
     for name in ("three/0003.png", "seven/0017.png"):
         r = cli("search", "--model", MODEL, "--head", "slr", "--index", str(out), "--image", str(lab / name), "-k", "3", "--json")
-        hits = json.loads(r.stdout)["hits"]
+        hits, seconds = json.loads(r.stdout)["hits"], json.loads(r.stdout)["seconds"]
+        assert set(seconds) == {"index_load", "model_load", "encode", "search"} and min(seconds.values()) >= 0
         assert hits[0]["id"] == name and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
         assert hits[0]["caption"].startswith("a handwritten")
     r = cli("search", "--model", MODEL, "--head", "slr", "--index", str(out), "--text", "a handwritten seven", "-k", "2")
