@@ -20,9 +20,10 @@ from .datasets.tasks import Task, read_task
 from .errors import InputError
 from .files import write_text
 from .index import Index
+from .lexical import CANDIDATES
 from .metrics import PRIMARY, evaluate_run
 
-__all__ = ["evaluate", "find_tasks", "encode_records", "CorpusCache", "primary_metric", "check_ks"]
+__all__ = ["evaluate", "choose_fusion_weight", "find_tasks", "encode_records", "CorpusCache", "primary_metric", "check_ks"]
 
 log = logging.getLogger(__name__)
 
@@ -113,31 +114,51 @@ def primary_metric(ks: Sequence[int]) -> str:
 def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3, 5, 10), batch_size: int = 64,
              factory: str = "Flat", enhance: bool = True, output: Optional[str] = None,
              show_progress_bar: Optional[bool] = None, num_workers: int = 0,
-             corpus_cache: Optional[CorpusCache] = None) -> Dict[str, object]:
+             corpus_cache: Optional[CorpusCache] = None, hybrid: Union[None, str, float] = None) -> Dict[str, object]:
     """Evaluate ``model`` on one or more task folders; optionally write the result as JSON.
 
-    ``ks`` are the cut-offs of every metric; ``corpus_cache`` (a :class:`CorpusCache`) keeps the
-    document embeddings for later calls (e.g. the same model with ``enhance=False``).
+    ``model`` is an lsb-mm model, or ``"bm25"`` for BM25 alone (:class:`lsb_mm.lexical.BM25` over
+    each task's corpus; text tasks). ``hybrid`` fuses the model's ranking with BM25's: ``"rrf"``
+    (reciprocal-rank fusion) or a dense weight ``w`` in [0, 1] (weighted fusion of min-max
+    normalised scores; choose it on validation with :func:`choose_fusion_weight`). ``ks`` are the
+    cut-offs of every metric; ``corpus_cache`` (a :class:`CorpusCache`) keeps the document
+    embeddings for later calls (e.g. the same model with ``enhance=False``).
     """
+    from .lexical import BM25
+
     ks = check_ks(ks)
     primary = primary_metric(ks)
     folders = find_tasks([tasks] if isinstance(tasks, (str, os.PathLike)) else list(tasks))
+    lexical = isinstance(model, str)
+    if lexical and model != "bm25":
+        raise InputError(f"model {model!r}: a string model must be 'bm25' (else pass a model from lsb_mm.create_model)")
+    if hybrid is not None and (lexical or not (hybrid == "rrf" or isinstance(hybrid, (int, float)))):
+        raise InputError(f"hybrid must be 'rrf' or a dense weight in [0, 1] with a dense model, got {hybrid!r}"
+                         + (" with BM25 alone" if lexical else ""))
     cache = CorpusCache() if corpus_cache is None else corpus_cache
-    fingerprint, doc_fingerprint = model.fingerprint(), model.document_fingerprint()
-    results: Dict[str, object] = {"model": getattr(model, "name", "model"), "fingerprint": fingerprint,
-                                  "enhance": enhance, "primary": primary, "ks": ks, "tasks": {}}
+    fingerprint = None if lexical else model.fingerprint()
+    name = "BM25" if lexical else getattr(model, "name", "model")
+    results: Dict[str, object] = {"model": name if hybrid is None else f"{name} + BM25 ({_fusion_label(hybrid)})",
+                                  "fingerprint": fingerprint, "enhance": enhance, "primary": primary, "ks": ks,
+                                  "tasks": {}}
+    if hybrid is not None:
+        results["hybrid"] = hybrid
     for folder in folders:
         task = read_task(folder)
         t0 = time.perf_counter()
-        # documents pass the head only with fusion_p: otherwise enhance on/off share one encoding
-        docs = cache.get(doc_fingerprint, task.corpus, enhance and model.fusion["document"],
-                         lambda: encode_records(model, task.corpus, "document", batch_size, enhance, show_progress_bar,
-                                                num_workers))
-        t_docs = time.perf_counter() - t0
-        index = Index.build(docs, ids=[d["_id"] for d in task.corpus], factory=factory, fingerprint=fingerprint)
-        t1 = time.perf_counter()
-        q = encode_records(model, task.queries, "query", batch_size, enhance, show_progress_bar, num_workers)
-        _, ids = index.search(q, k=max(ks), fingerprint=fingerprint)
+        bm25 = None
+        if lexical or hybrid is not None:
+            if Task.kind(task.corpus) != "text" or Task.kind(task.queries) != "text":
+                raise InputError(f"task {task.name} ({folder}): BM25 needs text queries and documents")
+            bm25 = BM25.build([d["text"] for d in task.corpus], ids=[d["_id"] for d in task.corpus])
+        if lexical:
+            t_docs, t1 = time.perf_counter() - t0, time.perf_counter()
+            _, ids = bm25.search([q["text"] for q in task.queries], k=max(ks))
+        else:
+            ranking, t_docs, t1 = _dense_search(model, task, cache, max(ks) if hybrid is None else max(max(ks), CANDIDATES),
+                                                batch_size, factory, enhance, show_progress_bar, num_workers)
+            ids = ranking[1] if hybrid is None else _fuse(ranking, bm25.search([q["text"] for q in task.queries],
+                                                                                k=CANDIDATES), hybrid, max(ks))
         run = {qr["_id"]: [i for i in row if i is not None] for qr, row in zip(task.queries, ids)}
         res = evaluate_run(run, task.qrels, ks)
         results["tasks"][task.name] = {**res, "corpus": len(task.corpus), "folder": os.path.abspath(folder),
@@ -146,3 +167,58 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
     if output:
         write_text(output, json.dumps(results, indent=2))
     return results
+
+
+def _dense_search(model, task: Task, cache: CorpusCache, k: int, batch_size: int, factory: str, enhance: bool,
+                  show_progress_bar: Optional[bool], num_workers: int):
+    """``((scores, ids), document seconds, start of the query side)`` of the model on one task."""
+    fingerprint = model.fingerprint()
+    t0 = time.perf_counter()
+    # documents pass the head only with fusion_p: otherwise enhance on/off share one encoding
+    docs = cache.get(model.document_fingerprint(), task.corpus, enhance and model.fusion["document"],
+                     lambda: encode_records(model, task.corpus, "document", batch_size, enhance, show_progress_bar,
+                                            num_workers))
+    t_docs = time.perf_counter() - t0
+    index = Index.build(docs, ids=[d["_id"] for d in task.corpus], factory=factory, fingerprint=fingerprint)
+    t1 = time.perf_counter()
+    q = encode_records(model, task.queries, "query", batch_size, enhance, show_progress_bar, num_workers)
+    return index.search(q, k=min(k, len(task.corpus)), fingerprint=fingerprint), t_docs, t1
+
+
+def _fusion_label(hybrid: Union[str, float]) -> str:
+    return "RRF" if hybrid == "rrf" else f"weighted, dense weight {float(hybrid):g}"
+
+
+def _fuse(dense, lexical, hybrid: Union[str, float], k: int) -> List[List[str]]:
+    from .lexical import rrf, weighted_fusion
+
+    if hybrid == "rrf":
+        return rrf([dense[1], lexical[1]], k)
+    return weighted_fusion(dense, lexical, float(hybrid), k)
+
+
+def choose_fusion_weight(model, tasks: Union[str, Sequence[str]], weights: Sequence[float] = None,
+                         metric: str = "ndcg@10", batch_size: int = 64, show_progress_bar: Optional[bool] = False
+                         ) -> Dict[str, object]:
+    """The dense weight of weighted fusion with the best mean ``metric`` over validation task
+    folders (never the test tasks); ``{"weight", "metric", "scores": {w: value}}``. Each task is
+    encoded once and searched once per side; ties go to the smaller weight."""
+    from .lexical import BM25, FUSION_WEIGHTS
+
+    weights = list(FUSION_WEIGHTS if weights is None else weights)
+    ks = [int(metric.split("@")[1])] if "@" in metric else [10]
+    folders = find_tasks([tasks] if isinstance(tasks, (str, os.PathLike)) else list(tasks))
+    per_w: Dict[float, List[float]] = {w: [] for w in weights}
+    cache = CorpusCache()
+    for folder in folders:
+        task = read_task(folder)
+        dense, _, _ = _dense_search(model, task, cache, CANDIDATES, batch_size, "Flat", True, show_progress_bar, 0)
+        bm25 = BM25.build([d["text"] for d in task.corpus], ids=[d["_id"] for d in task.corpus])
+        lexical = bm25.search([q["text"] for q in task.queries], k=CANDIDATES)
+        for w in weights:
+            ids = _fuse(dense, lexical, w, max(ks))
+            run = {qr["_id"]: row for qr, row in zip(task.queries, ids)}
+            per_w[w].append(evaluate_run(run, task.qrels, ks)["metrics"][metric])
+    scores = {w: float(np.mean(v)) for w, v in per_w.items()}
+    best = max(weights, key=lambda w: (scores[w], -w))
+    return {"weight": best, "metric": metric, "scores": scores, "tasks": [os.path.abspath(f) for f in folders]}

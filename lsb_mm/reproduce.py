@@ -19,7 +19,7 @@ import numpy as np
 from .datasets.splits import stratified_split
 
 __all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "settings_differ", "read_run_record", "run_script", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
-           "plugin_references", "query_modulation", "bm25_run", "bm25_results", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
+           "plugin_references", "query_modulation", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
 Summary = Dict[str, Dict[str, Dict[str, List[float]]]]  # row -> task -> metric -> [mean, std, n]
@@ -355,7 +355,7 @@ def plugin_references(exp: PluginExperiment, feature_cache=None, corpus_cache=No
 
     if exp.modality == "text":
         return {"untuned": [evaluate(exp.untuned, exp.folders, show_progress_bar=False, corpus_cache=corpus_cache)],
-                "BM25": [bm25_results(exp.folders)]}
+                "BM25": [evaluate("bm25", exp.folders)]}
     if exp.modality == "image":
         model, name = create_model("timm:tf_efficientnet_lite0", head="none", weights=efficientnet_lite0_weights(),
                                    img_size=exp.info["img_size"]), "EfficientNet-Lite0 (untuned)"
@@ -521,30 +521,6 @@ def head_tables(summary: Summary, heads: Sequence[str], order: Sequence[str], me
             lines += ["", f"Verdicts against `{base}` (Welch's t-test over the seeds, p < {ALPHA}):", ""]
             lines += verdicts(summary, named, base, metric)
     return lines
-
-
-def bm25_run(task) -> Dict[str, List[str]]:
-    """BM25 (bm25s, English stop words) over the task's corpus; zero-score documents are not retrieved."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([d["text"] for d in task.corpus], stopwords="en", show_progress=False), show_progress=False)
-    k = min(10, len(task.corpus))
-    docs, scores = retriever.retrieve(bm25s.tokenize([q["text"] for q in task.queries], stopwords="en", show_progress=False),
-                                      k=k, show_progress=False)
-    return {q["_id"]: [task.corpus[int(d)]["_id"] for d, s in zip(row, srow) if s > 0]
-            for q, row, srow in zip(task.queries, docs, scores)}
-
-
-def bm25_results(folders: Sequence[str]) -> Dict[str, Any]:
-    from lsb_mm.datasets.tasks import read_task
-    from lsb_mm.metrics import evaluate_run
-
-    out = {"model": "BM25", "tasks": {}}
-    for f in folders:
-        task = read_task(f)
-        out["tasks"][task.name] = evaluate_run(bm25_run(task), task.qrels, (1, 3, 5, 10))
-    return out
 
 
 def machine_line(payload: Dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # n
 from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
 from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
 from lsb_mm.datasets.splits import split_jsonl_by_document  # noqa: E402
-from lsb_mm.reproduce import run_script, bm25_results, head_tables, machine_line, plugin_config, run_grid, summarize  # noqa: E402
+from lsb_mm.reproduce import run_script, head_tables, machine_line, plugin_config, run_grid, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_plugin import recipes  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     untuned = lsb_mm.create_model(args.model, head="none")
     one_file, every_file, folders, data_info = build_data(args, untuned)
-    rows = {"untuned": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)], "BM25": [bm25_results(folders)]}
+    rows = {"untuned": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)], "BM25": [lsb_mm.evaluate("bm25", folders)]}
     recipe = recipes(args.recipe, [h for h in args.heads if h != "none"]) if args.converge_heads else {}
 
     splits = {}

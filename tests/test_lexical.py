@@ -1,0 +1,133 @@
+"""BM25 and hybrid fusion: the retriever, its folder, the fusions, and evaluate(..., hybrid=...)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lsb_mm.errors import InputError
+from lsb_mm.lexical import BM25, FUSION_WEIGHTS, rrf, weighted_fusion
+
+DOCS = ["the cat sat on the mat", "a dog ran far away", "cats and dogs play together", "mat cleaning tips"]
+IDS = ["a", "b", "c", "d"]
+
+
+def test_bm25_ranks_shared_terms_and_pads_with_none():
+    bm = BM25.build(DOCS, IDS)
+    scores, ids = bm.search(["cat mat", "the of and", "dog", "zebra"], k=6)
+    assert scores.shape == (4, 6) and scores.dtype == np.float32
+    assert ids[0][:2] == ["a", "d"] and ids[0][2:] == [None] * 4  # only documents sharing a term
+    assert ids[1] == [None] * 6 and ids[3] == [None] * 6  # stop words only; no known term
+    assert ids[2][0] == "b" and np.all(scores[0, :2] > 0) and np.all(scores[0, 2:] == 0)
+    assert np.all(np.diff(scores[0, :2]) <= 0)
+    assert bm.search([], k=3)[0].shape == (0, 3) and len(bm) == 4
+
+
+@pytest.mark.parametrize("texts, ids, match", [
+    ([], None, "no documents"), (DOCS, IDS[:2], "2 ids for 4 documents"), (DOCS, ["a", "a", "b", "c"], "unique"),
+    (["ok", 3], None, "document '1' is a int"),
+])
+def test_bm25_refuses_bad_corpora(texts, ids, match):
+    with pytest.raises(InputError, match=match):
+        BM25.build(texts, ids)
+
+
+def test_bm25_k_must_be_positive():
+    with pytest.raises(InputError, match="k must be >= 1"):
+        BM25.build(DOCS).search(["cat"], k=0)
+
+
+def test_bm25_folder_round_trip_and_verification(tmp_path):
+    bm = BM25.build(DOCS, IDS, k1=1.2, b=0.6)
+    bm.save(str(tmp_path / "bm"))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".")]  # no temporary folder left
+    back = BM25.load(str(tmp_path / "bm"))
+    for q in (["cat mat"], ["dogs play"]):
+        s0, i0 = bm.search(q, k=4)
+        s1, i1 = back.search(q, k=4)
+        assert i0 == i1 and np.allclose(s0, s1)
+    assert (back.k1, back.b, back.ids) == (1.2, 0.6, IDS)
+    with open(tmp_path / "bm" / "vocab.index.json", "a", encoding="utf-8") as f:
+        f.write(" ")
+    with pytest.raises(InputError, match="SHA-256 does not match"):
+        BM25.load(str(tmp_path / "bm"))
+    os.remove(tmp_path / "bm" / "manifest.json")
+    with pytest.raises(InputError, match="manifest.json is missing"):
+        BM25.load(str(tmp_path / "bm"))
+    (tmp_path / "bm" / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(InputError, match="not a lsb-mm-bm25 manifest"):
+        BM25.load(str(tmp_path / "bm"))
+    (tmp_path / "bm" / "manifest.json").write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        BM25.load(str(tmp_path / "bm"))
+
+
+def test_rrf_by_hand():
+    # doc x: 1/61 + 1/62; y: 1/62 + 1/61; z: 1/63; w: 1/63 -> x, y tie (x first seen), then z, w
+    fused = rrf([[["x", "y", "z"]], [["y", "x", "w", None]]], k=3)
+    assert fused == [["x", "y", "z"]]
+    assert rrf([[["a", None]], [[None, None]]], k=5) == [["a"]]
+
+
+def test_weighted_fusion_ends_and_middle():
+    dense = (np.array([[0.9, 0.5, 0.1]]), [["a", "b", "c"]])
+    lexical = (np.array([[7.0, 3.0, 0.0]]), [["c", "d", None]])
+    assert weighted_fusion(dense, lexical, 1.0, 3) == [["a", "b", "c"]]
+    # normalised: dense a 1, b .5, c 0; lexical c 1, d 0. w = 0: c first, the zeros by id
+    assert weighted_fusion(dense, lexical, 0.0, 2) == [["c", "a"]]
+    # w = 0.5: a .5, b .25, c .5, d 0 -> a and c tie (by id), then b
+    assert weighted_fusion(dense, lexical, 0.5, 3) == [["a", "c", "b"]]
+    with pytest.raises(InputError, match=r"in \[0, 1\]"):
+        weighted_fusion(dense, lexical, 1.5, 3)
+    assert FUSION_WEIGHTS[0] == 0.0 and FUSION_WEIGHTS[-1] == 1.0 and len(FUSION_WEIGHTS) == 11
+
+
+@pytest.fixture
+def text_task(tmp_path):
+    from lsb_mm.datasets.tasks import text_tasks
+
+    words = ["socket", "pipe", "signal", "thread", "memory", "file", "clock", "mutex", "device", "timer"]
+    pairs = [(f"{w} call", f"the {w} interface: " + " ".join(f"{w}{j}" for j in range(12))) for w in words]
+    return text_tasks(pairs, str(tmp_path / "tasks"), kinds=["query", "keyword"], seed=0)
+
+
+def test_evaluate_bm25_and_hybrid(text_task, tiny_hf_dir):
+    import lsb_mm
+    from lsb_mm.datasets.tasks import read_task
+    from lsb_mm.evaluation import choose_fusion_weight
+    from lsb_mm.metrics import evaluate_run
+
+    bm = lsb_mm.evaluate("bm25", text_task)
+    assert bm["model"] == "BM25" and set(bm["tasks"]) == {"query", "keyword"}
+    task = read_task(text_task[1])  # keyword: BM25 run by hand equals evaluate's
+    _, ids = BM25.build([d["text"] for d in task.corpus], [d["_id"] for d in task.corpus]).search(
+        [q["text"] for q in task.queries], k=10)
+    hand = evaluate_run({q["_id"]: [i for i in row if i] for q, row in zip(task.queries, ids)}, task.qrels, (1, 3, 5, 10))
+    assert bm["tasks"]["keyword"]["metrics"] == hand["metrics"]
+    model = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="none")
+    model.name = "tiny"
+    fused = lsb_mm.evaluate(model, text_task, hybrid="rrf")
+    assert fused["model"] == "tiny + BM25 (RRF)" and fused["hybrid"] == "rrf"
+    only_dense = lsb_mm.evaluate(model, text_task, hybrid=1.0)["tasks"]
+    dense = lsb_mm.evaluate(model, text_task)["tasks"]
+    assert all(only_dense[t]["metrics"]["ndcg@10"] == pytest.approx(dense[t]["metrics"]["ndcg@10"]) for t in dense)
+    chosen = choose_fusion_weight(model, text_task)
+    assert chosen["weight"] in FUSION_WEIGHTS and set(chosen["scores"]) == set(FUSION_WEIGHTS)
+    assert chosen["scores"][chosen["weight"]] == max(chosen["scores"].values())
+
+
+def test_evaluate_refuses_what_bm25_cannot_do(text_task, tiny_hf_dir, tmp_path, rgb_images):
+    import lsb_mm
+    from lsb_mm.datasets.tasks import write_task
+
+    with pytest.raises(InputError, match="must be 'bm25'"):
+        lsb_mm.evaluate("tfidf", text_task)
+    with pytest.raises(InputError, match="with BM25 alone"):
+        lsb_mm.evaluate("bm25", text_task, hybrid="rrf")
+    model = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="none")
+    with pytest.raises(InputError, match="hybrid must be 'rrf' or a dense weight"):
+        lsb_mm.evaluate(model, text_task, hybrid="max")
+    folder = write_task(str(tmp_path / "img"), "img", [{"_id": "q", "text": "a cat"}],
+                        [{"_id": "d", "image": "x.png"}], [("q", "d", 1)])
+    with pytest.raises(InputError, match="BM25 needs text queries and documents"):
+        lsb_mm.evaluate("bm25", folder)
