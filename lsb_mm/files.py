@@ -18,7 +18,8 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
 from .errors import InputError
 
-__all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file_sha256", "iter_jsonl", "write_jsonl"]
+__all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file_sha256", "iter_jsonl", "write_jsonl",
+           "read_json"]
 
 
 class atomic_folder:
@@ -143,3 +144,15 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: str, error: type = InputError, missing: Optional[str] = None) -> Any:
+    """The JSON value in ``path``; ``error`` (an :class:`~lsb_mm.errors.InputError` subclass) says
+    that the file is missing (``missing``: the message) or not valid UTF-8 JSON."""
+    if not os.path.isfile(path):
+        raise error(missing or f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from exc

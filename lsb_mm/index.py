@@ -20,7 +20,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError
-from .files import atomic_folder, file_sha256, iter_jsonl, write_jsonl
+from .files import atomic_folder, file_sha256, iter_jsonl, read_json, write_jsonl
 
 __all__ = ["Index", "DEFAULT_ANN", "SearchIndexError"]
 
@@ -359,13 +359,7 @@ def _read_folder(folder: str):
     path = os.path.join(folder, "manifest.json")
     if not os.path.isdir(folder):
         raise SearchIndexError(f"index folder {folder} does not exist")
-    if not os.path.isfile(path):
-        raise SearchIndexError(f"{folder} is not a complete lsb-mm index: manifest.json is missing")
-    try:
-        with open(path, encoding="utf-8") as f:
-            man = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SearchIndexError(f"{path} is not valid JSON: {exc}") from exc
+    man = read_json(path, SearchIndexError, f"{folder} is not a complete lsb-mm index: manifest.json is missing")
     if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("format_version"), int) \
             or not 1 <= man["format_version"] <= FORMAT_VERSION:
         got = (man.get("format"), man.get("format_version")) if isinstance(man, dict) else (None, None)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError
-from .files import atomic_folder, file_sha256
+from .files import atomic_folder, file_sha256, read_json
 
 __all__ = ["BM25", "rrf", "weighted_fusion", "FUSION_WEIGHTS", "RRF_K", "CANDIDATES"]
 
@@ -102,13 +102,7 @@ class BM25:
         import bm25s
 
         path = os.path.join(folder, "manifest.json")
-        if not os.path.isfile(path):
-            raise InputError(f"{folder} is not an lsb-mm BM25 folder: manifest.json is missing")
-        try:
-            with open(path, encoding="utf-8") as f:
-                man = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path} is not valid JSON: {exc}") from None
+        man = read_json(path, InputError, f"{folder} is not an lsb-mm BM25 folder: manifest.json is missing")
         if not isinstance(man, dict) or man.get("format") != FORMAT or man.get("format_version") != FORMAT_VERSION:
             raise InputError(f"{path}: not a {FORMAT} manifest of version {FORMAT_VERSION}")
         sums = man.get("sha256") if isinstance(man.get("sha256"), dict) else {}

@@ -21,7 +21,7 @@ import torch
 
 from ._version import __version__
 from .errors import ModelLoadError
-from .files import atomic_folder, tensor_digest
+from .files import atomic_folder, read_json, tensor_digest
 
 __all__ = ["save_model", "read_config", "read_weights", "check_state", "state_fingerprint", "FORMAT_VERSION",
            "CONFIG_NAME", "WEIGHTS_NAME", "BACKBONE_DIR"]
@@ -66,13 +66,7 @@ def read_config(folder: str) -> Dict[str, Any]:
     if not os.path.isdir(folder):
         raise ModelLoadError(f"model folder {folder} does not exist")
     path = os.path.join(folder, CONFIG_NAME)
-    if not os.path.isfile(path):
-        raise ModelLoadError(f"{folder} is not an lsb-mm model folder: {CONFIG_NAME} is missing")
-    try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+    config = read_json(path, ModelLoadError, f"{folder} is not an lsb-mm model folder: {CONFIG_NAME} is missing")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelLoadError(f"{path}: field 'format' is {config.get('format') if isinstance(config, dict) else None!r}, expected {FORMAT!r}")
     version = config.get("format_version")
