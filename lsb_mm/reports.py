@@ -36,11 +36,16 @@ def markdown_table(runs: Sequence[Dict[str, object]], columns: Optional[Sequence
 
 
 def write_reports(runs: Sequence[Dict[str, object]], folder: str) -> Dict[str, str]:
-    """``results.json``, ``results.md`` and ``recall.png`` (Recall@k per task, one line per model)."""
+    """``results.json`` (``{label: run}``; a run's label is its ``label``, else its ``model``, which
+    must be unique), ``results.md`` and ``recall.png`` (Recall@k per task, one line per model)."""
+    labels = [str(r.get("label", r["model"])) for r in runs]
+    repeated = sorted({x for x in labels if labels.count(x) > 1})
+    if repeated:
+        raise ValueError(f"runs share the labels {repeated}: give each run its own label")
     os.makedirs(folder, exist_ok=True)
     paths = {"json": os.path.join(folder, "results.json"), "markdown": os.path.join(folder, "results.md"),
              "plot": os.path.join(folder, "recall.png")}
-    write_text(paths["json"], json.dumps(list(runs), indent=2))
+    write_text(paths["json"], json.dumps(dict(zip(labels, runs)), indent=2))
     write_text(paths["markdown"], markdown_table(runs))
     import matplotlib
 

@@ -1,6 +1,7 @@
 """BM25 and hybrid fusion: the retriever, its folder, the fusions, and evaluate(..., hybrid=...)."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -131,3 +132,46 @@ def test_evaluate_refuses_what_bm25_cannot_do(text_task, tiny_hf_dir, tmp_path, 
                         [{"_id": "d", "image": "x.png"}], [("q", "d", 1)])
     with pytest.raises(InputError, match="BM25 needs text queries and documents"):
         lsb_mm.evaluate("bm25", folder)
+
+
+def test_eval_cli_bm25_hybrid_labels_and_saved_folders(text_task, tiny_hf_dir, tmp_path, capsys):
+    import lsb_mm
+    from lsb_mm.cli import main
+
+    saved = tmp_path / "run" / "final"
+    lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="slr").save_pretrained(str(saved))
+    tasks = os.path.dirname(text_task[0])
+    out = tmp_path / "res"
+    argv = ["eval", "--model", "bm25", "--model", f"hf:{tiny_hf_dir}", "--model", f"hybrid:hf:{tiny_hf_dir}",
+            "--model", str(saved), "--pooling", "mean", "--tasks", tasks, "--output", str(out), "-q"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"--pooling not applied to {saved}" in err  # the shared option, skipped for the saved folder with a note
+    runs = json.load(open(out / "results.json"))
+    assert list(runs) == ["BM25", f"hf:{tiny_hf_dir}", f"hf:{tiny_hf_dir} + BM25", "run/final"]
+    assert runs[f"hf:{tiny_hf_dir} + BM25"]["hybrid"] == "rrf"
+    assert runs["BM25"]["tasks"]["keyword"]["metrics"] == lsb_mm.evaluate("bm25", text_task)["tasks"]["keyword"]["metrics"]
+    assert "| BM25 |" in (out / "results.md").read_text()
+    # weighted fusion: W chosen on validation folders, recorded; labels given by the user
+    assert main(["eval", "--model", f"hybrid:hf:{tiny_hf_dir}", "--model", "bm25", "--label", "fused", "--label", "lexical",
+                 "--fusion", "weighted", "--fusion-val", tasks, "--tasks", tasks, "--output", str(out), "-q"]) == 0
+    runs = json.load(open(out / "results.json"))
+    assert list(runs) == ["fused", "lexical"] and runs["fused"]["fusion_validation"]["weight"] == runs["fused"]["hybrid"]
+    assert "chosen on --fusion-val" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--fusion", "weighted"], "needs exactly one of --fusion-weight"),
+    (["--fusion", "weighted", "--fusion-weight", "0.5", "--fusion-val", "x"], "needs exactly one of --fusion-weight"),
+    (["--fusion", "weighted", "--fusion-weight", "1.5"], r"--fusion-weight must be in \[0, 1\]"),
+    (["--label", "a", "--label", "b"], "2 labels for 1 --model"),
+])
+def test_eval_cli_refuses_bad_fusion_and_labels(text_task, tiny_hf_dir, tmp_path, capsys, extra, match):
+    from lsb_mm.cli import main
+
+    argv = ["eval", "--model", f"hybrid:hf:{tiny_hf_dir}", "--tasks", os.path.dirname(text_task[0]), "--output",
+            str(tmp_path / "o"), "-q", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(match, err), err

@@ -115,8 +115,10 @@ def test_build_tasks_and_eval(digits, tmp_path):
     r = cli("eval", "--model", MODEL, "--model", "open_clip:lsb-tiny-test", "--head", "slr", "--tasks", str(tasks),
             "--output", str(out), "--compare-plain", "-q")
     paths = json.loads(r.stdout)
-    runs = json.load(open(paths["json"]))
-    assert [x["model"] for x in runs][:2] == [MODEL, f"{MODEL} (plain)"]
+    by_label = json.load(open(paths["json"]))
+    assert list(by_label) == [MODEL, f"{MODEL} (plain)", f"{MODEL} #2", f"{MODEL} #2 (plain)"]  # keyed by label
+    runs = list(by_label.values())
+    assert [x["model"] for x in runs] == list(by_label)
     assert set(runs[0]["tasks"]) == {"caption2image", "class", "image2caption", "snippet-50-top-left"}
     md = open(paths["markdown"]).read()
     assert "| model | " in md and "snippet-50-top-left" in md
@@ -163,7 +165,7 @@ def test_eval_follows_the_cut_offs_asked_for(digits, tmp_path):
     out = tmp_path / "results"
     r = cli("-v", "eval", "--model", MODEL, "--head", "slr", "--tasks", str(tasks), "--output", str(out), "--k", "1", "5",
             "--compare-plain", "-q")
-    runs = json.load(open(json.loads(r.stdout)["json"]))
+    runs = list(json.load(open(json.loads(r.stdout)["json"])).values())
     metrics = runs[0]["tasks"]["class"]["metrics"]
     assert runs[0]["primary"] == "ndcg@5" and runs[0]["ks"] == [1, 5]
     assert {k.split("@")[1] for k in metrics} == {"1", "5"}
