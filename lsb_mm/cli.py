@@ -62,6 +62,19 @@ def _model_option(text: str):
         return key, value
 
 
+def _fusion_arg(text: str):
+    """``rrf`` or a dense weight in [0, 1] (``--hybrid``)."""
+    if text == "rrf":
+        return text
+    try:
+        w = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected rrf or a weight in [0, 1], got {text!r}") from None
+    if not 0 <= w <= 1:
+        raise argparse.ArgumentTypeError(f"the dense weight must be in [0, 1], got {w}")
+    return w
+
+
 def _add_model_option(p) -> None:
     p.add_argument("--model-option", dest="model_options", type=_model_option, action="append", default=None, metavar="KEY=VALUE",
                    help="an option of a new model, repeatable; VALUE is JSON or text, e.g. embed_dim=256, img_size=160, "
@@ -327,13 +340,20 @@ def cmd_index(args) -> int:
     t_enc = time.perf_counter() - t0
     index = Index.build(emb, ids=docs.ids, metadata=docs.metadata, factory=args.factory, device=args.index_device,
                         fingerprint=model.fingerprint())
+    if args.bm25:
+        texts = docs.items if docs.kind == "text" else [m.get("caption") for m in docs.metadata]
+        missing = [i for i, t in zip(docs.ids, texts) if not t]
+        if missing:
+            raise InputError(f"--bm25 indexes each document's text (images: their caption); {len(missing)} of "
+                             f"{len(texts)} have none, e.g. {missing[0]!r}")
+        index.add_bm25(texts)
     index.save(args.output)
     report = None
     if skipped:
         report = args.output.rstrip("/") + ".skipped.jsonl"
         write_text(report, "".join(json.dumps({"path": path, "reason": reason}) + "\n" for path, reason in skipped))
         print(f"skipped {len(skipped)} unreadable files; see {report}", file=sys.stderr)
-    print(json.dumps({"index": args.output, "count": len(index), "kind": docs.kind, "factory": args.factory,
+    print(json.dumps({"index": args.output, "count": len(index), "kind": docs.kind, "factory": args.factory, "bm25": args.bm25,
                       "device": index.device, "encode_seconds": round(t_enc, 2), "skipped": len(skipped),
                       "skipped_report": report, "fingerprint": index.fingerprint}))
     return 0
@@ -343,7 +363,11 @@ def cmd_search(args) -> int:
     t = [time.perf_counter()]
     from .index import Index
 
+    if args.hybrid is not None and args.text is None:
+        raise InputError("--hybrid fuses BM25 over the query's text: give --text")
     index = Index.load(args.index if len(args.index) > 1 else args.index[0])
+    if args.hybrid is not None:
+        index.check_hybrid()  # before the model loads
     t.append(time.perf_counter())
     model = _load(args)
     t.append(time.perf_counter())
@@ -352,7 +376,10 @@ def cmd_search(args) -> int:
     else:
         q = model.encode_image([args.image], role="query")
     t.append(time.perf_counter())
-    scores, ids = index.search(q, k=args.k, fingerprint=model.fingerprint())
+    if args.hybrid is None:
+        scores, ids = index.search(q, k=args.k, fingerprint=model.fingerprint())
+    else:
+        ids, scores = index.search_hybrid(q, [args.text], k=args.k, fusion=args.hybrid, fingerprint=model.fingerprint())
     t.append(time.perf_counter())
     seconds = {k: round(b - a, 4) for k, a, b in zip(("index_load", "model_load", "encode", "search"), t, t[1:])}
     where = {i: n for n, i in enumerate(index.ids)}
@@ -583,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--output", required=True, help="index folder to write")
     ix.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32 ...")
     ix.add_argument("--index-device", default="auto", choices=["auto", "cpu", "gpu"], help="where the index lives (auto: all GPUs when FAISS sees one)")
+    ix.add_argument("--bm25", action="store_true",
+                    help="also index each document's text (images: its caption) with BM25, for search --hybrid")
     ix.add_argument("--shard", default=None, help="index only slice i/n of the documents (e.g. 2/4)")
     ix.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in OUTPUT.skipped.jsonl")
     ix.add_argument("--batch-size", type=int, default=64)
@@ -599,6 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--text", help="a text query")
     q.add_argument("--image", help="an image query (file path)")
     se.add_argument("-k", type=int, default=10, help="results to return (default: 10)")
+    se.add_argument("--hybrid", type=_fusion_arg, default=None, metavar="rrf|W",
+                    help="fuse with the index's BM25 side (built with index --bm25): rrf (reciprocal-rank fusion) or "
+                         "a dense weight W in [0, 1] (weighted min-max scores; choose W with eval --fusion-val)")
     se.add_argument("--json", action="store_true", help="print JSON instead of a table (with the seconds spent loading the index and the model, encoding and searching)")
     se.set_defaults(func=cmd_search)
 

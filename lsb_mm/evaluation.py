@@ -20,7 +20,7 @@ from .datasets.tasks import Task, read_task
 from .errors import InputError
 from .files import write_text
 from .index import Index
-from .lexical import CANDIDATES
+from .lexical import CANDIDATES, fuse
 from .metrics import PRIMARY, evaluate_run
 
 __all__ = ["evaluate", "choose_fusion_weight", "find_tasks", "encode_records", "CorpusCache", "primary_metric", "check_ks"]
@@ -157,8 +157,8 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
         else:
             ranking, t_docs, t1 = _dense_search(model, task, cache, max(ks) if hybrid is None else max(max(ks), CANDIDATES),
                                                 batch_size, factory, enhance, show_progress_bar, num_workers)
-            ids = ranking[1] if hybrid is None else _fuse(ranking, bm25.search([q["text"] for q in task.queries],
-                                                                                k=CANDIDATES), hybrid, max(ks))
+            ids = ranking[1] if hybrid is None else fuse(ranking, bm25.search([q["text"] for q in task.queries],
+                                                                               k=CANDIDATES), hybrid, max(ks))[0]
         run = {qr["_id"]: [i for i in row if i is not None] for qr, row in zip(task.queries, ids)}
         res = evaluate_run(run, task.qrels, ks)
         results["tasks"][task.name] = {**res, "corpus": len(task.corpus), "folder": os.path.abspath(folder),
@@ -189,14 +189,6 @@ def _fusion_label(hybrid: Union[str, float]) -> str:
     return "RRF" if hybrid == "rrf" else f"weighted, dense weight {float(hybrid):g}"
 
 
-def _fuse(dense, lexical, hybrid: Union[str, float], k: int) -> List[List[str]]:
-    from .lexical import rrf, weighted_fusion
-
-    if hybrid == "rrf":
-        return rrf([dense[1], lexical[1]], k)
-    return weighted_fusion(dense, lexical, float(hybrid), k)
-
-
 def choose_fusion_weight(model, tasks: Union[str, Sequence[str]], weights: Sequence[float] = None,
                          metric: str = "ndcg@10", batch_size: int = 64, show_progress_bar: Optional[bool] = False
                          ) -> Dict[str, object]:
@@ -216,7 +208,7 @@ def choose_fusion_weight(model, tasks: Union[str, Sequence[str]], weights: Seque
         bm25 = BM25.build([d["text"] for d in task.corpus], ids=[d["_id"] for d in task.corpus])
         lexical = bm25.search([q["text"] for q in task.queries], k=CANDIDATES)
         for w in weights:
-            ids = _fuse(dense, lexical, w, max(ks))
+            ids = fuse(dense, lexical, w, max(ks))[0]
             run = {qr["_id"]: row for qr, row in zip(task.queries, ids)}
             per_w[w].append(evaluate_run(run, task.qrels, ks)["metrics"][metric])
     scores = {w: float(np.mean(v)) for w, v in per_w.items()}

@@ -27,6 +27,7 @@ __all__ = ["Index", "DEFAULT_ANN", "SearchIndexError"]
 log = logging.getLogger(__name__)
 FORMAT = "lsb-mm-index"
 FORMAT_VERSION = 1
+BM25_MANIFEST = "bm25/manifest.json"  # the optional lexical side's manifest (its checksum is in the index's)
 DEFAULT_ANN = "HNSW32"
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 256
@@ -135,6 +136,8 @@ class Index:
         self.metric = "ip"
         self._id_set = set(self.ids)
         self._lookup: Optional[np.ndarray] = None  # ids as an object array (+ None for missing), built once
+        self.bm25 = None  # an optional lexical side (lsb_mm.lexical.BM25) over the same ids: add_bm25
+        self._shards: Optional[list] = None
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -185,6 +188,8 @@ class Index:
             raise SearchIndexError(f"duplicate id {(dup or [i for i in new_ids if new_ids.count(i) > 1])[0]!r}; ids must be unique")
         if metadata is not None and len(metadata) != x.shape[0]:
             raise SearchIndexError(f"{len(metadata)} metadata rows for {x.shape[0]} embeddings")
+        if self.bm25 is not None:
+            raise SearchIndexError("this index has a BM25 side, which cannot grow: add every vector first, then add_bm25")
         if (metadata is None) != (self.metadata is None) and n0:
             raise SearchIndexError("give metadata for every batch added, or for none")
         self._index.add(x)
@@ -217,6 +222,41 @@ class Index:
         ids = self._lookup[np.where(labels < 0, len(self.ids), labels)]
         scores[labels < 0] = -np.inf
         return scores, ids
+
+    def add_bm25(self, texts: Sequence[str]) -> None:
+        """Index ``texts`` (one per vector, in order: the documents' texts or captions) with BM25
+        beside the vectors; :meth:`search_hybrid` then fuses both rankings, :meth:`save` keeps it."""
+        from .lexical import BM25
+
+        texts = list(texts)
+        if len(texts) != len(self.ids):
+            raise SearchIndexError(f"{len(texts)} texts for the BM25 side of an index of {len(self.ids)} vectors")
+        if self._shards is not None:
+            raise SearchIndexError("a set of shards has no single BM25 side; build it on each shard before saving")
+        self.bm25 = BM25.build(texts, self.ids)
+
+    def check_hybrid(self) -> None:
+        """Raise :class:`SearchIndexError` saying why :meth:`search_hybrid` cannot run, if it cannot."""
+        if self._shards is not None:
+            raise SearchIndexError("hybrid search over several shards is not supported (BM25 statistics are per "
+                                   "shard): search one index folder")
+        if self.bm25 is None:
+            raise SearchIndexError("this index has no BM25 side: build it with `lsb-mm index --bm25` (Index.add_bm25)")
+
+    def search_hybrid(self, queries, texts: Sequence[str], k: int = 10, fusion: Union[str, float] = "rrf",
+                      fingerprint: Optional[str] = None) -> Tuple[List[List[str]], List[List[float]]]:
+        """Fuse the dense ranking of ``queries`` (embeddings) with BM25's of ``texts`` (the same
+        queries as text): ``fusion`` ``"rrf"`` or a dense weight in [0, 1]. Returns ``(ids, fused
+        scores)`` per query, best first."""
+        from .lexical import CANDIDATES, fuse
+
+        self.check_hybrid()
+        texts = list(texts)
+        depth = max(k, CANDIDATES)
+        scores, ids = self.search(queries, k=min(depth, len(self)), fingerprint=fingerprint)
+        if len(texts) != len(ids):
+            raise SearchIndexError(f"{len(texts)} query texts for {len(ids)} query embeddings")
+        return fuse((scores, [list(r) for r in ids]), self.bm25.search(texts, k=depth), fusion, k)
 
     def set_search_params(self, **params: Any) -> None:
         """FAISS search parameters, e.g. ``nprobe=32`` (IVF) or ``efSearch=256`` (HNSW)."""
@@ -275,9 +315,12 @@ class Index:
             if self.metadata is not None:
                 write_jsonl(os.path.join(tmp, "metadata.jsonl"), self.metadata)
             files = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if self.metadata is not None else [])
+            if self.bm25 is not None:  # verified on load by its own manifest, whose checksum is kept here
+                self.bm25.save(os.path.join(tmp, "bm25"))
+                files.append(BM25_MANIFEST)
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
                         "factory": self.factory, "count": len(self.ids), "fingerprint": self.fingerprint,
-                        "metadata": self.metadata is not None, "index_sha256": file_sha256(os.path.join(tmp, "index.faiss")),
+                        "metadata": self.metadata is not None, "bm25": self.bm25 is not None, "index_sha256": file_sha256(os.path.join(tmp, "index.faiss")),
                         "sha256": {name: file_sha256(os.path.join(tmp, name)) for name in files},
                         "versions": {"lsb_mm": __version__, "faiss": faiss.__version__, "numpy": np.__version__}}
             with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
@@ -307,6 +350,8 @@ class Index:
         metadata = None if any(m is None for m in metas) else [m for ms in metas for m in ms]
         if len(parts) == 1:
             self = cls(parts[0][1], first["dim"], first["factory"], ids, metadata, first["fingerprint"], "cpu")
+            if first.get("bm25"):
+                self.bm25 = _read_bm25(parts[0][4], ids)
             self._to_device(device)
             return self
         placed = [place_index(p[1], device, f"{p[0]['factory']} ({p[4]})") for p in parts]
@@ -353,6 +398,18 @@ _MANIFEST_FIELDS = {"dim": int, "count": int, "factory": str, "metric": str}
 _METRICS = {"ip": 0}  # manifest name -> faiss.METRIC_* value (lsb-mm searches by inner product only)
 
 
+def _read_bm25(folder: str, ids: List[str]):
+    from .lexical import BM25
+
+    try:
+        bm25 = BM25.load(os.path.join(folder, "bm25"))
+    except InputError as exc:
+        raise SearchIndexError(f"the BM25 side of index {folder}: {exc}") from None
+    if bm25.ids != ids:
+        raise SearchIndexError(f"{folder}/bm25: its ids differ from the index's ids.jsonl")
+    return bm25
+
+
 def _read_folder(folder: str):
     import faiss
 
@@ -374,7 +431,8 @@ def _read_folder(folder: str):
     ipath = os.path.join(folder, "index.faiss")
     if not os.path.isfile(ipath):
         raise SearchIndexError(f"{folder}: index.faiss is missing")
-    names = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if man.get("metadata") else [])
+    names = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if man.get("metadata") else []) + \
+        ([BM25_MANIFEST] if man.get("bm25") else [])
     if "sha256" in man:  # every file has its checksum
         sums = man["sha256"]
         if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in names):

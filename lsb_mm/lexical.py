@@ -20,7 +20,7 @@ from ._version import __version__
 from .errors import InputError
 from .files import atomic_folder, file_sha256, read_json
 
-__all__ = ["BM25", "rrf", "weighted_fusion", "FUSION_WEIGHTS", "RRF_K", "CANDIDATES"]
+__all__ = ["BM25", "rrf", "weighted_fusion", "fuse", "FUSION_WEIGHTS", "RRF_K", "CANDIDATES"]
 
 FORMAT, FORMAT_VERSION = "lsb-mm-bm25", 1
 RRF_K = 60  # the constant of reciprocal-rank fusion (Cormack et al., 2009)
@@ -30,6 +30,7 @@ _FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
           "ids.json")
 
 Ranking = Tuple[np.ndarray, List[List[Optional[str]]]]  # scores [n, k], ids (None: no document)
+Fused = Tuple[List[List[str]], List[List[float]]]  # ids, fused scores (best first)
 
 
 class BM25:
@@ -120,17 +121,19 @@ class BM25:
         return cls(retriever, ids, float(man.get("k1", 1.5)), float(man.get("b", 0.75)))
 
 
-def rrf(rankings: Sequence[List[List[Optional[str]]]], k: int, c: int = RRF_K) -> List[List[str]]:
+def rrf(rankings: Sequence[List[List[Optional[str]]]], k: int, c: int = RRF_K) -> Fused:
     """Reciprocal-rank fusion: each document scores ``sum 1 / (c + rank)`` over the rankings that
-    hold it (rank from 1); ties keep the order of first appearance."""
-    out = []
+    hold it (rank from 1); ties keep the order of first appearance. Returns ``(ids, scores)``."""
+    ids, scores = [], []
     for rows in zip(*rankings):
         score: Dict[str, float] = {}
         for row in rows:
             for rank, doc in enumerate((d for d in row if d is not None), 1):
                 score[doc] = score.get(doc, 0.0) + 1.0 / (c + rank)
-        out.append(sorted(score, key=lambda d: -score[d])[:k])
-    return out
+        top = sorted(score, key=lambda d: -score[d])[:k]
+        ids.append(top)
+        scores.append([score[d] for d in top])
+    return ids, scores
 
 
 def _minmax(scores: np.ndarray, ids: List[List[Optional[str]]]) -> List[Dict[str, float]]:
@@ -145,13 +148,24 @@ def _minmax(scores: np.ndarray, ids: List[List[Optional[str]]]) -> List[Dict[str
     return rows
 
 
-def weighted_fusion(dense: Ranking, lexical: Ranking, weight: float, k: int) -> List[List[str]]:
+def weighted_fusion(dense: Ranking, lexical: Ranking, weight: float, k: int) -> Fused:
     """``weight * dense + (1 - weight) * lexical`` over per-query min-max normalised scores; a
-    document missing from one side scores 0 there."""
+    document missing from one side scores 0 there. Returns ``(ids, scores)``."""
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"fusion weight must be in [0, 1] (the dense side's share), got {weight}")
-    out = []
+    ids, scores = [], []
     for d, lx in zip(_minmax(*dense), _minmax(*lexical)):
         fused = {doc: weight * d.get(doc, 0.0) + (1 - weight) * lx.get(doc, 0.0) for doc in {**d, **lx}}
-        out.append(sorted(fused, key=lambda doc: (-fused[doc], doc))[:k])
-    return out
+        top = sorted(fused, key=lambda doc: (-fused[doc], doc))[:k]
+        ids.append(top)
+        scores.append([fused[doc] for doc in top])
+    return ids, scores
+
+
+def fuse(dense: Ranking, lexical: Ranking, hybrid, k: int) -> Fused:
+    """``hybrid`` ``"rrf"`` (:func:`rrf`) or a dense weight in [0, 1] (:func:`weighted_fusion`)."""
+    if hybrid == "rrf":
+        return rrf([dense[1], lexical[1]], k)
+    if isinstance(hybrid, bool) or not isinstance(hybrid, (int, float)):
+        raise InputError(f"hybrid must be 'rrf' or a dense weight in [0, 1], got {hybrid!r}")
+    return weighted_fusion(dense, lexical, float(hybrid), k)

@@ -65,19 +65,19 @@ def test_bm25_folder_round_trip_and_verification(tmp_path):
 
 def test_rrf_by_hand():
     # doc x: 1/61 + 1/62; y: 1/62 + 1/61; z: 1/63; w: 1/63 -> x, y tie (x first seen), then z, w
-    fused = rrf([[["x", "y", "z"]], [["y", "x", "w", None]]], k=3)
-    assert fused == [["x", "y", "z"]]
-    assert rrf([[["a", None]], [[None, None]]], k=5) == [["a"]]
+    ids, scores = rrf([[["x", "y", "z"]], [["y", "x", "w", None]]], k=3)
+    assert ids == [["x", "y", "z"]] and scores[0] == pytest.approx([1 / 61 + 1 / 62, 1 / 62 + 1 / 61, 1 / 63])
+    assert rrf([[["a", None]], [[None, None]]], k=5) == ([["a"]], [[1 / 61]])
 
 
 def test_weighted_fusion_ends_and_middle():
     dense = (np.array([[0.9, 0.5, 0.1]]), [["a", "b", "c"]])
     lexical = (np.array([[7.0, 3.0, 0.0]]), [["c", "d", None]])
-    assert weighted_fusion(dense, lexical, 1.0, 3) == [["a", "b", "c"]]
+    assert weighted_fusion(dense, lexical, 1.0, 3) == ([["a", "b", "c"]], [[1.0, 0.5, 0.0]])
     # normalised: dense a 1, b .5, c 0; lexical c 1, d 0. w = 0: c first, the zeros by id
-    assert weighted_fusion(dense, lexical, 0.0, 2) == [["c", "a"]]
+    assert weighted_fusion(dense, lexical, 0.0, 2)[0] == [["c", "a"]]
     # w = 0.5: a .5, b .25, c .5, d 0 -> a and c tie (by id), then b
-    assert weighted_fusion(dense, lexical, 0.5, 3) == [["a", "c", "b"]]
+    assert weighted_fusion(dense, lexical, 0.5, 3) == ([["a", "c", "b"]], [[0.5, 0.5, 0.25]])
     with pytest.raises(InputError, match=r"in \[0, 1\]"):
         weighted_fusion(dense, lexical, 1.5, 3)
     assert FUSION_WEIGHTS[0] == 0.0 and FUSION_WEIGHTS[-1] == 1.0 and len(FUSION_WEIGHTS) == 11
@@ -175,3 +175,68 @@ def test_eval_cli_refuses_bad_fusion_and_labels(text_task, tiny_hf_dir, tmp_path
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert re.search(match, err), err
+
+
+def test_index_with_a_bm25_side_saves_loads_and_fuses(tmp_path):
+    from lsb_mm.index import Index, SearchIndexError
+
+    rs = np.random.default_rng(0)
+    x = rs.standard_normal((4, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = Index.build(x, ids=IDS)
+    with pytest.raises(SearchIndexError, match="no BM25 side"):
+        index.search_hybrid(x[:1], ["cat"], k=2)
+    with pytest.raises(SearchIndexError, match="3 texts"):
+        index.add_bm25(DOCS[:3])
+    index.add_bm25(DOCS)
+    ids, scores = index.search_hybrid(x[1:2], ["cat mat"], k=3)
+    dense = [list(index.search(x[1:2], 4)[1][0])]  # b first (its own vector)
+    assert (ids, scores) == rrf([dense, index.bm25.search(["cat mat"], 4)[1]], 3)
+    assert "b" in ids[0] and ("a" in ids[0] or "d" in ids[0])  # both sides contribute
+    assert index.search_hybrid(x[1:2], ["cat mat"], k=2, fusion=1.0)[0] == [["b", index.search(x[1:2], 2)[1][0][1]]]
+    assert index.search_hybrid(x[1:2], ["cat mat"], k=1, fusion=0.0)[0] == [["a"]]  # BM25's best
+    with pytest.raises(SearchIndexError, match="cannot grow"):
+        index.add(x[:1], ids=["e"])
+    index.save(str(tmp_path / "ix"))
+    back = Index.load(str(tmp_path / "ix"))
+    assert back.bm25 is not None and back.search_hybrid(x[1:2], ["cat mat"], k=3) == (ids, scores)
+    with open(tmp_path / "ix" / "bm25" / "manifest.json", "a", encoding="utf-8") as f:
+        f.write(" ")  # the index's manifest keeps the BM25 manifest's checksum
+    with pytest.raises(SearchIndexError, match="checksum does not match"):
+        Index.load(str(tmp_path / "ix"))
+    plain = Index.build(x, ids=IDS)
+    plain.save(str(tmp_path / "plain"))
+    assert Index.load(str(tmp_path / "plain")).bm25 is None
+    both = Index.load([str(tmp_path / "plain")])  # one folder given as a list: still one index
+    assert both.bm25 is None
+
+
+def test_index_and_search_cli_with_bm25(tiny_hf_dir, tmp_path, capsys):
+    from lsb_mm.cli import main
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in zip(IDS, DOCS)))
+    model = f"hf:{tiny_hf_dir}"
+    assert main(["index", "--model", model, "--head", "none", "--corpus", str(corpus), "--bm25", "--output",
+                 str(tmp_path / "ix"), "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["bm25"] is True
+    search = ["search", "--model", model, "--head", "none", "--index", str(tmp_path / "ix"), "--text", "cat mat",
+              "-k", "3", "--json"]
+    assert main(search + ["--hybrid", "0"]) == 0
+    hits = json.loads(capsys.readouterr().out)["hits"]
+    assert hits[0]["id"] == "a" and hits[0]["text"] == DOCS[0]  # BM25's best, with its metadata
+    assert main(search + ["--hybrid", "rrf"]) == 0
+    fused = json.loads(capsys.readouterr().out)["hits"]
+    assert len(fused) == 3 and fused[0]["score"] >= fused[-1]["score"]
+    assert main(["index", "--model", model, "--head", "none", "--corpus", str(corpus), "--output",
+                 str(tmp_path / "plain"), "-q"]) == 0
+    capsys.readouterr()
+    bad = [(["--index", str(tmp_path / "plain"), "--text", "cat", "--hybrid", "rrf"], "no BM25 side"),
+           (["--index", str(tmp_path / "ix"), "--image", "x.png", "--hybrid", "rrf"], "give --text")]
+    for extra, match in bad:
+        assert main(["search", "--model", model, "--head", "none", *extra]) == 2
+        err = capsys.readouterr().err
+        assert match in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exc:
+        main(search + ["--hybrid", "2"])
+    assert exc.value.code == 2 and "dense weight must be in [0, 1]" in capsys.readouterr().err
