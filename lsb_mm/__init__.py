@@ -5,6 +5,7 @@ do not import torch until something needs it."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
@@ -37,6 +38,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value  # later look-ups skip this hook
         return value
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f".{name}", __name__)  # a submodule: lsb_mm.pretrained, lsb_mm.lexical ...
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -100,7 +100,8 @@ def _pooling_choices() -> List[str]:
 
 def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     p.add_argument("--model", required=True, action="append" if multiple else "store",
-                   help="a saved lsb-mm folder, or an encoder name: open_clip:<config>, open_clip:local-dir:/path, "
+                   help="a saved lsb-mm folder, a packaged encoder with real weights (minilm, effnet-lite0, "
+                        "minilm+effnet-lite0), or an encoder name: open_clip:<config>, open_clip:local-dir:/path, "
                         "timm:<name>, hf:<folder>" + (" (repeat to compare models; also bm25 for BM25 alone, and "
                                                       "hybrid:<model> for a model fused with BM25, see --fusion)"
                                                       if multiple else ""))
@@ -181,7 +182,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig(model="", train_data="", output="")
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="encoder name (open_clip:..., timm:..., hf:...) or a saved lsb-mm folder")
+    g.add_argument("--model", required=True, help="a packaged encoder (minilm, effnet-lite0, minilm+effnet-lite0), an "
+                                                  "encoder name (open_clip:..., timm:..., hf:..., dual:...) or a saved "
+                                                  "lsb-mm folder")
     g.add_argument("--head", default=d.head, choices=_head_choices(), help="head of a new model (default: %(default)s)")
     g.add_argument("--pooling", default=None, choices=_pooling_choices(), help="pooling of hf: encoders")
     _add_model_option(g)

