@@ -508,10 +508,37 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _cut_to_window(args, pairs):
+    """Pairs with passages cut to ``--max-tokens`` (tokens of ``--model``'s tokenizer, else words) or to
+    ``--model``'s window; says how many were cut."""
+    from .datasets.text_experiment import cut_passages
+
+    tokenize = window = None
+    if args.model:
+        model = _load(argparse.Namespace(model=args.model, head="none", pretrained=None, pooling=None,
+                                         model_options=None, device="cpu"))
+        tower = getattr(model.backbone, "text", model.backbone)  # a dual encoder's text side
+        if not model.has_text or not hasattr(tower, "max_length") or \
+                "attention_mask" not in tower.tokenize(["a"]):
+            raise InputError(f"--model {args.model}: sizing passages needs a Hugging Face text tower (hf:..., minilm, "
+                             "or a dual encoder with one); give --max-tokens N alone to cut to N words")
+        tokenize, window = tower.tokenize, tower.max_length
+    limit = args.max_tokens if args.max_tokens is not None else window
+    out, n = cut_passages(pairs, limit, tokenize)
+    unit = "tokens" if tokenize is not None else "words"
+    print(f"lsb-mm build-tasks: cut {n} of {len(set(p for _, p in pairs))} passages to {limit} {unit}"
+          + (f" ({args.model}'s tokenizer)" if tokenize is not None else ""), file=sys.stderr)
+    return out, n
+
+
 def cmd_build_tasks(args) -> int:
     from .datasets import tasks as T
+    from .datasets.text_experiment import build_text_split, usable_kinds
 
     made: List[str] = []
+    report: dict = {}
+    if (args.split is not None or args.model or args.max_tokens is not None) and not (args.pairs or args.beir):
+        raise InputError("--split, --model and --max-tokens apply to text pairs: give --pairs or --beir")
     if args.pairs or args.beir:
         if args.pairs:
             pairs = []
@@ -521,7 +548,21 @@ def cmd_build_tasks(args) -> int:
                 pairs.append((rec["query"], rec["passage"]))
         else:
             pairs = T.read_beir_pairs(args.beir)
-        made += T.text_tasks(pairs, args.output, kinds=args.text_tasks, seed=args.seed)
+        if not pairs:
+            raise InputError(f"{args.pairs or args.beir}: no (query, passage) pairs")
+        if args.model or args.max_tokens is not None:
+            pairs, n_cut = _cut_to_window(args, pairs)
+            report["cut"] = n_cut
+        if args.split is not None:
+            report.update(build_text_split(pairs, args.output, args.split, args.text_tasks, args.val_fraction, args.seed))
+            made += report.pop("tasks")
+        else:
+            kinds, skipped = usable_kinds([p for _, p in pairs], args.text_tasks)
+            report["skipped_kinds"] = skipped
+            made += T.text_tasks(pairs, args.output, kinds=kinds, seed=args.seed)
+        if report.get("skipped_kinds"):
+            print(f"lsb-mm build-tasks: note: {', '.join(report['skipped_kinds'])} skipped: no passage has that many "
+                  "words", file=sys.stderr)
     if args.labelled:
         made += T.image_tasks(args.labelled, args.output, kinds=args.image_tasks, position=args.position, seed=args.seed,
                               max_per_class=args.max_per_class)
@@ -535,7 +576,7 @@ def cmd_build_tasks(args) -> int:
         made += T.cross_tasks(items, args.output)
     if not made:
         raise InputError("give --pairs, --beir, --labelled or --captions")
-    print(json.dumps({"tasks": made}))
+    print(json.dumps({"tasks": made, **report}))
     return 0
 
 
@@ -687,6 +728,17 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--image-tasks", nargs="+", default=["class", "snippet-10", "snippet-30", "snippet-50", "snippet-80"])
     bt.add_argument("--position", default="top-left", choices=["top-left", "random"], help="where snippets are cut")
     bt.add_argument("--max-per-class", type=int, default=None, help="sample at most N images per class")
+    bt.add_argument("--split", type=float, default=None, metavar="F",
+                    help="text: the share F of documents (distinct passages) that train; the rest become the tasks, "
+                         "the training documents become OUTPUT/train.jsonl (queries of every kind, the trainer's "
+                         "format) and OUTPUT/val.jsonl (--val-fraction of them)")
+    bt.add_argument("--val-fraction", type=float, default=0.2,
+                    help="with --split: share of the training documents held out as validation (default: %(default)s)")
+    bt.add_argument("--model", default=None,
+                    help="text: cut passages to this encoder's window with its tokenizer (e.g. minilm), so pop-N spans "
+                         "are text the encoder sees")
+    bt.add_argument("--max-tokens", type=int, default=None,
+                    help="text: cut passages to N tokens (of --model's tokenizer; without --model, N words)")
     bt.add_argument("--seed", type=int, default=0)
     bt.add_argument("--output", required=True, help="folder that receives one sub-folder per task")
     bt.set_defaults(func=cmd_build_tasks)
