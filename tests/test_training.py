@@ -274,6 +274,30 @@ def test_csv_and_caption_folder_and_labelled_folder(tmp_path):
         load_train_data(str(csv), "text")
 
 
+def test_one_caption_folder_layout_for_every_command(tmp_path, capsys):
+    """Images with caption sidecars in category sub-folders: train --modality cross reads what build-tasks --captions reads."""
+    import shutil
+
+    from lsb_mm.cli import main
+    from lsb_mm.datasets.tasks import read_task
+    from lsb_mm.datasets.training_data import load_train_data
+
+    items = synthetic.caption_items(tmp_path / "flat", 12, seed=0)
+    nested = tmp_path / "nested"
+    for n, (caption, path) in enumerate(items):
+        folder = nested / f"category{n % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / os.path.basename(path))
+        (folder / os.path.basename(path)).with_suffix(".txt").write_text(caption + "\n")
+    data = load_train_data(str(nested), "cross")
+    assert data.fmt == "captions" and len(data) == 12
+    assert main(["build-tasks", "--captions", str(nested), "--output", str(tmp_path / "tasks")]) == 0
+    capsys.readouterr()
+    assert len(read_task(str(tmp_path / "tasks" / "caption2image")).queries) == len(data) == 12
+    with pytest.raises(InputError, match="serves --modality image, not 'text'"):
+        load_train_data(str(nested), "text")
+
+
 def test_mining_symmetric_accumulation_and_locks(tmp_path, sets):
     """Mined negatives exclude the positives; symmetric cross loss, grad accumulation, a locked tower, workers."""
     train_data, dev = sets["cross"]

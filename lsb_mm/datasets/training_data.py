@@ -156,8 +156,16 @@ def _read_labelled_folder(folder: str, rows: _Rows) -> None:
             rows.examples.append(TrainExample(img, imgs[:i] + imgs[i + 1:], others, f"{img}"))
 
 
-def detect_format(path: str) -> str:
+def detect_format(path: str, modality: Optional[str] = None) -> str:
+    """``jsonl``, ``csv``, ``captions`` or ``labelled``. A folder is read as the modality needs it:
+    ``cross``, images with caption sidecars anywhere below it (category sub-folders included, as
+    ``build-tasks --captions`` reads them); ``image``, class sub-folders; without a modality, a
+    caption folder when images sit at its top."""
     if os.path.isdir(path):
+        if modality == "cross":
+            return "captions"
+        if modality == "image":
+            return "labelled"
         if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(path)):
             return "captions"
         return "labelled"
@@ -175,7 +183,7 @@ def load_train_data(path: str, modality: str, image_root: Optional[str] = None, 
                     csv_img_key: str = "filepath", csv_caption_key: str = "caption") -> TrainData:
     """Read and validate a training (or held-out) set; see the module docstring for formats."""
     item_kinds(modality)
-    fmt = detect_format(path)
+    fmt = detect_format(path, modality)
     allowed = {"jsonl": MODALITIES, "csv": ("cross",), "captions": ("cross",), "labelled": ("image",)}[fmt]
     if modality not in allowed:
         raise InputError(f"{path}: a {fmt} source serves --modality {' or '.join(allowed)}, not {modality!r}")
