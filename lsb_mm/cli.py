@@ -533,12 +533,14 @@ def _cut_to_window(args, pairs):
 
 def cmd_build_tasks(args) -> int:
     from .datasets import tasks as T
-    from .datasets.text_experiment import build_text_split, usable_kinds
+    from .datasets.text_experiment import build_caption_split, build_text_split, usable_kinds
 
     made: List[str] = []
     report: dict = {}
-    if (args.split is not None or args.model or args.max_tokens is not None) and not (args.pairs or args.beir):
-        raise InputError("--split, --model and --max-tokens apply to text pairs: give --pairs or --beir")
+    if (args.model or args.max_tokens is not None) and not (args.pairs or args.beir):
+        raise InputError("--model and --max-tokens cut text passages: give --pairs or --beir")
+    if args.split is not None and (args.labelled or sum(bool(x) for x in (args.pairs or args.beir, args.captions)) != 1):
+        raise InputError("--split applies to one source: --pairs, --beir or --captions (not --labelled)")
     if args.pairs or args.beir:
         if args.pairs:
             pairs = []
@@ -573,7 +575,14 @@ def cmd_build_tasks(args) -> int:
         items = [(m["caption"], p) for p, m in zip(docs.items, docs.metadata) if "caption" in m]
         if not items:
             raise InputError(f"--captions {args.captions}: no image has a caption sidecar (x.png + x.txt)")
-        made += T.cross_tasks(items, args.output)
+        if len(items) < len(docs.items):
+            print(f"lsb-mm build-tasks: note: {len(docs.items) - len(items)} of {len(docs.items)} images have no "
+                  "caption sidecar and are left out", file=sys.stderr)
+        if args.split is not None:
+            report.update(build_caption_split(items, args.output, args.split, args.val_fraction, args.seed))
+            made += report.pop("tasks")
+        else:
+            made += T.cross_tasks(items, args.output)
     if not made:
         raise InputError("give --pairs, --beir, --labelled or --captions")
     print(json.dumps({"tasks": made, **report}))
@@ -729,9 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--position", default="top-left", choices=["top-left", "random"], help="where snippets are cut")
     bt.add_argument("--max-per-class", type=int, default=None, help="sample at most N images per class")
     bt.add_argument("--split", type=float, default=None, metavar="F",
-                    help="text: the share F of documents (distinct passages) that train; the rest become the tasks, "
-                         "the training documents become OUTPUT/train.jsonl (queries of every kind, the trainer's "
-                         "format) and OUTPUT/val.jsonl (--val-fraction of them)")
+                    help="pairs or captions: the share F of documents (passages, images) that train. The rest become "
+                         "the tasks in OUTPUT/test; the training documents become OUTPUT/train.jsonl (the trainer's "
+                         "format; text: queries of every kind) and, --val-fraction of them, OUTPUT/val.jsonl plus "
+                         "validation tasks in OUTPUT/validation")
     bt.add_argument("--val-fraction", type=float, default=0.2,
                     help="with --split: share of the training documents held out as validation (default: %(default)s)")
     bt.add_argument("--model", default=None,

@@ -11,6 +11,7 @@ WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lim
 
 @pytest.fixture
 def pairs_file(tmp_path):
+    """30 passages of 40 words, one query each."""
     path = tmp_path / "pairs.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for i in range(30):
@@ -35,14 +36,18 @@ def test_split_writes_tasks_training_and_validation(pairs_file, tmp_path, capsys
     assert rep["documents"] == {"train": 14, "validation": 4, "test": 12}
     assert sorted(os.path.basename(t) for t in rep["tasks"]) == ["keyword", "pop-16", "pop-32", "query"]
     assert rep["skipped_kinds"] == ["pop-64", "pop-128", "pop-256"] and "pop-64, pop-128, pop-256 skipped" in err
-    test_docs = {d["text"] for d in read_task(str(out / "query")).corpus}
+    assert all(os.path.dirname(t) == str(out / "test") for t in rep["tasks"])
+    assert sorted(os.listdir(out)) == ["test", "train.jsonl", "val.jsonl", "validation"]
+    test_docs = {d["text"] for d in read_task(str(out / "test" / "query")).corpus}
+    val_docs = {d["text"] for d in read_task(str(out / "validation" / "query")).corpus}
     train = [r for _, r in iter_jsonl(rep["train"])]
     val = [r for _, r in iter_jsonl(rep["validation"])]
     assert len(test_docs) == 12 and len({r["pos"][0] for r in train}) == 14 and len({r["pos"][0] for r in val}) == 4
     assert not test_docs & {r["pos"][0] for r in train + val}  # nothing held out trains or validates
     assert not {r["pos"][0] for r in train} & {r["pos"][0] for r in val}
+    assert val_docs == {r["pos"][0] for r in val}  # validation tasks: the validation documents
     assert {r["kind"] for r in train} == {"query", "keyword", "pop-16", "pop-32"} and len(train) == 14 * 4
-    assert rep["training_queries"] == len(train) and rep["validation_queries"] == len(val)
+    assert rep["train_queries"] == len(train) and rep["validation_queries"] == len(val)
     assert len(load_train_data(rep["train"], "text").examples) == len(train)  # the trainer's format
     again, _ = run(capsys, "build-tasks", "--pairs", str(pairs_file), "--split", "0.6", "--seed", "1", "--output",
                    str(tmp_path / "again"))
@@ -80,7 +85,34 @@ def test_bad_split_and_cut_options(pairs_file, tmp_path, capsys, argv, match):
     assert re.search(match, err[-1]) and err[-1].startswith("lsb-mm build-tasks: error:")
 
 
-def test_split_needs_text_pairs(tmp_path, capsys):
+def test_split_needs_one_pairs_or_captions_source(tmp_path, capsys, pairs_file):
     (tmp_path / "lab" / "a").mkdir(parents=True)
     assert main(["build-tasks", "--labelled", str(tmp_path / "lab"), "--split", "0.5", "--output", str(tmp_path / "o")]) == 2
-    assert "apply to text pairs" in capsys.readouterr().err
+    assert "--split applies to one source" in capsys.readouterr().err
+    assert main(["build-tasks", "--pairs", str(pairs_file), "--captions", str(tmp_path / "lab"), "--split", "0.5",
+                 "--output", str(tmp_path / "o")]) == 2
+    assert "--split applies to one source" in capsys.readouterr().err
+    assert main(["build-tasks", "--labelled", str(tmp_path / "lab"), "--max-tokens", "5", "--output", str(tmp_path / "o")]) == 2
+    assert "cut text passages" in capsys.readouterr().err
+
+
+def test_caption_folder_split(tmp_path, capsys):
+    import synthetic
+    from lsb_mm.datasets.tasks import read_task
+    from lsb_mm.datasets.training_data import load_train_data
+    from lsb_mm.files import iter_jsonl
+
+    items = synthetic.caption_items(tmp_path / "caps", 20, seed=0)
+    for n, (caption, path) in enumerate(items):
+        if n < 19:  # one image without its sidecar: left out, and said so
+            with open(os.path.splitext(path)[0] + ".txt", "w") as f:
+                f.write(caption + "\n")
+    rep, err = run(capsys, "build-tasks", "--captions", str(tmp_path / "caps"), "--split", "0.5", "--output",
+                   str(tmp_path / "own"))
+    assert "1 of 20 images have no caption sidecar" in err
+    assert rep["documents"]["train"] + rep["documents"]["validation"] + rep["documents"]["test"] == 19
+    test_images = {d["image"] for d in read_task(str(tmp_path / "own" / "test" / "caption2image")).corpus}
+    trained = {r["pos"][0] for _, r in iter_jsonl(rep["train"])} | {r["pos"][0] for _, r in iter_jsonl(rep["validation"])}
+    assert len(test_images) == rep["documents"]["test"] and not test_images & trained
+    assert len(load_train_data(rep["train"], "cross").examples) == rep["train_queries"]
+    assert os.path.isdir(tmp_path / "own" / "validation" / "image2caption")

@@ -1,11 +1,14 @@
-"""A user's own (query, passage) pairs -> held-out tasks + training and validation files.
+"""A user's own data -> held-out tasks + training and validation files (``build-tasks --split``).
 
-The path of ``lsb-mm build-tasks --pairs P --split F``: passages are cut to the encoder's window
-(:func:`cut_passages`), documents (distinct passages) are split with a seed into training and
-held-out ones, held-out documents become BEIR task folders (``query``, ``keyword``, ``pop-N``),
-and the training documents become training queries of every kind in the trainer's format
-(``{"query", "pos", "kind"}``), a share of them (whole documents) set aside as validation.
-Nothing of a held-out document reaches the training or validation files.
+Text pairs (:func:`build_text_split`): passages are cut to the encoder's window
+(:func:`cut_passages`), documents (distinct passages) are split with a seed into training,
+validation and test ones. Test documents become BEIR task folders under ``<out>/test``
+(``query``, ``keyword``, ``pop-N``), validation documents the same under ``<out>/validation``
+(for choosing a fusion weight, say), and training / validation documents become queries of every
+kind in the trainer's format (``{"query", "pos", "kind"}``): ``<out>/train.jsonl``, ``<out>/val.jsonl``.
+Captioned images (:func:`build_caption_split`): the same with images as the documents
+(``caption2image`` / ``image2caption`` tasks; caption -> image training pairs). Nothing of a
+test document reaches the training or validation files.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["cut_passages", "usable_kinds", "build_text_split"]
+__all__ = ["cut_passages", "usable_kinds", "build_text_split", "build_caption_split"]
 
 Pairs = List[Tuple[str, str]]
 
@@ -49,38 +52,72 @@ def usable_kinds(passages: Sequence[str], kinds: Sequence[str]) -> Tuple[List[st
     return ok, [k for k in kinds if k not in ok]
 
 
-def build_text_split(pairs: Sequence[Tuple[str, str]], out: str, train_share: float, kinds: Sequence[str],
-                     val_fraction: float = 0.2, seed: int = 0) -> Dict[str, object]:
-    """Write ``out/<kind>/`` task folders of the held-out documents, ``out/train.jsonl`` and (with
-    ``val_fraction``) ``out/val.jsonl``; returns what was written and the counts."""
-    from .manpage_experiment import write_training_queries
-    from .tasks import text_tasks
-
+def _three_way(docs: Sequence, train_share: float, val_fraction: float, seed: int) -> Dict[object, str]:
+    """``{document: "train" | "val" | "test"}``: a seeded share ``train_share`` trains, of which
+    ``val_fraction`` validates instead."""
     if not 0 < train_share < 1:
         raise InputError(f"--split is the share of documents that train; it must be in (0, 1), got {train_share}")
     if not 0 <= val_fraction < 1:
         raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    docs = list(dict.fromkeys(p for _, p in pairs))
     order = np.random.default_rng([seed, 2]).permutation(len(docs))
     n_train = int(round(len(docs) * train_share))
     n_val = int(round(n_train * val_fraction))
     if not 0 < n_train < len(docs) or (val_fraction and not 0 < n_val < n_train):
-        raise InputError(f"{len(docs)} distinct passages cannot be split with --split {train_share} and --val-fraction "
+        raise InputError(f"{len(docs)} documents cannot be split with --split {train_share} and --val-fraction "
                          f"{val_fraction}: each side needs at least one document")
-    side = {docs[i]: ("val" if r < n_val else "train") if r < n_train else "test" for r, i in enumerate(order)}
+    return {docs[i]: ("val" if r < n_val else "train") if r < n_train else "test" for r, i in enumerate(order)}
+
+
+def _counts(side: Dict[object, str]) -> Dict[str, int]:
+    return {"train": sum(v == "train" for v in side.values()), "validation": sum(v == "val" for v in side.values()),
+            "test": sum(v == "test" for v in side.values())}
+
+
+def build_text_split(pairs: Sequence[Tuple[str, str]], out: str, train_share: float, kinds: Sequence[str],
+                     val_fraction: float = 0.2, seed: int = 0) -> Dict[str, object]:
+    """Write ``out/test/<kind>/`` and ``out/validation/<kind>/`` task folders, ``out/train.jsonl``
+    and (with ``val_fraction``) ``out/val.jsonl``; returns what was written and the counts."""
+    from .manpage_experiment import write_training_queries
+    from .tasks import text_tasks
+
+    side = _three_way(list(dict.fromkeys(p for _, p in pairs)), train_share, val_fraction, seed)
     parts = {s: [(q, p) for q, p in pairs if side[p] == s] for s in ("train", "val", "test")}
     test_kinds, skipped = usable_kinds([p for _, p in parts["test"]], kinds)
     os.makedirs(out, exist_ok=True)
-    made = text_tasks(parts["test"], out, kinds=test_kinds, seed=seed)
-    files, counts = {}, {}
+    made = text_tasks(parts["test"], os.path.join(out, "test"), kinds=test_kinds, seed=seed)
+    report: Dict[str, object] = {"tasks": made, "skipped_kinds": skipped, "documents": _counts(side)}
+    if parts["val"]:
+        val_kinds, _ = usable_kinds([p for _, p in parts["val"]], kinds)
+        report["validation_tasks"] = text_tasks(parts["val"], os.path.join(out, "validation"), kinds=val_kinds, seed=seed)
     with tempfile.TemporaryDirectory(dir=out, prefix=".scratch-") as scratch:
-        for s, name in (("train", "train.jsonl"), ("val", "val.jsonl")):
-            if not parts[s]:
-                continue
-            train_kinds, _ = usable_kinds([p for _, p in parts[s]], kinds)
-            files[s] = os.path.join(out, name)
-            counts[s] = write_training_queries(parts[s], train_kinds, files[s], os.path.join(scratch, s), seed=seed,
-                                               per_page="all")
-    return {"tasks": made, "train": files["train"], "validation": files.get("val"), "skipped_kinds": skipped,
-            "documents": {"train": n_train - n_val, "validation": n_val, "test": len(docs) - n_train},
-            "training_queries": counts.get("train", 0), "validation_queries": counts.get("val", 0)}
+        for s, name, key in (("train", "train.jsonl", "train"), ("val", "val.jsonl", "validation")):
+            report[key], report[f"{key}_queries"] = None, 0
+            if parts[s]:
+                train_kinds, _ = usable_kinds([p for _, p in parts[s]], kinds)
+                report[key] = os.path.join(out, name)
+                report[f"{key}_queries"] = write_training_queries(parts[s], train_kinds, report[key],
+                                                                  os.path.join(scratch, s), seed=seed, per_page="all")
+    return report
+
+
+def build_caption_split(items: Sequence[Tuple[str, str]], out: str, train_share: float, val_fraction: float = 0.2,
+                        seed: int = 0) -> Dict[str, object]:
+    """(caption, image) items -> ``out/test/{caption2image,image2caption}``, the same under
+    ``out/validation``, and caption -> image training pairs ``out/train.jsonl`` / ``out/val.jsonl``."""
+    from ..files import write_jsonl
+    from .tasks import cross_tasks
+
+    images = list(dict.fromkeys(os.path.abspath(p) for _, p in items))
+    side = _three_way(images, train_share, val_fraction, seed)
+    parts = {s: [(c, p) for c, p in items if side[os.path.abspath(p)] == s] for s in ("train", "val", "test")}
+    os.makedirs(out, exist_ok=True)
+    report: Dict[str, object] = {"tasks": cross_tasks(parts["test"], os.path.join(out, "test")),
+                                 "documents": _counts(side)}
+    if parts["val"]:
+        report["validation_tasks"] = cross_tasks(parts["val"], os.path.join(out, "validation"))
+    for s, name, key in (("train", "train.jsonl", "train"), ("val", "val.jsonl", "validation")):
+        report[key] = os.path.join(out, name) if parts[s] else None
+        if parts[s]:
+            write_jsonl(report[key], ({"query": c, "pos": [os.path.abspath(p)]} for c, p in parts[s]))
+        report[f"{key}_queries"] = len(parts[s])
+    return report
