@@ -461,6 +461,8 @@ def cmd_eval(args) -> int:
     names = list(args.model)
     if args.label and len(args.label) != len(names):
         raise InputError(f"--label: {len(args.label)} labels for {len(names)} --model values; give one per model")
+    if args.fusion == "rrf" and (args.fusion_weight is not None or args.fusion_val is not None):
+        raise InputError("--fusion-weight and --fusion-val set weighted fusion: add --fusion weighted (rrf has no weight)")
     if any(n.startswith("hybrid:") for n in names):
         if args.fusion == "weighted" and (args.fusion_weight is None) == (args.fusion_val is None):
             raise InputError("--fusion weighted needs exactly one of --fusion-weight W (the dense share, 0..1) and "

@@ -165,6 +165,7 @@ def test_eval_cli_bm25_hybrid_labels_and_saved_folders(text_task, tiny_hf_dir, t
     (["--fusion", "weighted", "--fusion-weight", "0.5", "--fusion-val", "x"], "needs exactly one of --fusion-weight"),
     (["--fusion", "weighted", "--fusion-weight", "1.5"], r"--fusion-weight must be in \[0, 1\]"),
     (["--label", "a", "--label", "b"], "2 labels for 1 --model"),
+    (["--fusion-weight", "0.5"], "add --fusion weighted"),
 ])
 def test_eval_cli_refuses_bad_fusion_and_labels(text_task, tiny_hf_dir, tmp_path, capsys, extra, match):
     from lsb_mm.cli import main
