@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from .datasets.tasks import Task, read_task
 from .errors import InputError
 from .files import write_text
 from .index import Index
-from .lexical import CANDIDATES, fuse
+from .lexical import BM25, CANDIDATES, FUSION_WEIGHTS, fuse
 from .metrics import PRIMARY, evaluate_run
 
 __all__ = ["evaluate", "choose_fusion_weight", "find_tasks", "encode_records", "CorpusCache", "primary_metric", "check_ks"]
@@ -124,8 +124,6 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
     cut-offs of every metric; ``corpus_cache`` (a :class:`CorpusCache`) keeps the document
     embeddings for later calls (e.g. the same model with ``enhance=False``).
     """
-    from .lexical import BM25
-
     ks = check_ks(ks)
     primary = primary_metric(ks)
     folders = find_tasks([tasks] if isinstance(tasks, (str, os.PathLike)) else list(tasks))
@@ -136,7 +134,8 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
         raise InputError(f"hybrid must be 'rrf' or a dense weight in [0, 1] with a dense model, got {hybrid!r}"
                          + (" with BM25 alone" if lexical else ""))
     cache = CorpusCache() if corpus_cache is None else corpus_cache
-    fingerprint = None if lexical else model.fingerprint()
+    fingerprints = None if lexical else (model.fingerprint(), model.document_fingerprint())
+    fingerprint = fingerprints[0] if fingerprints else None
     name = "BM25" if lexical else getattr(model, "name", "model")
     results: Dict[str, object] = {"model": name if hybrid is None else f"{name} + BM25 ({_fusion_label(hybrid)})",
                                   "fingerprint": fingerprint, "enhance": enhance, "primary": primary, "ks": ks,
@@ -146,19 +145,14 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
     for folder in folders:
         task = read_task(folder)
         t0 = time.perf_counter()
-        bm25 = None
-        if lexical or hybrid is not None:
-            if Task.kind(task.corpus) != "text" or Task.kind(task.queries) != "text":
-                raise InputError(f"task {task.name} ({folder}): BM25 needs text queries and documents")
-            bm25 = BM25.build([d["text"] for d in task.corpus], ids=[d["_id"] for d in task.corpus])
         if lexical:
             t_docs, t1 = time.perf_counter() - t0, time.perf_counter()
-            _, ids = bm25.search([q["text"] for q in task.queries], k=max(ks))
+            _, ids = _bm25_search(task, max(ks))
         else:
-            ranking, t_docs, t1 = _dense_search(model, task, cache, max(ks) if hybrid is None else max(max(ks), CANDIDATES),
+            ranking, t_docs, t1 = _dense_search(model, fingerprints, task, cache,
+                                                max(ks) if hybrid is None else max(max(ks), CANDIDATES),
                                                 batch_size, factory, enhance, show_progress_bar, num_workers)
-            ids = ranking[1] if hybrid is None else fuse(ranking, bm25.search([q["text"] for q in task.queries],
-                                                                               k=CANDIDATES), hybrid, max(ks))[0]
+            ids = ranking[1] if hybrid is None else fuse(ranking, _bm25_search(task, CANDIDATES), hybrid, max(ks))[0]
         run = {qr["_id"]: [i for i in row if i is not None] for qr, row in zip(task.queries, ids)}
         res = evaluate_run(run, task.qrels, ks)
         results["tasks"][task.name] = {**res, "corpus": len(task.corpus), "folder": os.path.abspath(folder),
@@ -169,13 +163,22 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
     return results
 
 
-def _dense_search(model, task: Task, cache: CorpusCache, k: int, batch_size: int, factory: str, enhance: bool,
-                  show_progress_bar: Optional[bool], num_workers: int):
-    """``((scores, ids), document seconds, start of the query side)`` of the model on one task."""
-    fingerprint = model.fingerprint()
+def _bm25_search(task: Task, k: int):
+    """BM25 over one text task's corpus: ``(scores, ids)`` of its queries."""
+    if Task.kind(task.corpus) != "text" or Task.kind(task.queries) != "text":
+        raise InputError(f"task {task.name} ({task.folder}): BM25 needs text queries and documents")
+    bm25 = BM25.build([d["text"] for d in task.corpus], ids=[d["_id"] for d in task.corpus])
+    return bm25.search([q["text"] for q in task.queries], k=k)
+
+
+def _dense_search(model, fingerprints: Tuple[str, str], task: Task, cache: CorpusCache, k: int, batch_size: int,
+                  factory: str, enhance: bool, show_progress_bar: Optional[bool], num_workers: int):
+    """``((scores, ids), document seconds, start of the query side)`` of the model on one task;
+    ``fingerprints``: the model's (fingerprint, document fingerprint), computed once per call site."""
+    fingerprint, doc_fingerprint = fingerprints
     t0 = time.perf_counter()
     # documents pass the head only with fusion_p: otherwise enhance on/off share one encoding
-    docs = cache.get(model.document_fingerprint(), task.corpus, enhance and model.fusion["document"],
+    docs = cache.get(doc_fingerprint, task.corpus, enhance and model.fusion["document"],
                      lambda: encode_records(model, task.corpus, "document", batch_size, enhance, show_progress_bar,
                                             num_workers))
     t_docs = time.perf_counter() - t0
@@ -195,18 +198,17 @@ def choose_fusion_weight(model, tasks: Union[str, Sequence[str]], weights: Seque
     """The dense weight of weighted fusion with the best mean ``metric`` over validation task
     folders (never the test tasks); ``{"weight", "metric", "scores": {w: value}}``. Each task is
     encoded once and searched once per side; ties go to the smaller weight."""
-    from .lexical import BM25, FUSION_WEIGHTS
-
     weights = list(FUSION_WEIGHTS if weights is None else weights)
     ks = [int(metric.split("@")[1])] if "@" in metric else [10]
     folders = find_tasks([tasks] if isinstance(tasks, (str, os.PathLike)) else list(tasks))
     per_w: Dict[float, List[float]] = {w: [] for w in weights}
     cache = CorpusCache()
+    fingerprints = (model.fingerprint(), model.document_fingerprint())
     for folder in folders:
         task = read_task(folder)
-        dense, _, _ = _dense_search(model, task, cache, CANDIDATES, batch_size, "Flat", True, show_progress_bar, 0)
-        bm25 = BM25.build([d["text"] for d in task.corpus], ids=[d["_id"] for d in task.corpus])
-        lexical = bm25.search([q["text"] for q in task.queries], k=CANDIDATES)
+        dense, _, _ = _dense_search(model, fingerprints, task, cache, CANDIDATES, batch_size, "Flat", True,
+                                    show_progress_bar, 0)
+        lexical = _bm25_search(task, CANDIDATES)
         for w in weights:
             ids = fuse(dense, lexical, w, max(ks))[0]
             run = {qr["_id"]: row for qr, row in zip(task.queries, ids)}
