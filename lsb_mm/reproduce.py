@@ -19,7 +19,7 @@ import numpy as np
 from .datasets.splits import stratified_split
 
 __all__ = ["stratified_split", "run_grid", "plugin_config", "validation_record", "finished_run", "settings_differ", "read_run_record", "run_script", "PLUGIN_HEADS", "PluginExperiment", "add_plugin_data_args", "add_run_args", "plugin_experiment",
-           "plugin_references", "query_modulation", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
+           "plugin_references", "text_references", "fusion_note", "update_references", "HYBRID_REFERENCES", "query_modulation", "summarize", "results_table", "compact_table", "verdicts", "compare", "welch_p",
            "head_tables", "machine_line", "ALPHA"]
 
 Summary = Dict[str, Dict[str, Dict[str, List[float]]]]  # row -> task -> metric -> [mean, std, n]
@@ -347,15 +347,14 @@ def plugin_experiment(args, work: str) -> PluginExperiment:
 
 
 def plugin_references(exp: PluginExperiment, feature_cache=None, corpus_cache=None) -> Dict[str, List[dict]]:
-    """The reference rows of a plug-in experiment: text, the untuned encoder and BM25; image, the
+    """The reference rows of a plug-in experiment: text, :func:`text_references`; image, the
     untuned EfficientNet-Lite0's pooled features; cross, the untrained dual encoder (chance level)."""
     from .evaluation import evaluate
     from .factory import create_model
     from .pretrained import efficientnet_lite0_weights
 
     if exp.modality == "text":
-        return {"untuned": [evaluate(exp.untuned, exp.folders, show_progress_bar=False, corpus_cache=corpus_cache)],
-                "BM25": [evaluate("bm25", exp.folders)]}
+        return text_references(exp.untuned, exp.folders, exp.info["train_tasks"], corpus_cache)
     if exp.modality == "image":
         model, name = create_model("timm:tf_efficientnet_lite0", head="none", weights=efficientnet_lite0_weights(),
                                    img_size=exp.info["img_size"]), "EfficientNet-Lite0 (untuned)"
@@ -363,6 +362,75 @@ def plugin_references(exp: PluginExperiment, feature_cache=None, corpus_cache=No
         model, name = create_model(exp.model, head="none", **exp.model_options), "untrained"
     with feature_cache.attach(model) if feature_cache is not None else contextlib.nullcontext():
         return {name: [evaluate(model, exp.folders, show_progress_bar=False)]}
+
+
+HYBRID_REFERENCES = ("untuned + BM25 (RRF)", "untuned + BM25 (weighted)")
+
+
+def text_references(untuned, folders: Sequence[str], val_tasks: str, corpus_cache=None) -> Dict[str, List[dict]]:
+    """The reference rows of a text experiment: the untuned encoder, BM25, and their two fusions
+    (:mod:`lsb_mm.lexical`), reciprocal-rank and weighted score fusion. The weighted row's dense
+    weight is chosen on ``val_tasks`` (tasks over training pages, never the test tasks); the
+    choice, with every weight's validation score, is kept in the row as ``fusion_validation``."""
+    from .evaluation import CorpusCache, choose_fusion_weight, evaluate
+
+    cache = corpus_cache if corpus_cache is not None else CorpusCache()
+    chosen = choose_fusion_weight(untuned, val_tasks)
+    dense = lambda **kw: evaluate(untuned, folders, show_progress_bar=False, corpus_cache=cache, **kw)  # noqa: E731
+    weighted = {**dense(hybrid=chosen["weight"]), "fusion_validation": chosen}
+    return {"untuned": [dense()], "BM25": [evaluate("bm25", folders)], HYBRID_REFERENCES[0]: [dense(hybrid="rrf")],
+            HYBRID_REFERENCES[1]: [weighted]}
+
+
+def fusion_note(results: Dict[str, List[dict]]) -> List[str]:
+    """A line on the weighted-fusion reference row of saved results: the dense weight and how it was
+    chosen (empty without that row)."""
+    from .lexical import CANDIDATES, RRF_K
+
+    rows = results.get(HYBRID_REFERENCES[1])
+    if not rows or "fusion_validation" not in rows[0]:
+        return []
+    v = rows[0]["fusion_validation"]
+    grid = ", ".join(f"{float(w):g}: {x:.3f}" for w, x in v["scores"].items())
+    return [f"`{HYBRID_REFERENCES[1]}`: score = w·dense + (1-w)·BM25 over each side's top {CANDIDATES} (scores "
+            f"min-max scaled per query), w = {float(v['weight']):g}, chosen on {len(v['tasks'])} tasks over the training "
+            f"pages (mean validation {v['metric']} per w: {grid}). `{HYBRID_REFERENCES[0]}`: reciprocal-rank fusion "
+            f"(k = {RRF_K}) of the same candidates.", ""]
+
+
+def update_references(path: str, references: Callable[[Dict[str, Any]], Dict[str, List[dict]]],
+                      render: Callable[[Dict[str, Any]], List[str]], keep_equal: Sequence[str] = ("untuned", "BM25")) -> int:
+    """Re-compute the reference rows of a saved reproduction (``--update-references``) without
+    training again: ``references(payload)`` rebuilds its tasks from its settings and returns the rows;
+    they replace the saved reference rows, then the summary and markdown are re-written. The rows in
+    ``keep_equal`` that the saved result has must come out the same (every metric within 1e-6),
+    which shows the rebuilt tasks are the ones the heads were tested on; otherwise nothing is written."""
+    import json
+
+    from .benchmarking import write_benchmark
+    from .errors import InputError
+
+    with open(path, encoding="utf-8") as f:
+        payload = json.load(f)
+    fresh = references(payload)
+    saved = payload["results"]
+    for name in keep_equal:
+        if name not in saved or name not in fresh:
+            continue
+        old, new = saved[name][0]["tasks"], fresh[name][0]["tasks"]
+        bad = [f"{t} {m}: saved {old[t]['metrics'][m]:.6f}, now {new.get(t, {}).get('metrics', {}).get(m, float('nan')):.6f}"
+               for t in old for m in old[t]["metrics"]
+               if not abs(old[t]["metrics"][m] - new.get(t, {}).get("metrics", {}).get(m, float("inf"))) <= 1e-6]
+        if bad:
+            raise InputError(f"{path}: the re-built tasks do not reproduce the saved {name!r} row ({'; '.join(bad[:3])}"
+                             f"{' ...' if len(bad) > 3 else ''}); re-run the reproduction instead")
+    old_refs = payload.get("references", [r for r in saved if r in ("untuned", "BM25")])
+    payload["results"] = {**fresh, **{k: v for k, v in saved.items() if k not in fresh and k not in old_refs}}
+    payload["references"] = list(fresh)
+    payload["summary"] = summarize(payload["results"])
+    out_dir, name = os.path.split(os.path.splitext(path)[0])
+    write_benchmark(out_dir or ".", name, payload, render(payload))
+    return 0
 
 
 def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Optional[Dict[str, float]]:

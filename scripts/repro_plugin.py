@@ -41,7 +41,7 @@ from lsb_mm.evaluation import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
 from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key, head_tables,  # noqa: E402
                               machine_line, plugin_config, plugin_experiment, plugin_train_files, plugin_references, query_modulation, read_run_record,
-                              summarize, validation_record)
+                              summarize, fusion_note, text_references, update_references, validation_record)
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
 
@@ -89,9 +89,14 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=600)
     ap.add_argument("--eval-steps", type=int, default=50)
     add_run_args(ap, "runs/repro_<key>_plugin")
+    ap.add_argument("--update-references", metavar="JSON",
+                    help="text: re-compute the reference rows (untuned, BM25 and their fusions) of a saved result on its "
+                         "rebuilt tasks, then re-write it (no training)")
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
+    if args.update_references:
+        return update_references(args.update_references, saved_text_references, render)
     key, recipe = setup(ap, args, "plugin")
     t_start = time.perf_counter()
     exp = plugin_experiment(args, args.work)
@@ -143,6 +148,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def saved_text_references(payload: dict) -> dict:
+    """The reference rows of a saved text plug-in result, on its tasks rebuilt from its settings."""
+    # results older than --modality are text; the extra training data is not needed for the references
+    args = argparse.Namespace(**{"modality": "text", **payload["settings"], "extra_docs": None})
+    if args.modality != "text":
+        raise SystemExit("--update-references: only text results have BM25 / hybrid reference rows")
+    exp = plugin_experiment(args, args.work or f"runs/repro_{payload.get('key', 'text')}_plugin")
+    return text_references(exp.untuned, exp.folders, exp.info["train_tasks"])
+
+
 def render(payload: dict) -> list:
     args, info = argparse.Namespace(**payload["settings"]), payload["data"]
     modality, key = getattr(args, "modality", "text"), payload.get("key", "text")
@@ -183,7 +198,8 @@ def render(payload: dict) -> list:
         lines.append(f"| {r['head']} | {r['seed']} | {r['best_step']} | {r['steps_run']} | {r['train_seconds']:.0f} | "
                      f"{m.get('max_over_min', float('nan')):.3f} | {m.get('entropy', float('nan')):.4f} |")
     heads = [h for h in args.heads if h not in baselines] + [h for h in args.heads if h in baselines and h != baselines[0]]
-    return lines + [""] + head_tables(payload["summary"], heads, order, METRICS, "ndcg@10", baselines=baselines)
+    return lines + [""] + fusion_note(payload["results"]) + head_tables(payload["summary"], heads, order, METRICS, "ndcg@10",
+                                                                       baselines=baselines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ control) trains on with the plug-in recipe of ``scripts/sweep_heads.py`` (``--re
 sweep's winner for that head; cached tower outputs, corpus negatives, one query of every kind per
 training page) with early stopping on the validation pages; the best model there is tested.
 Held-out tasks: ``query``, ``keyword`` (top tf-idf terms), ``pop-16/32/64/128``; the corpus is the
-held-out passages. Reference rows: the untuned MiniLM and BM25 (``bm25s``). Each head is also
+held-out passages. Reference rows: the untuned MiniLM, BM25 (``bm25s``) and their fusions, RRF and
+weighted (dense weight chosen on tasks over the training pages). Each head is also
 scored with the head switched off (``<head> (head off)``): the fine-tuned tower alone.
 
 Each (head, seed) run is one JSON under ``<out>/repro_text/`` (finished runs are not redone);
@@ -39,7 +40,8 @@ from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # n
 from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
 from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
 from lsb_mm.datasets.splits import split_jsonl_by_document  # noqa: E402
-from lsb_mm.reproduce import run_script, head_tables, machine_line, plugin_config, run_grid, summarize  # noqa: E402
+from lsb_mm.reproduce import (run_script, head_tables, machine_line, plugin_config, run_grid, summarize,  # noqa: E402
+                              fusion_note, text_references, update_references)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_plugin import recipes  # noqa: E402
@@ -57,6 +59,14 @@ def build_data(args, model) -> tuple:
                                                     test_fraction=args.test_fraction, pop=args.pop, per_page="all")
     info["train_examples_every_kind"] = every_info["train_examples"]
     return one, every, folders, info
+
+
+def saved_references(payload: dict) -> dict:
+    """The reference rows of a saved result, on its tasks rebuilt from its settings."""
+    args = argparse.Namespace(**payload["settings"])
+    untuned = lsb_mm.create_model(args.model, head="none")
+    _, _, folders, info = build_data(args, untuned)
+    return text_references(untuned, folders, info["train_tasks"])
 
 
 def main(argv=None) -> int:
@@ -90,9 +100,14 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/repro_text", help="tasks, training data and models")
     ap.add_argument("--out", default="results", help="where repro_text.json / .md go")
     ap.add_argument("--render", metavar="JSON", help="only re-write the markdown of a saved result JSON (no training)")
+    ap.add_argument("--update-references", metavar="JSON",
+                    help="re-compute the reference rows (untuned, BM25 and their fusions) of a saved result on its "
+                         "rebuilt tasks, then re-write it (no training)")
     args = ap.parse_args(argv)
     if args.render:
         return render_saved(args.render, render)
+    if args.update_references:
+        return update_references(args.update_references, saved_references, render)
     if not 0 <= args.val_fraction < 1:
         ap.error(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     if args.converge_heads and not args.val_fraction:
@@ -101,7 +116,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     untuned = lsb_mm.create_model(args.model, head="none")
     one_file, every_file, folders, data_info = build_data(args, untuned)
-    rows = {"untuned": [lsb_mm.evaluate(untuned, folders, show_progress_bar=False)], "BM25": [lsb_mm.evaluate("bm25", folders)]}
+    references = text_references(untuned, folders, data_info["train_tasks"])
+    rows = dict(references)
     recipe = recipes(args.recipe, [h for h in args.heads if h != "none"]) if args.converge_heads else {}
 
     splits = {}
@@ -136,8 +152,8 @@ def main(argv=None) -> int:
     grid, runs = run_grid(config, args.heads, args.seeds, folders, then=converge,
                           runs_dir=os.path.join(args.out, "repro_text"), log=lambda line: print(line, flush=True))
     rows.update(grid)
-    payload = {"settings": vars(args), "label": label, "recipe": recipe, "data": data_info, "runs": runs, "summary": summarize(rows),
-               "results": rows, "machine": machine_info(), "total_seconds": round(time.perf_counter() - t_start, 1)}
+    payload = {"settings": vars(args), "label": label, "recipe": recipe, "data": data_info, "runs": runs, "references": list(references),
+               "summary": summarize(rows), "results": rows, "machine": machine_info(), "total_seconds": round(time.perf_counter() - t_start, 1)}
     write_benchmark(args.out, "repro_text", payload, render(payload))
     return 0
 
@@ -145,7 +161,7 @@ def main(argv=None) -> int:
 def render(payload: dict) -> list:
     args, info = argparse.Namespace(**payload["settings"]), payload["data"]
     label = payload.get("label", "all-MiniLM-L6-v2")
-    order = ["untuned", "BM25"] + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
+    order = payload.get("references", ["untuned", "BM25"]) + list(args.heads) + [f"{h} (head off)" for h in args.heads if h != "none"]
     converge = getattr(args, "converge_heads", False)
     val = getattr(args, "val_fraction", 0.0)
     lines = [f"# Text: Linux man pages, NAME line -> page (held-out {info['test_pages']} pages)", "", machine_line(payload),
@@ -170,7 +186,7 @@ def render(payload: dict) -> list:
             lines.append("| " + " | ".join([r["head"], str(r["seed"]), f"{st[0]:.0f}", f"{st[1]:.0f}" if len(st) > 1 else "-",
                                             *cells, mod]) + " |")
         lines.append("")
-    return lines + head_tables(payload["summary"], list(args.heads), order, METRICS, "ndcg@10",
+    return lines + fusion_note(payload["results"]) + head_tables(payload["summary"], list(args.heads), order, METRICS, "ndcg@10",
                                baselines=("none", "adapter"))
 
 

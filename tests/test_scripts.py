@@ -85,6 +85,44 @@ def _check_render(script, folder, name):
     assert (folder / f"{name}.md").read_text() == md
 
 
+def _check_hybrid_references(script, path, heads):
+    """Text results carry BM25's two fusions with the untuned encoder (weight chosen on the
+    training-page tasks); ``--update-references`` re-computes the reference rows of an older result
+    on its rebuilt tasks, keeps the head rows, and refuses tasks that no longer reproduce it."""
+    from lsb_mm.errors import InputError
+    from lsb_mm.lexical import FUSION_WEIGHTS
+    from lsb_mm.reproduce import HYBRID_REFERENCES
+
+    res = json.load(open(path))
+    assert res["references"] == ["untuned", "BM25", *HYBRID_REFERENCES]
+    weighted = res["results"][HYBRID_REFERENCES[1]][0]
+    chosen = weighted["fusion_validation"]
+    assert weighted["hybrid"] == chosen["weight"] in FUSION_WEIGHTS and len(chosen["scores"]) == len(FUSION_WEIGHTS)
+    assert all("train_tasks" in t for t in chosen["tasks"])  # never the test tasks
+    assert res["results"][HYBRID_REFERENCES[0]][0]["hybrid"] == "rrf"
+    md = open(str(path)[:-5] + ".md").read()
+    assert f"| {HYBRID_REFERENCES[1]} |" in md and f"w = {chosen['weight']:g}, chosen on" in md
+    old = {k: v for k, v in res.items() if k != "references"}  # a result from before the hybrid rows
+    old["results"] = {k: v for k, v in res["results"].items() if k not in HYBRID_REFERENCES}
+    with open(path, "w") as f:
+        json.dump(old, f)
+    assert load(script).main(["--update-references", str(path)]) == 0
+    again = json.load(open(path))
+    assert again["references"] == res["references"] and list(again["results"]) == list(res["results"])
+    assert all(again["summary"][h] == res["summary"][h] for h in heads)  # head rows untouched
+    assert again["summary"][HYBRID_REFERENCES[1]] == res["summary"][HYBRID_REFERENCES[1]]
+    task = next(iter(again["results"]["BM25"][0]["tasks"].values()))
+    task["metrics"]["ndcg@10"] += 0.01  # the saved BM25 row no longer matches the rebuilt tasks
+    with open(path, "w") as f:
+        json.dump(again, f)
+    before = open(path, "rb").read()
+    with pytest.raises(InputError, match="do not reproduce the saved 'BM25' row"):
+        load(script).main(["--update-references", str(path)])
+    assert open(path, "rb").read() == before
+    with open(path, "w") as f:  # leave the result as it was for the rest of the test
+        json.dump(res, f)
+
+
 def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     """Stage 1 fine-tunes on one query per training page (validation pages left out); stage 2
     converges each head on the locked tuned tower with the sweep's recipe; runs resume from their JSONs."""
@@ -118,6 +156,7 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     md = (tmp_path / "repro_text.md").read_text()
     assert "| untuned |" in md and "Verdicts" in md and "Stage 2" in md
     _check_render("repro_text", tmp_path, "repro_text")
+    _check_hybrid_references("repro_text", tmp_path / "repro_text.json", ["none", "slr", "slr (head off)"])
     assert second["config"]["eval_distractors"]  # validation pages searched among the training pages
     before = os.path.getmtime(tmp_path / "repro_text" / "slr-seed0.json")
     assert load("repro_text").main(argv) == 0  # resumes: the finished runs are read back, not redone
@@ -200,6 +239,7 @@ def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minil
     md = (tmp_path / "repro_text_plugin.md").read_text()
     assert "Verdicts against `untuned`" in md and "Verdicts against `adapter`" in md
     _check_render("repro_plugin", tmp_path, "repro_text_plugin")
+    _check_hybrid_references("repro_plugin", tmp_path / "repro_text_plugin.json", ["slr", "adapter"])
     assert load("results_summary").main(["--results", str(tmp_path)]) == 0
     summary = json.load(open(tmp_path / "summary.json"))
     text = next(e for e in summary["settings"] if e["file"] == "repro_text_plugin.json")

@@ -61,7 +61,9 @@ def write_training_queries(pairs: Sequence[Tuple[str, str]], kinds: Sequence[str
 def build_manpage_experiment(work: str, model, pages: int = 0, test_fraction: float = 0.4,
                              pop: Sequence[int] = (16, 32, 64, 128), train_queries: Optional[Sequence[str]] = None,
                              per_page: str = "one") -> Tuple[str, List[str], Dict]:
-    """Train JSONL and held-out task folders under ``work``; returns (train file, task folders, info)."""
+    """Train JSONL and held-out task folders under ``work``; returns (train file, task folders, info).
+    ``info["train_tasks"]``: tasks of every kind over the training pages (a validation set for choices
+    such as a fusion weight; never the test tasks)."""
     from .splits import stratified_split
     from .manpages import load_manpages
     from .tasks import text_tasks
@@ -79,7 +81,7 @@ def build_manpage_experiment(work: str, model, pages: int = 0, test_fraction: fl
     folders = text_tasks([(p.name_line, passage) for p, passage in test], os.path.join(work, "tasks"), kinds=kinds, seed=0)
     words = [len(passage.split()) for _, passage in pairs]
     info = {"pages": len(loaded), "train_pages": len(train), "train_examples": n_train, "test_pages": len(test),
-            "window_tokens": window, "per_page": per_page,
+            "train_tasks": os.path.join(work, "train_tasks"), "window_tokens": window, "per_page": per_page,
             "passage_words": {"min": min(words), "median": sorted(words)[len(words) // 2], "max": max(words)},
             "tasks": {os.path.basename(f): json.load(open(os.path.join(f, "task.json"))) for f in folders}}
     return train_file, folders, info
