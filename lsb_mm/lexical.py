@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -33,6 +34,15 @@ Ranking = Tuple[np.ndarray, List[List[Optional[str]]]]  # scores [n, k], ids (No
 Fused = Tuple[List[List[str]], List[List[float]]]  # ids, fused scores (best first)
 
 
+def _bm25s():
+    """``bm25s``, with its logger put back to WARNING: bm25s sets it to DEBUG on import, and its
+    per-call debug lines would then reach any root handler (a CLI's stderr) whatever its level."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 class BM25:
     """Okapi BM25 over a text corpus: ``BM25.build(texts, ids)``, then ``search(queries, k)``."""
 
@@ -41,7 +51,7 @@ class BM25:
 
     @classmethod
     def build(cls, texts: Sequence[str], ids: Optional[Sequence[str]] = None, k1: float = 1.5, b: float = 0.75) -> "BM25":
-        import bm25s
+        bm25s = _bm25s()
 
         texts = list(texts)
         ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
@@ -64,7 +74,7 @@ class BM25:
     def search(self, queries: Sequence[str], k: int = 10) -> Ranking:
         """Top ``k`` documents of every query: ``(scores [n, k] float32, ids)``; a row ends in
         ``None`` ids (score 0) where fewer than ``k`` documents share a term with the query."""
-        import bm25s
+        bm25s = _bm25s()
 
         queries = list(queries)
         if k < 1:
@@ -100,7 +110,7 @@ class BM25:
     @classmethod
     def load(cls, folder: str) -> "BM25":
         """Read a folder written by :meth:`save`; every file is checked against the manifest."""
-        import bm25s
+        bm25s = _bm25s()
 
         path = os.path.join(folder, "manifest.json")
         man = read_json(path, InputError, f"{folder} is not an lsb-mm BM25 folder: manifest.json is missing")

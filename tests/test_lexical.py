@@ -33,6 +33,22 @@ def test_bm25_refuses_bad_corpora(texts, ids, match):
         BM25.build(texts, ids)
 
 
+def test_bm25s_debug_lines_do_not_reach_a_root_handler():
+    """bm25s sets its own logger to DEBUG; a root handler of any level (a CLI's stderr) must not
+    then print a debug line per index or search."""
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logging.getLogger().addHandler(handler)
+    try:
+        BM25.build(DOCS, IDS).search(["cat"], k=2)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert [r for r in seen if r.name.startswith("bm25s") and r.levelno < logging.WARNING] == []
+
+
 def test_bm25_k_must_be_positive():
     with pytest.raises(InputError, match="k must be >= 1"):
         BM25.build(DOCS).search(["cat"], k=0)
