@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -783,6 +784,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _hub_bars_off(off: bool):
+    """Hugging Face's own progress bars (transformers' "Loading weights", the hub's) off while a
+    command runs with ``-q`` (or prints one query's results): set through the environment for a
+    transformers imported during the command, directly for one already imported; restored after."""
+    if not off:
+        yield
+        return
+    env = os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
+    loaded = sys.modules.get("transformers.utils.logging")
+    was_on = loaded.is_progress_bar_enabled() if loaded else None
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if loaded:
+        loaded.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if env is None:
+            os.environ.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+        else:
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = env
+        now = sys.modules.get("transformers.utils.logging")
+        if now and (was_on if loaded else env is None):
+            import warnings
+
+            with warnings.catch_warnings():  # the hub keeps the variable it read at import and says so
+                warnings.simplefilter("ignore")
+                now.enable_progress_bar()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -795,7 +826,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")
     try:
-        return args.func(args)
+        with _hub_bars_off(getattr(args, "quiet", False) or args.command == "search"):
+            return args.func(args)
     except LSBError as exc:
         print(f"lsb-mm {args.command}: error: {exc}", file=sys.stderr)
         return 2

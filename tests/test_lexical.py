@@ -176,6 +176,18 @@ def test_eval_cli_bm25_hybrid_labels_and_saved_folders(text_task, tiny_hf_dir, t
     assert "chosen on --fusion-val" in capsys.readouterr().err
 
 
+def test_quiet_silences_the_hub_bars_and_restores_them(text_task, tiny_hf_dir, tmp_path, capsys):
+    """``-q`` means no progress bar, transformers' "Loading weights" included; a later command
+    without ``-q`` in the same process shows it again."""
+    from lsb_mm.cli import main
+
+    argv = ["eval", "--model", f"hf:{tiny_hf_dir}", "--head", "none", "--tasks", text_task[0], "--output", str(tmp_path)]
+    assert main(argv + ["-q"]) == 0
+    assert "Loading weights" not in capsys.readouterr().err
+    assert main(argv) == 0
+    assert "Loading weights" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--fusion", "weighted"], "needs exactly one of --fusion-weight"),
     (["--fusion", "weighted", "--fusion-weight", "0.5", "--fusion-val", "x"], "needs exactly one of --fusion-weight"),
