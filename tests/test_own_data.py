@@ -33,7 +33,7 @@ def test_split_writes_tasks_training_and_validation(pairs_file, tmp_path, capsys
 
     out = tmp_path / "own"
     rep, err = run(capsys, "build-tasks", "--pairs", str(pairs_file), "--split", "0.6", "--seed", "1", "--output", str(out))
-    assert rep["documents"] == {"train": 14, "validation": 4, "test": 12}
+    assert rep["documents"] == {"train": 14, "validation": 4, "test": 12} and rep["pairs"] == 30
     assert sorted(os.path.basename(t) for t in rep["tasks"]) == ["keyword", "pop-16", "pop-32", "query"]
     assert rep["skipped_kinds"] == ["pop-64", "pop-128", "pop-256"] and "pop-64, pop-128, pop-256 skipped" in err
     assert all(os.path.dirname(t) == str(out / "test") for t in rep["tasks"])

@@ -85,7 +85,8 @@ def build_text_split(pairs: Sequence[Tuple[str, str]], out: str, train_share: fl
     test_kinds, skipped = usable_kinds([p for _, p in parts["test"]], kinds)
     os.makedirs(out, exist_ok=True)
     made = text_tasks(parts["test"], os.path.join(out, "test"), kinds=test_kinds, seed=seed)
-    report: Dict[str, object] = {"tasks": made, "skipped_kinds": skipped, "documents": _counts(side)}
+    report: Dict[str, object] = {"tasks": made, "skipped_kinds": skipped, "pairs": len(pairs),  # pairs may share a passage
+                                 "documents": _counts(side)}
     if parts["val"]:
         val_kinds, _ = usable_kinds([p for _, p in parts["val"]], kinds)
         report["validation_tasks"] = text_tasks(parts["val"], os.path.join(out, "validation"), kinds=val_kinds, seed=seed)
@@ -111,7 +112,7 @@ def build_caption_split(items: Sequence[Tuple[str, str]], out: str, train_share:
     side = _three_way(images, train_share, val_fraction, seed)
     parts = {s: [(c, p) for c, p in items if side[os.path.abspath(p)] == s] for s in ("train", "val", "test")}
     os.makedirs(out, exist_ok=True)
-    report: Dict[str, object] = {"tasks": cross_tasks(parts["test"], os.path.join(out, "test")),
+    report: Dict[str, object] = {"tasks": cross_tasks(parts["test"], os.path.join(out, "test")), "pairs": len(items),
                                  "documents": _counts(side)}
     if parts["val"]:
         report["validation_tasks"] = cross_tasks(parts["val"], os.path.join(out, "validation"))
