@@ -1,7 +1,7 @@
 """Exceptions raised for user mistakes; the CLI turns them into one clear line and exit 2."""
 from __future__ import annotations
 
-__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError"]
+__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError", "positive_int"]
 
 
 class LSBError(Exception):
@@ -24,3 +24,13 @@ class ImageLoadError(LSBError):
         super().__init__(f"cannot read image {path!s}: {reason}" if reason is not None else str(path))
         self.path = str(path)
         self.reason = reason
+
+
+def positive_int(value, what: str = "k", error: type = InputError) -> int:
+    """``value`` as an ``int`` if it is a positive integer (numpy integers included; ``bool``,
+    floats and strings are not), else ``error`` naming ``what`` and the value."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise error(f"{what} must be a positive integer, got {value!r}")
+    return int(value)

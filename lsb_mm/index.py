@@ -19,7 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._version import __version__
-from .errors import InputError
+from .errors import InputError, positive_int
 from .files import atomic_folder, file_sha256, iter_jsonl, read_json, write_jsonl
 
 __all__ = ["Index", "DEFAULT_ANN", "SearchIndexError"]
@@ -204,14 +204,14 @@ class Index:
                ) -> Tuple[np.ndarray, np.ndarray]:
         """Top-``k`` of each query: ``(scores [Q, k] float32, ids [Q, k] object)``.
 
-        Slots beyond the index size hold score ``-inf`` and id ``None``. ``fingerprint`` (the
-        query model's :meth:`~lsb_mm.LSBModel.fingerprint`) is checked against the index's.
+        ``k`` is capped at the index size (``min(k, len(index))`` columns); slots an approximate
+        index cannot fill hold score ``-inf`` and id ``None``. ``fingerprint`` (the query model's
+        :meth:`~lsb_mm.LSBModel.fingerprint`) is checked against the index's.
         """
         if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
             raise SearchIndexError(f"the queries come from model {fingerprint}, the index was built from model "
                               f"{self.fingerprint}; encode with the same model (or rebuild the index)")
-        if not isinstance(k, int) or k < 1:
-            raise SearchIndexError(f"k must be a positive integer, got {k!r}")
+        k = min(positive_int(k, "k", SearchIndexError), len(self))
         q = _as_matrix(queries, "queries", self.dim, check_norm=False)
         scores = np.empty((q.shape[0], k), dtype=np.float32)
         labels = np.empty((q.shape[0], k), dtype=np.int64)
@@ -252,8 +252,9 @@ class Index:
 
         self.check_hybrid()
         texts = list(texts)
-        depth = max(k, CANDIDATES)
-        scores, ids = self.search(queries, k=min(depth, len(self)), fingerprint=fingerprint)
+        k = min(positive_int(k, "k", SearchIndexError), len(self))
+        depth = min(max(k, CANDIDATES), len(self))
+        scores, ids = self.search(queries, k=depth, fingerprint=fingerprint)
         if len(texts) != len(ids):
             raise SearchIndexError(f"{len(texts)} query texts for {len(ids)} query embeddings")
         return fuse((scores, [list(r) for r in ids]), self.bm25.search(texts, k=depth), fusion, k)

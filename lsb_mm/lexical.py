@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ._version import __version__
-from .errors import InputError
+from .errors import InputError, positive_int
 from .files import atomic_folder, file_sha256, read_json
 
 __all__ = ["BM25", "rrf", "weighted_fusion", "fuse", "FUSION_WEIGHTS", "RRF_K", "CANDIDATES"]
@@ -72,22 +72,19 @@ class BM25:
         return len(self.ids)
 
     def search(self, queries: Sequence[str], k: int = 10) -> Ranking:
-        """Top ``k`` documents of every query: ``(scores [n, k] float32, ids)``; a row ends in
-        ``None`` ids (score 0) where fewer than ``k`` documents share a term with the query."""
+        """Top ``k`` documents of every query, ``k`` capped at the corpus size: ``(scores [n,
+        min(k, len)] float32, ids)``; a row ends in ``None`` ids (score 0) where fewer documents
+        share a term with the query."""
         bm25s = _bm25s()
 
         queries = list(queries)
-        if k < 1:
-            raise InputError(f"k must be >= 1, got {k}")
+        kk = min(positive_int(k), len(self.ids))
         if not queries:
-            return np.zeros((0, k), np.float32), []
-        kk = min(k, len(self.ids))
+            return np.zeros((0, kk), np.float32), []
         docs, scores = self._r.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False), k=kk,
                                         show_progress=False)
-        out = np.zeros((len(queries), k), np.float32)
-        out[:, :kk] = scores
-        ids = [[self.ids[int(d)] if s > 0 else None for d, s in zip(row, srow)] + [None] * (k - kk)
-               for row, srow in zip(docs, scores)]
+        out = np.asarray(scores, np.float32).reshape(len(queries), kk).copy()
+        ids = [[self.ids[int(d)] if s > 0 else None for d, s in zip(row, srow)] for row, srow in zip(docs, scores)]
         out[np.array([[i is None for i in row] for row in ids], dtype=bool)] = 0.0
         return out, ids
 

@@ -1,5 +1,6 @@
 """lsb_mm.Index: exact search equals brute force, ANN recall, persistence, shards, refusals."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -80,7 +81,12 @@ def test_save_load_identical_and_shards(tmp_path):
 def test_k_larger_than_index_and_add():
     ix = Index.build(unit(3, 8), ids=["a", "b", "c"])
     s, i = ix.search(unit(2, 8, seed=3), k=5)
-    assert list(i[0, 3:]) == [None, None] and np.isneginf(s[0, 3:]).all()
+    assert s.shape == i.shape == (2, 3) and set(i[0]) == set("abc")  # k capped at the index size
+    assert ix.search(unit(1, 8), k=10 ** 12)[0].shape == (1, 3)  # an absurd k allocates nothing
+    assert ix.search(unit(1, 8), k=np.int64(2))[0].shape == (1, 2)
+    for bad in (0, -1, True, 2.5, "3", None):
+        with pytest.raises(SearchIndexError, match=f"k must be a positive integer, got {re.escape(repr(bad))}"):
+            ix.search(unit(1, 8), k=bad)
     ix.add(unit(2, 8, seed=4), ids=["d", "e"])
     assert len(ix) == 5 and set(ix.search(unit(1, 8, seed=5), k=5)[1][0]) == set("abcde")
     with pytest.raises(SearchIndexError, match="duplicate id 'a'"):

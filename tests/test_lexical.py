@@ -16,12 +16,13 @@ IDS = ["a", "b", "c", "d"]
 def test_bm25_ranks_shared_terms_and_pads_with_none():
     bm = BM25.build(DOCS, IDS)
     scores, ids = bm.search(["cat mat", "the of and", "dog", "zebra"], k=6)
-    assert scores.shape == (4, 6) and scores.dtype == np.float32
-    assert ids[0][:2] == ["a", "d"] and ids[0][2:] == [None] * 4  # only documents sharing a term
-    assert ids[1] == [None] * 6 and ids[3] == [None] * 6  # stop words only; no known term
+    assert scores.shape == (4, 4) and scores.dtype == np.float32  # k capped at the corpus size
+    assert ids[0][:2] == ["a", "d"] and ids[0][2:] == [None] * 2  # only documents sharing a term
+    assert ids[1] == [None] * 4 and ids[3] == [None] * 4  # stop words only; no known term
     assert ids[2][0] == "b" and np.all(scores[0, :2] > 0) and np.all(scores[0, 2:] == 0)
     assert np.all(np.diff(scores[0, :2]) <= 0)
     assert bm.search([], k=3)[0].shape == (0, 3) and len(bm) == 4
+    assert bm.search(["cat"], k=10 ** 12)[0].shape == (1, 4)  # an absurd k allocates nothing
 
 
 @pytest.mark.parametrize("texts, ids, match", [
@@ -49,9 +50,11 @@ def test_bm25s_debug_lines_do_not_reach_a_root_handler():
     assert [r for r in seen if r.name.startswith("bm25s") and r.levelno < logging.WARNING] == []
 
 
-def test_bm25_k_must_be_positive():
-    with pytest.raises(InputError, match="k must be >= 1"):
-        BM25.build(DOCS).search(["cat"], k=0)
+@pytest.mark.parametrize("k", [0, -1, True, 2.5, "3", None])
+def test_bm25_k_must_be_a_positive_integer(k):
+    with pytest.raises(InputError, match=f"k must be a positive integer, got {re.escape(repr(k))}"):
+        BM25.build(DOCS).search(["cat"], k=k)
+    assert BM25.build(DOCS).search(["cat"], k=np.int64(2))[0].shape == (1, 2)
 
 
 def test_bm25_folder_round_trip_and_verification(tmp_path):
