@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .files import atomic_folder
+from .files import atomic_folder, read_json
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints", "STATE_NAME"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "prune_checkpoints", "remove_stale_temps",
+           "run_contents", "clear_run", "STATE_NAME"]
 
 STATE_NAME = "trainer_state.json"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -99,11 +100,60 @@ def save_checkpoint(folder: str, model, optimizer, scheduler, state: Dict[str, A
 
 
 def read_state(folder: str) -> Dict[str, Any]:
+    """A checkpoint's ``trainer_state.json``, checked: an object whose ``step``, ``epoch`` and
+    ``micro`` are integers >= 0 (a hand-edited or damaged file is refused, naming the field)."""
     path = os.path.join(folder, STATE_NAME)
     if not os.path.isfile(path):
         raise InputError(f"{folder} is not a complete training checkpoint ({STATE_NAME} missing)")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    state = read_json(path, InputError)
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(state).__name__}")
+    for key in ("step", "epoch", "micro"):
+        v = state.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise InputError(f"{path}: {key!r} must be an integer >= 0, got {v!r}")
+    return state
+
+
+_TEMP = re.compile(r"^\.(checkpoint-\d+|final|best)\.tmp-")  # atomic_folder's temp names in a run folder
+
+
+def remove_stale_temps(output: str) -> List[str]:
+    """Delete the temp folders that an interrupted save left in a run folder (``.checkpoint-*.tmp-*``,
+    ``.final.tmp-*``, ``.best.tmp-*``: never read, since a save only counts once renamed); returns them."""
+    found = [os.path.join(output, n) for n in sorted(os.listdir(output)) if _TEMP.match(n)] if os.path.isdir(output) else []
+    for path in found:
+        shutil.rmtree(path, ignore_errors=True)
+    return found
+
+
+RUN_FILES = ("run_info.json", "train_log.jsonl", "skipped.jsonl")  # with final/, best/ and checkpoints: a run
+
+
+def run_contents(output: str) -> List[str]:
+    """What of an earlier training run ``output`` holds: its files, model folders and checkpoints."""
+    if not os.path.isdir(output):
+        return []
+    names = set(os.listdir(output))
+    found = [n for n in RUN_FILES if n in names] + [f"{n}/" for n in ("final", "best") if n in names]
+    return found + [os.path.basename(p) + "/" for _, p in _checkpoints_any(output)]
+
+
+def _checkpoints_any(output: str) -> List[Tuple[int, str]]:
+    """Every ``checkpoint-N`` folder, complete or not."""
+    return sorted((int(m.group(1)), os.path.join(output, n)) for n in os.listdir(output) if (m := _CKPT.match(n)))
+
+
+def clear_run(output: str) -> None:
+    """Remove an earlier run from ``output`` (``--overwrite``): exactly what :func:`run_contents`
+    lists, and stale temp folders; anything else in the folder stays."""
+    remove_stale_temps(output)
+    for name in run_contents(output):
+        path = os.path.join(output, name.rstrip("/"))
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
 
 
 def load_checkpoint(folder: str, optimizer, scheduler) -> Dict[str, Any]:

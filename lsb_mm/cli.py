@@ -261,6 +261,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="newest checkpoints kept, 0 = all (default: %(default)s)")
     g.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="continue exactly from the latest checkpoint in --output, or from the given checkpoint folder")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output (its model, checkpoints and logs); without it (or --resume) "
+                        "a folder that holds a run is refused")
     g.add_argument("--eval-data", default=None, help="held-out validation data (same formats): NDCG@k, MRR@k, Recall@k, "
                    "success@k in the log")
     g.add_argument("--eval-distractors", action="store_true",

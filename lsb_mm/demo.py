@@ -151,7 +151,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
         models[label], recipes[label] = {}, {}
         for modality, file in (("cross", cross_file), ("image", image_file)):
             t = time.perf_counter()
-            cfg = TrainConfig(model=name, model_options=options, head=h, modality=modality, train_data=file, train="heads",
+            cfg = TrainConfig(model=name, overwrite=True, model_options=options, head=h, modality=modality, train_data=file, train="heads",
                               symmetric=modality == "cross", corpus_negatives=True, val_fraction=0.2, eval_steps=eval_steps,
                               patience=patience, max_steps=max_steps, batch_size=min(batch_size, max(2, len(train_set) // 2)),
                               vocab_size=256, seed=seed, output=os.path.join(work, "runs", f"{h}-{modality}"),

@@ -222,7 +222,7 @@ def plugin_config(args, head: str, train_file: str, output: str, lr: float, temp
     from .trainer import TrainConfig
 
     extra = {} if modality == "text" else {"vocab_size": args.vocab_size, "symmetric": modality == "cross"}
-    return TrainConfig(model=args.model, model_options=dict(getattr(args, "model_options", None) or {}), head=head,
+    return TrainConfig(model=args.model, overwrite=True, model_options=dict(getattr(args, "model_options", None) or {}), head=head,
                        train_data=train_file, output=output, modality=modality, train="heads", corpus_negatives=True,
                        lr=lr, head_lr=head_lr or lr, temperature=temperature, weight_decay=weight_decay, batch_size=args.batch_size,
                        max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,

@@ -61,6 +61,7 @@ class TrainConfig:
     save_steps: int = 0
     keep_checkpoints: int = 2
     resume: Optional[str] = None
+    overwrite: bool = False
     eval_data: Optional[str] = None
     eval_distractors: bool = False
     val_fraction: float = 0.0
@@ -124,6 +125,7 @@ class TrainConfig:
              f"best_metric must be ndcg|mrr|recall|success @1|5|10, got {self.best_metric!r}"),
             (self.save_steps >= 0, f"save_steps must be >= 0 (0 = only at the end), got {self.save_steps}"),
             (self.eval_steps >= 0, f"eval_steps must be >= 0 (0 = only at the end), got {self.eval_steps}"),
+            (not (self.overwrite and self.resume), "give resume or overwrite, not both"),
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0 = all), got {self.keep_checkpoints}"),
             (self.max_steps >= 0 and self.epochs >= 0, "max_steps and epochs must be >= 0"),
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),

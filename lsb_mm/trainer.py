@@ -24,7 +24,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, save_checkpoint
+from .checkpoint import (clear_run, latest_checkpoint, load_checkpoint, prune_checkpoints, read_state, remove_stale_temps,
+                         run_contents, save_checkpoint)
 from .datasets.training_data import TrainData, item_kinds, load_train_data
 from .train_config import RESUME_FIXED, TrainConfig
 from .distributed import DistInfo, all_reduce_grads, all_reduce_mean, barrier, init_distributed
@@ -90,6 +91,7 @@ class Trainer:
         self.feature_cache = feature_cache
         self.shared_tower_caches = dict(tower_caches or {})
         self.dist: DistInfo = init_distributed(cfg.device)
+        self._check_output()
         self.device = torch.device(self._device_name())
         self.qkind, self.pkind = item_kinds(cfg.modality)
         self.data: TrainData = load_train_data(cfg.train_data, cfg.modality, cfg.image_root, cfg.skip_bad,
@@ -156,6 +158,31 @@ class Trainer:
         if p == "auto":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+    def _check_output(self) -> None:
+        """``--output`` must be a folder that holds no earlier run, unless resuming it or asked to
+        ``overwrite`` it (then that run, and only it, is removed first). Temp folders of an
+        interrupted save are cleared; a log that is a symlink is refused (it would be written through)."""
+        out = self.cfg.output
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise InputError(f"--output {out} is a file; give a folder for the run")
+        log_path = os.path.join(out, LOG_NAME)
+        if os.path.islink(log_path):
+            raise InputError(f"{log_path} is a symbolic link; the run log is written in place, so it is refused "
+                             "(remove the link)")
+        earlier = run_contents(out)
+        if earlier and not self.cfg.resume:
+            if not self.cfg.overwrite:
+                shown = ", ".join(earlier[:4]) + (f" and {len(earlier) - 4} more" if len(earlier) > 4 else "")
+                raise InputError(f"--output {out} holds an earlier run ({shown}): continue it with --resume, replace "
+                                 "it with --overwrite, or choose another folder")
+            if self.dist.is_main:
+                clear_run(out)
+                log.info("--overwrite: removed the earlier run in %s (%s)", out, ", ".join(earlier))
+            barrier()
+        elif self.dist.is_main:
+            for path in remove_stale_temps(out):
+                log.info("removed %s, left by an interrupted save", path)
 
     def _resume_folder(self) -> Optional[str]:
         r = self.cfg.resume
@@ -660,7 +687,14 @@ class Trainer:
 
     def _restore(self, folder: str) -> None:
         state = load_checkpoint(folder, self.optimizer, self.scheduler)
-        self.step, self.epoch, self.micro = state["step"], state["epoch"], state["micro"]
+        step, epoch, micro = state["step"], state["epoch"], state["micro"]
+        where = os.path.join(folder, "trainer_state.json")
+        if step > self.total_steps:
+            raise InputError(f"{where}: step {step} is beyond this run's {self.total_steps} steps")
+        if micro > self.micro_per_epoch or step != epoch * self.steps_per_epoch + micro // self.cfg.grad_accum:
+            raise InputError(f"{where}: step {step}, epoch {epoch} and micro-batch {micro} do not agree with "
+                             f"{self.steps_per_epoch} steps of {self.cfg.grad_accum} micro-batch(es) per epoch")
+        self.step, self.epoch, self.micro = step, epoch, micro
         self.mined = {int(k): v for k, v in state.get("mined", {}).items()}
         self.best.update(state.get("best", {}))
         self._stop = bool(state.get("stopped", False))

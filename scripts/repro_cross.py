@@ -56,7 +56,7 @@ def lit_config(args, modality: str, train_file: str, work: str, **extra):
     name, options = dual_encoder(args.img_size, args.embed_dim)
 
     def config(head: str, seed: int) -> lsb_mm.TrainConfig:
-        return lsb_mm.TrainConfig(model=name, model_options=options, train_data=train_file, modality=modality, head=head,
+        return lsb_mm.TrainConfig(model=name, overwrite=True, model_options=options, train_data=train_file, modality=modality, head=head,
                                   train="heads", output=os.path.join(work, "runs", f"{head}-seed{seed}"),
                                   epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                                   head_lr=args.head_lr, temperature=args.temperature, vocab_size=args.vocab_size,

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
 
     def unlocked(head: str, seed: int, plugged: str) -> lsb_mm.TrainConfig:
         r = recipe[head]
-        return lsb_mm.TrainConfig(model=plugged, head=head, modality=args.modality, train="all", train_data=exp.train_file,
+        return lsb_mm.TrainConfig(model=plugged, overwrite=True, head=head, modality=args.modality, train="all", train_data=exp.train_file,
                                   symmetric=args.modality == "cross", val_fraction=args.val_fraction,
                                   eval_steps=args.eval_steps, patience=args.patience, epochs=args.epochs,
                                   max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,

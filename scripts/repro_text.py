@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         return splits[seed]
 
     def config(head: str, seed: int) -> lsb_mm.TrainConfig:
-        return lsb_mm.TrainConfig(model=args.model, train_data=split(seed)[0], output=os.path.join(args.work, "runs", f"{head}-seed{seed}"),
+        return lsb_mm.TrainConfig(model=args.model, overwrite=True, train_data=split(seed)[0], output=os.path.join(args.work, "runs", f"{head}-seed{seed}"),
                                   modality="text", head=head, train="all", epochs=args.epochs, max_steps=args.max_steps,
                                   batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, warmup_steps=args.warmup_steps,
                                   temperature=args.temperature, train_group_size=args.group_size,
