@@ -539,6 +539,20 @@ def _cut_to_window(args, pairs):
 
 def cmd_build_tasks(args) -> int:
     from .datasets import tasks as T
+
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise InputError(f"--output {args.output} is a file; give a folder for the tasks")
+    if args.split is not None and not args.overwrite:
+        held = [n for n in ("train.jsonl", "val.jsonl", "test", "validation") if os.path.lexists(os.path.join(args.output, n))]
+        if held:
+            raise InputError(f"--output {args.output} already holds {', '.join(held)} of an earlier split: add --overwrite "
+                             "to replace them, or choose a new folder")
+    with T.replacing(args.overwrite):
+        return _build_tasks(args)
+
+
+def _build_tasks(args) -> int:
+    from .datasets import tasks as T
     from .datasets.text_experiment import build_caption_split, build_text_split, usable_kinds
 
     made: List[str] = []
@@ -757,6 +771,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="text: cut passages to N tokens (of --model's tokenizer; without --model, N words)")
     bt.add_argument("--seed", type=int, default=0)
     bt.add_argument("--output", required=True, help="folder that receives one sub-folder per task")
+    bt.add_argument("--overwrite", action="store_true",
+                    help="replace task folders of the same names in --output (and, with --split, its train.jsonl / "
+                         "val.jsonl); without it an existing one is refused. Other content is never touched, and a "
+                         "folder that is not a task folder is never replaced")
     bt.set_defaults(func=cmd_build_tasks)
 
     rc = sub.add_parser("recipes", help="the default lr / temperature / weight decay of `lsb-mm train`, per modality and head",

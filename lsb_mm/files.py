@@ -92,8 +92,9 @@ def write_text(path: str, text: str) -> str:
 
 
 def write_jsonl(path: str, records: Iterable[Any]) -> None:
-    """One JSON value per line, UTF-8 kept as is (not atomic: write inside an atomic folder or file)."""
-    with open(path, "w", encoding="utf-8") as f:
+    """One JSON value per line, UTF-8 kept as is; written atomically (a symlink at ``path`` is
+    replaced, never written through)."""
+    with atomic_write(path) as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 

@@ -38,6 +38,7 @@ def write_training_queries(pairs: Sequence[Tuple[str, str]], kinds: Sequence[str
     """Training examples from training pages, with the builders of the held-out tasks: one query
     per page of a kind drawn (seeded) from ``kinds`` (``per_page="one"``), or one query of every
     kind (``"all"``); returns the count. Each line records its ``kind``."""
+    from ..files import atomic_write
     from .tasks import read_task, text_tasks
 
     if per_page not in ("one", "all"):
@@ -48,7 +49,7 @@ def write_training_queries(pairs: Sequence[Tuple[str, str]], kinds: Sequence[str
         by_kind[task.name] = {q["_id"]: q["text"] for q in task.queries}
     rs = np.random.default_rng(seed)
     n = 0
-    with open(train_file, "w", encoding="utf-8") as f:
+    with atomic_write(train_file) as f:  # a symlink there is replaced, not written through
         for i, (_, passage) in enumerate(pairs):
             usable = [k for k in kinds if f"q{i}" in by_kind[k]]  # a pop-N span needs N words
             chosen = usable if per_page == "all" else [usable[int(rs.integers(len(usable)))]]

@@ -12,6 +12,8 @@ says what was built and what was left out. Everything is deterministic given ``s
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import math
 import os
@@ -50,11 +52,36 @@ class Task:
         return "image" if "image" in records[0] else "text"
 
 
+_REPLACE = contextvars.ContextVar("lsb_mm_replace_tasks", default=True)
+
+
+@contextlib.contextmanager
+def replacing(allowed: bool):
+    """Within the block, :func:`write_task` replaces an existing task folder only if ``allowed``
+    (the CLI's ``--overwrite``; the library default is to replace, atomically)."""
+    token = _REPLACE.set(bool(allowed))
+    try:
+        yield
+    finally:
+        _REPLACE.reset(token)
+
+
+TASK_FILES = ("corpus.jsonl", "queries.jsonl", "qrels", "task.json", "query_images")  # what write_task puts in a folder
+
+
 def write_task(folder: str, name: str, queries: List[dict], corpus: List[dict], qrels: List[Tuple[str, str, int]],
                move_in: Optional[Dict[str, str]] = None, **info) -> str:
     """Write one task folder (atomically); ``move_in`` maps sub-folder names to folders moved inside."""
     if not queries or not corpus:
         raise InputError(f"task {name}: nothing to write ({len(queries)} queries, {len(corpus)} documents)")
+    if os.path.lexists(folder):
+        foreign = sorted(set(os.listdir(folder)) - set(TASK_FILES)) if os.path.isdir(folder) and not os.path.islink(folder) \
+            else [os.path.basename(folder)]
+        if foreign or not os.path.isfile(os.path.join(folder, "task.json")):
+            raise InputError(f"{folder} exists and is not a task folder written by lsb-mm (it holds "
+                             f"{', '.join(foreign[:3]) or 'no task.json'}); refusing to replace it: choose another output")
+        if not _REPLACE.get():
+            raise InputError(f"task folder {folder} exists: add --overwrite to replace it, or choose another output")
     with atomic_folder(folder) as tmp:
         write_jsonl(os.path.join(tmp, "corpus.jsonl"), corpus)
         write_jsonl(os.path.join(tmp, "queries.jsonl"), queries)
