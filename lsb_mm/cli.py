@@ -13,8 +13,8 @@ from typing import List, Optional
 import numpy as np
 
 from ._version import __version__
-from .errors import InputError, LSBError
-from .files import atomic_write, iter_jsonl, write_text
+from .errors import InputError, LSBError, user_message
+from .files import atomic_write, iter_jsonl, iter_lines, write_text
 
 log = logging.getLogger("lsb_mm")
 
@@ -37,12 +37,11 @@ def _read_texts(path: str) -> List[str]:
                 raise InputError(f"{path}:{n}: expected a string or an object with a string 'text' field")
             texts.append(text)
     else:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.rstrip("\n")
-                if not line.strip():
-                    raise InputError(f"{path}:{n}: empty line (one text per line is expected)")
-                texts.append(line)
+        for n, line in iter_lines(path):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                raise InputError(f"{path}:{n}: empty line (one text per line is expected)")
+            texts.append(line)
     if not texts:
         raise InputError(f"--texts {path}: the file holds no text")
     return texts
@@ -551,6 +550,16 @@ def cmd_build_tasks(args) -> int:
         return _build_tasks(args)
 
 
+def _refuse_undecodable(paths: List[str], what: str) -> None:
+    """Tasks are built only from images that decode (each is decoded once here), so that a bad file
+    is named now, not as a failure of a later ``eval``."""
+    from .images import check_images
+
+    bad = check_images(paths)[1]
+    if bad:
+        raise InputError(f"{what}: {len(bad)} of {len(paths)} images cannot be read, e.g. {bad[0][0]}: {bad[0][1]}")
+
+
 def _build_tasks(args) -> int:
     from .datasets import tasks as T
     from .datasets.text_experiment import build_caption_split, build_text_split, usable_kinds
@@ -586,6 +595,7 @@ def _build_tasks(args) -> int:
             print(f"lsb-mm build-tasks: note: {', '.join(report['skipped_kinds'])} skipped: no passage has that many "
                   "words", file=sys.stderr)
     if args.labelled:
+        _refuse_undecodable([p for ps in T.labelled_classes(args.labelled).values() for p in ps], f"--labelled {args.labelled}")
         made += T.image_tasks(args.labelled, args.output, kinds=args.image_tasks, position=args.position, seed=args.seed,
                               max_per_class=args.max_per_class)
     if args.captions:
@@ -595,6 +605,7 @@ def _build_tasks(args) -> int:
         items = [(m["caption"], p) for p, m in zip(docs.items, docs.metadata) if "caption" in m]
         if not items:
             raise InputError(f"--captions {args.captions}: no image has a caption sidecar (x.png + x.txt)")
+        _refuse_undecodable([p for _, p in items], f"--captions {args.captions}")
         if len(items) < len(docs.items):
             print(f"lsb-mm build-tasks: note: {len(docs.items) - len(items)} of {len(docs.items)} images have no "
                   "caption sidecar and are left out", file=sys.stderr)
@@ -850,7 +861,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with _hub_bars_off(getattr(args, "quiet", False) or args.command == "search"):
             return args.func(args)
     except LSBError as exc:
-        print(f"lsb-mm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"lsb-mm {args.command}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

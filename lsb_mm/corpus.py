@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from .datasets.sources import read_caption, read_csv
+from .datasets.sources import read_caption, read_csv, sidecar_path
 from .errors import InputError
 from .images import list_image_files
 from .files import iter_jsonl
@@ -36,7 +36,9 @@ def read_documents(images: Optional[str] = None, corpus: Optional[str] = None, c
         meta = []
         for p in paths:
             m = {"path": os.path.abspath(p)}
-            cap, _ = read_caption(p)  # a sidecar is optional here
+            cap, why = read_caption(p)  # a sidecar is optional here, but one that exists must be readable
+            if cap is None and os.path.isfile(sidecar_path(p)):
+                raise InputError(f"caption sidecar of {p}: {why}")
             if cap:
                 m["caption"] = cap
             meta.append(m)

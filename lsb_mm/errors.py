@@ -1,7 +1,7 @@
 """Exceptions raised for user mistakes; the CLI turns them into one clear line and exit 2."""
 from __future__ import annotations
 
-__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError", "positive_int"]
+__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError", "positive_int", "user_message"]
 
 
 class LSBError(Exception):
@@ -34,3 +34,15 @@ def positive_int(value, what: str = "k", error: type = InputError) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise error(f"{what} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def user_message(exc: BaseException) -> str:
+    """The one-line message of ``exc``. An error re-raised from a DataLoader worker carries torch's
+    "Caught X in DataLoader worker process N. Original Traceback ..." text: its own last line is kept."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    import re
+
+    found = re.findall(rf"^(?:[\w.]+\.)?{type(exc).__name__}: (.+)$", text, flags=re.M)
+    return found[-1] if found else text.strip().splitlines()[-1]

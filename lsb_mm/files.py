@@ -98,33 +98,41 @@ def write_jsonl(path: str, records: Iterable[Any]) -> None:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-def iter_jsonl(path: str, on_error: Optional[Callable[[str, str], None]] = None) -> Iterator[Tuple[int, Any]]:
-    """Yield ``(line number, parsed value)`` for each non-blank line.
-
-    A line that is not JSON (or not UTF-8) raises InputError naming ``file:line``, or, with
-    ``on_error``, is reported as ``on_error("file:line", reason)`` and skipped.
-    """
+def iter_lines(path: str, on_error: Optional[Callable[[str, str], None]] = None) -> Iterator[Tuple[int, str]]:
+    """Yield ``(line number, text)`` of every line of a UTF-8 file (newline kept; a byte-order
+    mark at the start dropped). A line that is not UTF-8 raises InputError naming ``file:line``,
+    or, with ``on_error``, is reported as ``on_error("file:line", reason)`` and skipped."""
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 reason = f"not UTF-8 text (byte {exc.start + 1} of the line)"
                 if on_error is None:
                     raise InputError(f"{path}:{n}: {reason}") from None
                 on_error(f"{path}:{n}", reason)
                 continue
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
-                if on_error is None:
-                    raise InputError(f"{path}:{n}: {reason}") from None
-                on_error(f"{path}:{n}", reason)
-                continue
-            yield n, value
+            yield n, line
+
+
+def iter_jsonl(path: str, on_error: Optional[Callable[[str, str], None]] = None) -> Iterator[Tuple[int, Any]]:
+    """Yield ``(line number, parsed value)`` for each non-blank line.
+
+    A line that is not JSON (or not UTF-8) raises InputError naming ``file:line``, or, with
+    ``on_error``, is reported as ``on_error("file:line", reason)`` and skipped.
+    """
+    for n, line in iter_lines(path, on_error):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
+            if on_error is None:
+                raise InputError(f"{path}:{n}: {reason}") from None
+            on_error(f"{path}:{n}", reason)
+            continue
+        yield n, value
 
 
 def tensor_digest(tensors: Dict[str, Any]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from typing import Any, Iterable, Iterator, List, Sequence, TypeVar, Union
 
 from PIL import Image, UnidentifiedImageError
@@ -12,6 +13,7 @@ from .errors import ImageLoadError, InputError
 __all__ = ["ImageInput", "load_image", "to_rgb", "list_image_files", "IMAGE_EXTENSIONS", "one_thread", "on_one_thread"]
 
 ImageInput = Union[str, os.PathLike, Image.Image]
+_PIL_DEFAULT_MAX = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS as shipped
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -29,14 +31,44 @@ def to_rgb(img: Image.Image, background=(255, 255, 255)) -> Image.Image:
         rgba = img.convert("RGBA")
         base = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(base, rgba).convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale to 8 bit rather than clipping
-        import numpy as np
-
-        arr = np.asarray(img, dtype=np.float64)
-        hi = float(arr.max()) or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype("uint8"), mode="L")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        img = Image.fromarray(_to_8bit(img), mode="L")
     return img.convert("RGB")
+
+
+def _to_8bit(img: Image.Image):
+    """16/32-bit integer or float greyscale as uint8, scaled rather than clipped: floats in [0, 1]
+    by 255, non-negative integers by 255 / max, anything else (negatives, floats beyond 1) by its
+    own range; NaN / inf become 0."""
+    import numpy as np
+
+    arr = np.asarray(img, dtype=np.float64)
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0)
+    lo, hi = (float(arr[finite].min()), float(arr[finite].max())) if finite.any() else (0.0, 0.0)
+    if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+        out = arr * 255.0
+    elif lo >= 0.0 and img.mode != "F":
+        out = arr * (255.0 / (hi or 1.0))
+    else:
+        out = (arr - lo) * (255.0 / ((hi - lo) or 1.0))
+    return np.rint(out).clip(0, 255).astype("uint8")
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height) decoded: ``LSB_MM_MAX_IMAGE_PIXELS`` if set, else PIL's
+    default ``Image.MAX_IMAGE_PIXELS`` (89,478,485); a larger file is refused as a possible
+    decompression bomb before its pixels are decoded (PIL itself only warns up to twice that)."""
+    env = os.environ.get("LSB_MM_MAX_IMAGE_PIXELS")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise InputError(f"LSB_MM_MAX_IMAGE_PIXELS must be a whole number of pixels, got {env!r}") from None
+        if value < 1:
+            raise InputError(f"LSB_MM_MAX_IMAGE_PIXELS must be >= 1, got {env!r}")
+        return value
+    return _PIL_DEFAULT_MAX
 
 
 def load_image(item: Any, index: int | None = None) -> Image.Image:
@@ -54,10 +86,24 @@ def load_image(item: Any, index: int | None = None) -> Image.Image:
         raise ImageLoadError(path, "no such file")
     if os.path.isdir(path):
         raise ImageLoadError(path, "is a directory, not an image file")
+    limit = max_image_pixels()
     try:
-        with Image.open(path) as im:
+        if limit > (Image.MAX_IMAGE_PIXELS or 0):  # a limit raised on purpose raises PIL's own with it
+            Image.MAX_IMAGE_PIXELS = limit
+        with warnings.catch_warnings():  # the size is checked here, before decoding, against the limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            if w * h > limit:
+                raise ImageLoadError(path, f"it decodes to {w} x {h} = {w * h:,} pixels, over the limit of {limit:,} "
+                                           "(a possible decompression bomb; raise LSB_MM_MAX_IMAGE_PIXELS for images "
+                                           "you trust)")
             im.load()
             return to_rgb(im)
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(path, f"too many pixels, a possible decompression bomb ({exc}); raise "
+                                   "LSB_MM_MAX_IMAGE_PIXELS for images you trust") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageLoadError(path, f"not a decodable image ({exc})") from exc
 

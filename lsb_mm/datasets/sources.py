@@ -30,7 +30,7 @@ def read_caption(image: str) -> Tuple[Optional[str], Optional[str]]:
     with open(side, "rb") as f:
         first = f.readline()
     try:
-        caption = first.decode("utf-8").strip()
+        caption = first.decode("utf-8-sig").strip()  # a byte-order mark is not part of the caption
     except UnicodeDecodeError:
         return None, f"{name}:1 is not UTF-8 text"
     if not caption:

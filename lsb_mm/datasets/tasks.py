@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
+import logging
 import math
 import os
 import re
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..images import load_image
-from ..files import atomic_folder, iter_jsonl, write_jsonl
+from ..files import atomic_folder, iter_jsonl, iter_lines, read_json, write_jsonl
 from .sources import labelled_classes
 
 __all__ = ["write_task", "read_task", "text_tasks", "image_tasks", "cross_tasks", "read_beir_pairs", "Task",
@@ -52,6 +53,7 @@ class Task:
         return "image" if "image" in records[0] else "text"
 
 
+log = logging.getLogger(__name__)
 _REPLACE = contextvars.ContextVar("lsb_mm_replace_tasks", default=True)
 
 
@@ -102,11 +104,14 @@ def read_task(folder: str) -> Task:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             raise InputError(f"task folder {folder}: {name} is missing")
-        out = []
+        out, seen = [], set()
         for n, rec in iter_jsonl(path):
             if not isinstance(rec, dict) or "_id" not in rec or not ({"text", "image"} & set(rec)):
                 raise InputError(f"{path}:{n}: expected '_id' and 'text' or 'image'")
             rec["_id"] = str(rec["_id"])
+            if rec["_id"] in seen:
+                raise InputError(f"{path}:{n}: '_id' {rec['_id']!r} appears twice")
+            seen.add(rec["_id"])
             if "image" in rec and not os.path.isabs(rec["image"]):
                 rec["image"] = os.path.join(folder, rec["image"])
             if "text" in rec and rec.get("title"):
@@ -121,21 +126,50 @@ def read_task(folder: str) -> Task:
     qpath = os.path.join(folder, "qrels", "test.tsv")
     if not os.path.isfile(qpath):
         raise InputError(f"task folder {folder}: qrels/test.tsv is missing")
-    with open(qpath, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.rstrip("\n").split("\t")
-            if n == 1 and parts[0] == "query-id":
-                continue
-            if len(parts) != 3:
-                raise InputError(f"{qpath}:{n}: expected 'query-id<TAB>corpus-id<TAB>score'")
-            qrels.setdefault(parts[0], {})[parts[1]] = int(float(parts[2]))
+    for n, line in iter_lines(qpath):
+        parts = line.rstrip("\r\n").split("\t")
+        if n == 1 and parts[0] == "query-id":
+            continue
+        if parts == [""]:
+            continue
+        if len(parts) != 3:
+            raise InputError(f"{qpath}:{n}: expected 'query-id<TAB>corpus-id<TAB>score', got {line.rstrip()!r}")
+        try:
+            grade = float(parts[2])
+        except ValueError:
+            grade = math.nan
+        if not math.isfinite(grade) or grade != int(grade):
+            raise InputError(f"{qpath}:{n}: the score must be an integer relevance grade, got {parts[2]!r}")
+        qrels.setdefault(parts[0], {})[parts[1]] = int(grade)
     info = {}
     if os.path.isfile(os.path.join(folder, "task.json")):
-        with open(os.path.join(folder, "task.json"), encoding="utf-8") as f:
-            info = json.load(f)
+        info = read_json(os.path.join(folder, "task.json"), InputError)
+        if not isinstance(info, dict):
+            raise InputError(f"{os.path.join(folder, 'task.json')}: expected a JSON object")
+    _report_loose_qrels(folder, qrels, {q["_id"] for q in queries}, {d["_id"] for d in corpus})
     qids = {q["_id"] for q in queries}
     qrels = {q: r for q, r in qrels.items() if q in qids}
     return Task(folder, info, [q for q in queries if q["_id"] in qrels], corpus, qrels)
+
+
+def _report_loose_qrels(folder: str, qrels: Dict[str, Dict[str, int]], qids: set, dids: set) -> None:
+    """Warn (once per read, with counts and an example) about qrels that cannot count as written:
+    rows of unknown queries (left out), relevant documents missing from the corpus (they stay,
+    as trec_eval keeps them: unretrievable, so they lower recall and NDCG), queries without qrels
+    (not evaluated)."""
+    unknown_q = sorted(set(qrels) - qids)
+    missing = sorted({(q, d) for q, r in qrels.items() if q in qids for d, g in r.items() if g > 0 and d not in dids})
+    unjudged = sorted(qids - set(qrels))
+    notes = []
+    if unknown_q:
+        notes.append(f"{len(unknown_q)} qrels query id(s) not in queries.jsonl, left out (e.g. {unknown_q[0]!r})")
+    if missing:
+        notes.append(f"{len(missing)} relevant document(s) not in corpus.jsonl, counted as never retrieved "
+                     f"(e.g. query {missing[0][0]!r} -> {missing[0][1]!r})")
+    if unjudged:
+        notes.append(f"{len(unjudged)} quer(ies) without qrels, not evaluated (e.g. {unjudged[0]!r})")
+    if notes:
+        log.warning("task %s: %s", folder, "; ".join(notes))
 
 
 # -- text ------------------------------------------------------------------------------------

@@ -197,6 +197,36 @@ def load_train_data(path: str, modality: str, image_root: Optional[str] = None, 
         _read_caption_folder(path, rows)
     else:
         _read_labelled_folder(path, rows)
+    if skip_bad and "image" in item_kinds(modality):
+        _drop_undecodable(rows, *item_kinds(modality))
     if not rows.examples:
         raise InputError(f"{path}: no usable training examples" + (f" ({len(rows.skipped)} skipped)" if rows.skipped else ""))
     return TrainData(rows.examples, modality, fmt, rows.skipped)
+
+
+def _drop_undecodable(rows: _Rows, qkind: str, pkind: str) -> None:
+    """``--skip-bad`` with images: decode every distinct image once, instead of failing mid-run.
+    An undecodable image is reported once and left out of every positive / negative list; an
+    example whose query image is one, or left with no positive, is left out too (and reported)."""
+    from ..images import check_images
+
+    def images(ex: TrainExample) -> List[str]:
+        return ([ex.query] if qkind == "image" else []) + (list(ex.pos) + list(ex.neg) if pkind == "image" else [])
+
+    paths = list(dict.fromkeys(p for ex in rows.examples for p in images(ex)))
+    bad = dict(check_images(paths)[1])
+    if not bad:
+        return
+    rows.skipped.extend({"source": p, "reason": f"undecodable image: {why}"} for p, why in bad.items())
+    kept = []
+    for ex in rows.examples:
+        if qkind == "image" and ex.query in bad:
+            rows.skipped.append({"source": ex.source, "reason": f"its query image {ex.query} cannot be read"})
+            continue
+        if pkind == "image":
+            ex = TrainExample(ex.query, [p for p in ex.pos if p not in bad], [p for p in ex.neg if p not in bad], ex.source)
+            if not ex.pos:
+                rows.skipped.append({"source": ex.source, "reason": "none of its positive images can be read"})
+                continue
+        kept.append(ex)
+    rows.examples = kept
