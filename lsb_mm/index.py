@@ -26,7 +26,7 @@ __all__ = ["Index", "DEFAULT_ANN", "SearchIndexError"]
 
 log = logging.getLogger(__name__)
 FORMAT = "lsb-mm-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every file checksummed and the model fingerprint recorded (null: none), both required
 BM25_MANIFEST = "bm25/manifest.json"  # the optional lexical side's manifest (its checksum is in the index's)
 DEFAULT_ANN = "HNSW32"
 HNSW_EF_CONSTRUCTION = 80
@@ -138,6 +138,7 @@ class Index:
         self._lookup: Optional[np.ndarray] = None  # ids as an object array (+ None for missing), built once
         self.bm25 = None  # an optional lexical side (lsb_mm.lexical.BM25) over the same ids: add_bm25
         self._shards: Optional[list] = None
+        self._warned_unchecked = False  # the "no fingerprint to check" warning, once per index
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -208,6 +209,10 @@ class Index:
         index cannot fill hold score ``-inf`` and id ``None``. ``fingerprint`` (the query model's
         :meth:`~lsb_mm.LSBModel.fingerprint`) is checked against the index's.
         """
+        if fingerprint is not None and self.fingerprint is None and not self._warned_unchecked:
+            self._warned_unchecked = True
+            log.warning("this index records no model fingerprint (built without one): the query model cannot be "
+                        "checked against the model that built it")
         if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
             raise SearchIndexError(f"the queries come from model {fingerprint}, the index was built from model "
                               f"{self.fingerprint}; encode with the same model (or rebuild the index)")
@@ -428,6 +433,15 @@ def _read_folder(folder: str):
             raise SearchIndexError(f"{path}: field {key!r} is {man.get(key)!r}; expected a {typ.__name__}")
     if man["metric"] not in _METRICS:
         raise SearchIndexError(f"{path}: metric {man['metric']!r} unknown; expected one of {sorted(_METRICS)}")
+    if man["format_version"] >= 2:
+        if "fingerprint" not in man or not isinstance(man["fingerprint"], (str, type(None))):
+            raise SearchIndexError(f"{path}: field 'fingerprint' must be the model's fingerprint (or null for an index "
+                                   f"built without one), got {man.get('fingerprint', '<missing>')!r}")
+        if "sha256" not in man:
+            raise SearchIndexError(f"{path}: field 'sha256' (the checksum of every file) is missing")
+    else:
+        log.warning("%s: written by an older lsb-mm that checksummed index.faiss only; ids and metadata are not "
+                    "verified (rebuild the index to verify them)", folder)
     man.setdefault("fingerprint", None)
     ipath = os.path.join(folder, "index.faiss")
     if not os.path.isfile(ipath):

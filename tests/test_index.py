@@ -182,12 +182,20 @@ def test_damaged_index_folders_get_clear_errors(tmp_path):
     (f / "manifest.json").write_text("[1, 2]")
     with pytest.raises(SearchIndexError, match="is not supported"):
         Index.load(f)
-    # a corrupt ids.jsonl whose checksum is not recorded (an older manifest) still gets file:line
+    # a corrupt ids.jsonl whose checksum is not recorded (a version-1 manifest) still gets file:line,
+    # and loading such a folder says that its side files are not verified
     f = damaged("ids_json")
-    _edit_manifest(f, sha256=None, index_sha256=json.load(open(f / "manifest.json"))["sha256"]["index.faiss"])
+    _edit_manifest(f, sha256=None, format_version=1,
+                   index_sha256=json.load(open(f / "manifest.json"))["sha256"]["index.faiss"])
     (f / "ids.jsonl").write_text('"d0"\n{oops\n' + "".join(f'"d{i}"\n' for i in range(2, 20)))
     with pytest.raises(SearchIndexError, match=r"ids.jsonl:2: not valid JSON"):
         Index.load(f)
+    # a current manifest must carry every checksum and the fingerprint (null: built without one)
+    for key, match in (("sha256", "field 'sha256'"), ("fingerprint", "field 'fingerprint'")):
+        f = damaged(f"no_{key}")
+        _edit_manifest(f, **{key: None})
+        with pytest.raises(SearchIndexError, match=match):
+            Index.load(f)
     # with checksums (every new folder) any edit of a side file is refused, swapped lines included
     for name in ("ids.jsonl", "metadata.jsonl"):
         f = damaged(f"swap_{name}")
@@ -207,14 +215,14 @@ def test_damaged_index_folders_get_clear_errors(tmp_path):
     l2 = faiss.IndexFlatL2(8)
     l2.add(x)
     faiss.write_index(l2, str(f / "index.faiss"))
-    _edit_manifest(f, sha256=None, index_sha256=__import__("lsb_mm.files", fromlist=["x"]).file_sha256(str(f / "index.faiss")))
+    _edit_manifest(f, sha256=None, format_version=1, index_sha256=__import__("lsb_mm.files", fromlist=["x"]).file_sha256(str(f / "index.faiss")))
     with pytest.raises(SearchIndexError, match="metric"):
         Index.load(f)
     with pytest.raises(SearchIndexError, match="without IDMap"):
         Index.build(x, factory="IDMap,Flat")
     f = damaged("garbage")
     (f / "index.faiss").write_bytes(b"not faiss")
-    _edit_manifest(f, sha256=None, index_sha256=__import__("lsb_mm.files", fromlist=["x"]).file_sha256(str(f / "index.faiss")))
+    _edit_manifest(f, sha256=None, format_version=1, index_sha256=__import__("lsb_mm.files", fromlist=["x"]).file_sha256(str(f / "index.faiss")))
     with pytest.raises(SearchIndexError, match="FAISS cannot read it"):
         Index.load(f)
     assert len(Index.load(tmp_path / "good")) == 20
