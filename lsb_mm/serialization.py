@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Dict, Tuple
 
@@ -21,13 +22,15 @@ import torch
 
 from ._version import __version__
 from .errors import ModelLoadError
-from .files import atomic_folder, read_json, tensor_digest
+from .files import atomic_folder, file_sha256, read_json, tensor_digest
 
 __all__ = ["save_model", "read_config", "read_weights", "check_state", "state_fingerprint", "FORMAT_VERSION",
            "CONFIG_NAME", "WEIGHTS_NAME", "BACKBONE_DIR"]
 
+log = logging.getLogger(__name__)
+
 FORMAT = "lsb-mm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the backbone's files are checksummed in the config ("files")
 CONFIG_NAME = "lsb_config.json"
 WEIGHTS_NAME = "model.safetensors"
 BACKBONE_DIR = "backbone"
@@ -54,6 +57,7 @@ def save_model(model, folder: str) -> str:
     with atomic_folder(folder) as tmp:
         os.makedirs(os.path.join(tmp, BACKBONE_DIR))
         model.backbone.save_assets(os.path.join(tmp, BACKBONE_DIR))
+        config["files"] = _backbone_files(tmp)
         save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
             f.write(_model_card(config))
@@ -73,10 +77,42 @@ def read_config(folder: str) -> Dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise ModelLoadError(f"{path}: format_version {version!r} is not supported by lsb-mm {__version__} "
                              f"(supports 1..{FORMAT_VERSION}); upgrade lsb-mm")
-    for key in ("backbone", "fusion", "weights"):
+    for key in ("backbone", "fusion", "weights") + (("files",) if version >= 2 else ()):
         if key not in config:
             raise ModelLoadError(f"{path}: required field {key!r} is missing")
+    if version >= 2:
+        _check_backbone_files(folder, config["files"], path)
+    else:
+        log.warning("%s: saved by an older lsb-mm (format 1) that did not checksum its backbone files; they are not "
+                    "verified (save it again to verify them)", folder)
     return config
+
+
+def _backbone_files(folder: str) -> Dict[str, str]:
+    """``{path under the folder: SHA-256}`` of every file in ``folder/backbone``."""
+    out = {}
+    for root, dirs, files in os.walk(os.path.join(folder, BACKBONE_DIR)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            out[os.path.relpath(full, folder).replace(os.sep, "/")] = file_sha256(full)
+    return out
+
+
+def _check_backbone_files(folder: str, recorded: Any, path: str) -> None:
+    """The backbone's files (tokenizer, configs) are exactly those recorded, unchanged: a missing or
+    edited tokenizer would otherwise load quietly as a different model."""
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items()):
+        raise ModelLoadError(f"{path}: field 'files' must map each backbone file to its SHA-256")
+    found = _backbone_files(folder)
+    missing, extra = sorted(set(recorded) - set(found)), sorted(set(found) - set(recorded))
+    if missing or extra:
+        raise ModelLoadError(f"{folder}: backbone files differ from {CONFIG_NAME}: "
+                             + "; ".join(x for x in (f"missing {missing[:3]}" if missing else "",
+                                                     f"not recorded {extra[:3]}" if extra else "") if x))
+    changed = [k for k in recorded if found[k] != recorded[k]]
+    if changed:
+        raise ModelLoadError(f"{folder}/{changed[0]}: checksum does not match {CONFIG_NAME} (file changed or corrupt)")
 
 
 def read_weights(folder: str, config: Dict[str, Any]) -> Dict[str, torch.Tensor]:

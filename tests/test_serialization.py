@@ -74,7 +74,8 @@ def test_saved_folder_is_self_describing(tmp_path):
     assert {"lsb_config.json", "model.safetensors", "README.md", "backbone"} <= files
     assert not [f for f in os.listdir(tmp_path) if ".tmp-" in f or ".old-" in f]
     cfg = json.loads((tmp_path / "m" / "lsb_config.json").read_text())
-    assert cfg["format_version"] == 1 and cfg["text_head"]["kind"] == "slr" and cfg["visual_words"]["vocab_size"] == 1024
+    assert cfg["format_version"] == 2 and cfg["text_head"]["kind"] == "slr" and cfg["visual_words"]["vocab_size"] == 1024
+    assert cfg["files"] and all(k.startswith("backbone/") for k in cfg["files"])  # every backbone file checksummed
     # create_model accepts a saved folder too
     assert lsb_mm.create_model(str(tmp_path / "m")).fingerprint() == m.fingerprint()
     # overwriting an existing folder works and leaves no temporary folders
@@ -142,6 +143,10 @@ def test_broken_folders_fail_clearly(saved, tmp_path):
     with pytest.raises(ModelLoadError, match="checksum"):
         lsb_mm.load_model(d)
     d = saved(); os.remove(d / "backbone" / "open_clip_config.json")
+    with pytest.raises(ModelLoadError, match=r"missing \['backbone/open_clip_config.json'\]"):
+        lsb_mm.load_model(d)
+    d = saved(); os.remove(d / "backbone" / "open_clip_config.json")  # a format-1 folder: the loader's own check
+    _edit_config(d, lambda c: (c.update(format_version=1), c.pop("files")))
     with pytest.raises(ModelLoadError, match="open_clip_config.json is missing"):
         lsb_mm.load_model(d)
     other = saved()
@@ -191,3 +196,29 @@ def test_round_trip_hf_clip_and_vit(tmp_path, head, tiny_hf_clip_dir, tiny_hf_vi
         np.testing.assert_array_equal(m.encode_image(rgb_images), m2.encode_image(rgb_images))
         if m.has_text:
             np.testing.assert_array_equal(m.encode_text(TEXTS), m2.encode_text(TEXTS))
+
+
+def test_backbone_files_are_verified(tmp_path, tiny_hf_dir):
+    """A removed, edited or added file under backbone/ (a tokenizer, a config) is refused on load,
+    naming it; it would otherwise load quietly as a different model."""
+    import shutil
+
+    lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="slr").save_pretrained(tmp_path / "m")
+    names = json.loads((tmp_path / "m" / "lsb_config.json").read_text())["files"]
+    assert "backbone/tokenizer.json" in names
+
+    def damaged(name):
+        shutil.copytree(tmp_path / "m", tmp_path / name)
+        return tmp_path / name
+
+    (damaged("gone") / "backbone" / "tokenizer.json").unlink()
+    with pytest.raises(lsb_mm.ModelLoadError, match=r"missing \['backbone/tokenizer.json'\]"):
+        lsb_mm.load_model(tmp_path / "gone")
+    cfg = damaged("edited") / "backbone" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"gelu"', '"relu"'))
+    with pytest.raises(lsb_mm.ModelLoadError, match=r"backbone/config.json: checksum does not match"):
+        lsb_mm.load_model(tmp_path / "edited")
+    (damaged("added") / "backbone" / "added_tokens.json").write_text("{}")
+    with pytest.raises(lsb_mm.ModelLoadError, match=r"not recorded \['backbone/added_tokens.json'\]"):
+        lsb_mm.load_model(tmp_path / "added")
+    lsb_mm.load_model(tmp_path / "m")  # the untouched folder still loads
