@@ -1,0 +1,133 @@
+"""Fault injection (issue 13): ``lsb-mm index``, ``train`` (killed while a checkpoint is being
+written) and ``build-tasks`` are killed with SIGKILL at random points, several times each. After
+every kill the previous result still loads, and a rerun completes."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import synthetic
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+KILLS = 4  # per command
+MODEL = "open_clip:lsb-tiny-test"
+
+
+def lsb(folder, *args):
+    return [sys.executable, "-m", "lsb_mm", *args]
+
+
+def complete(folder, argv, timeout=600):
+    r = subprocess.run(argv, cwd=folder, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def kill_at(folder, argv, when, ready=None, deadline=300.0):
+    """Start ``argv``, SIGKILL it ``when`` seconds after start (or as soon as ``ready()`` is true
+    after that), and return whether it was still running when killed."""
+    proc = subprocess.Popen(argv, cwd=folder, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < deadline:
+        if time.time() - t0 >= when and (ready is None or ready()):
+            break
+        time.sleep(0.002)
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return alive
+
+
+def timed(folder, argv):
+    t0 = time.time()
+    complete(folder, argv)
+    return time.time() - t0
+
+
+@pytest.fixture
+def rng():
+    seed = int(os.environ.get("LSB_MM_FAULT_SEED", random.randrange(1 << 30)))
+    print(f"fault-injection seed {seed} (LSB_MM_FAULT_SEED={seed} to replay)")
+    return random.Random(seed)
+
+
+def test_index_killed_anywhere_keeps_the_previous_index(tmp_path, rng):
+    import lsb_mm
+
+    synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
+                                                      for i in range(300)])
+    lsb_mm.create_model(MODEL, head="slr").save_pretrained(str(tmp_path / "m"))
+    argv = lsb(tmp_path, "index", "--model", "m", "--corpus", "corpus.jsonl", "--bm25", "--output", "idx", "-q")
+    full = timed(tmp_path, argv)
+    q = lsb_mm.load_model(str(tmp_path / "m")).encode_text(["topic 3"])
+    expected = lsb_mm.Index.load(str(tmp_path / "idx")).search(q, k=5)[1].tolist()
+    killed = 0
+    for _ in range(KILLS):
+        killed += kill_at(tmp_path, argv, rng.uniform(0.2, full))
+        ix = lsb_mm.Index.load(str(tmp_path / "idx"))  # whole and verified: the old folder or the new one
+        assert len(ix) == 300 and ix.search(q, k=5)[1].tolist() == expected
+    assert killed >= 1, "every kill came after the command ended: nothing was tested"
+    complete(tmp_path, argv)
+    assert lsb_mm.Index.load(str(tmp_path / "idx")).search(q, k=5)[1].tolist() == expected
+
+
+def test_train_killed_while_checkpointing_resumes(tmp_path, rng):
+    import lsb_mm
+    from lsb_mm.checkpoint import latest_checkpoint, read_state
+
+    synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(60, per_passage=1, dev=0)[0])
+    args = ["train", "--model", MODEL, "--head", "slr", "--train-data", "d.jsonl", "--batch-size", "4",
+            "--max-steps", "40", "--save-steps", "1", "--keep-checkpoints", "2", "--output", "run", "-q"]
+    def saving():  # a checkpoint is being written, and an earlier one is complete
+        run = tmp_path / "run"
+        return run.is_dir() and latest_checkpoint(str(run)) is not None and \
+            any(n.startswith(".checkpoint-") for n in os.listdir(run))
+
+    mid_save = 0
+    for i in range(KILLS):
+        argv = lsb(tmp_path, *args, *(["--resume"] if i else []))
+        mid_save += kill_at(tmp_path, argv, rng.uniform(0.0, 3.0), ready=saving)
+        latest = latest_checkpoint(str(tmp_path / "run"))
+        assert latest is not None, "killed before the first checkpoint"
+        step = read_state(latest)["step"]
+        lsb_mm.load_model(os.path.join(latest, "model"))  # the newest complete checkpoint loads
+        assert 0 < step <= 40
+    assert mid_save >= 1, "no kill landed while the run was writing a checkpoint"
+    complete(tmp_path, lsb(tmp_path, *args, "--resume"))
+    assert lsb_mm.load_model(str(tmp_path / "run" / "final")) is not None
+    assert not [n for n in os.listdir(tmp_path / "run") if ".tmp-" in n]  # interrupted saves cleared
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "train_log.jsonl") if '"loss"' in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 40  # each logged step once, to the end
+
+
+def test_build_tasks_killed_anywhere_leaves_loadable_tasks(tmp_path, rng):
+    from lsb_mm.datasets.tasks import read_task
+    from lsb_mm.files import iter_jsonl
+
+    synthetic.write_jsonl(tmp_path / "pairs.jsonl", [{"query": f"how to do thing {i}",
+                                                      "passage": " ".join(f"w{i}_{j} topic{j % 9}" for j in range(80))}
+                                                     for i in range(400)])
+    argv = lsb(tmp_path, "build-tasks", "--pairs", "pairs.jsonl", "--split", "0.6", "--output", "own", "--overwrite")
+    full = timed(tmp_path, argv)
+
+    def check():
+        for side in ("test", "validation"):
+            for name in os.listdir(tmp_path / "own" / side):
+                task = read_task(str(tmp_path / "own" / side / name))
+                assert task.queries and task.corpus
+        for name in ("train.jsonl", "val.jsonl"):
+            assert sum(1 for _ in iter_jsonl(str(tmp_path / "own" / name))) > 0
+
+    check()
+    killed = 0
+    for _ in range(KILLS):
+        killed += kill_at(tmp_path, argv, rng.uniform(0.2, full))
+        check()
+    assert killed >= 1, "every kill came after the command ended: nothing was tested"
+    complete(tmp_path, argv)
+    check()
