@@ -90,7 +90,7 @@ def save_checkpoint(folder: str, model, optimizer, scheduler, state: Dict[str, A
     rng_tensors, rng_meta = _rng_tensors()
     sched = {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"}
     full = {**state, "optimizer": opt_meta, "scheduler": sched, "rng": rng_meta}
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, STATE_NAME, "a checkpoint") as tmp:
         save_model(model, os.path.join(tmp, "model"))
         save_file(opt_tensors, os.path.join(tmp, "optimizer.safetensors"))
         save_file(rng_tensors, os.path.join(tmp, "rng.safetensors"))

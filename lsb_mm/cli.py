@@ -14,7 +14,7 @@ import numpy as np
 
 from ._version import __version__
 from .errors import InputError, LSBError, user_message
-from .files import atomic_write, iter_jsonl, iter_lines, write_text
+from .files import atomic_write, check_replaceable, iter_jsonl, iter_lines, write_text
 
 log = logging.getLogger("lsb_mm")
 
@@ -130,6 +130,8 @@ def _load(args):
 def cmd_encode(args) -> int:
     from .images import list_image_files
 
+    if os.path.isdir(args.output):
+        raise InputError(f"--output {args.output} is a folder; give the path of the .npy file to write")
     model = _load(args)
     t0 = time.perf_counter()
     if args.texts:
@@ -330,6 +332,7 @@ def cmd_index(args) -> int:
     from .images import check_images
     from .index import Index
 
+    check_replaceable(args.output, "manifest.json", "an lsb-mm index")  # before any encoding
     docs = read_documents(args.images, args.corpus, args.csv, args.csv_img_key, args.csv_caption_key, args.image_root)
     if args.shard:
         docs = docs.subset(list(shard_slice(len(docs.ids), args.shard)))
@@ -857,11 +860,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if getattr(args, "batch_size", 1) < 1:
         parser.error("--batch-size must be >= 1")
+    if getattr(args, "workers", 0) < 0:
+        parser.error(f"--workers must be >= 0 (0: decode in this process), got {args.workers}")
     try:
         with _hub_bars_off(getattr(args, "quiet", False) or args.command == "search"):
             return args.func(args)
     except LSBError as exc:
         print(f"lsb-mm {args.command}: error: {user_message(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave: missing, a file where a folder goes, no permission ...
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"lsb-mm {args.command}: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,17 +22,31 @@ __all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file
            "read_json"]
 
 
+def check_replaceable(folder: str, marker: str, kind: str) -> None:
+    """Raise InputError unless ``folder`` is absent or a folder of ``kind`` (it holds ``marker``):
+    an output that would replace a file, a link or someone else's folder is refused."""
+    if os.path.lexists(folder) and (os.path.islink(folder) or not os.path.isfile(os.path.join(folder, marker))):
+        what = "a file" if not os.path.isdir(folder) else f"a folder without {marker}"
+        raise InputError(f"{folder} exists and is {what}, not {kind} folder; refusing to replace it "
+                         "(choose another output, or remove it yourself)")
+
+
 class atomic_folder:
     """Context manager: write into a temporary sibling folder, then swap it into place.
 
     A crash leaves the old folder (or nothing) and a ``.tmp-*`` sibling, never a half-written
-    folder under the final name.
+    folder under the final name. With ``marker`` (a file every folder of this ``kind`` holds), an
+    existing path without it (a file, a link, someone else's folder) is refused, never replaced.
     """
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, marker: Optional[str] = None, kind: str = "lsb-mm"):
         self.folder = os.path.abspath(folder)
+        self.shown = folder
+        self.marker, self.kind = marker, kind
 
     def __enter__(self) -> str:
+        if self.marker is not None:
+            check_replaceable(self.shown, self.marker, self.kind)
         parent = os.path.dirname(self.folder)
         os.makedirs(parent, exist_ok=True)
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.folder)}.tmp-", dir=parent)

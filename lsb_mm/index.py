@@ -315,7 +315,7 @@ class Index:
         cpu = faiss.index_gpu_to_cpu(self._index) if self.device.startswith("gpu") else self._index
         if isinstance(cpu, faiss.IndexShards):
             raise SearchIndexError("a set of loaded shards is saved shard by shard; build one index to save it whole")
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, "manifest.json", "an lsb-mm index") as tmp:
             faiss.write_index(cpu, os.path.join(tmp, "index.faiss"))
             write_jsonl(os.path.join(tmp, "ids.jsonl"), self.ids)
             if self.metadata is not None:

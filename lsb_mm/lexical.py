@@ -91,7 +91,7 @@ class BM25:
     # -- persistence ----------------------------------------------------------------------------
     def save(self, folder: str) -> str:
         """Write ``folder`` atomically: bm25s's arrays and vocabulary, the ids, a manifest with SHA-256s."""
-        with atomic_folder(folder) as tmp:
+        with atomic_folder(folder, "manifest.json", "a BM25") as tmp:
             self._r.save(tmp, allow_pickle=False, show_progress=False)
             with open(os.path.join(tmp, "ids.json"), "w", encoding="utf-8") as f:
                 json.dump(self.ids, f)

@@ -54,7 +54,7 @@ def save_model(model, folder: str) -> str:
     tensors = _tensors(model)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "lsb_mm_version": __version__,
               **model.config(), "weights": {"file": WEIGHTS_NAME, "count": len(tensors), "sha256": tensor_digest(tensors)}}
-    with atomic_folder(folder) as tmp:
+    with atomic_folder(folder, CONFIG_NAME, "an lsb-mm model") as tmp:
         os.makedirs(os.path.join(tmp, BACKBONE_DIR))
         model.backbone.save_assets(os.path.join(tmp, BACKBONE_DIR))
         config["files"] = _backbone_files(tmp)

@@ -453,7 +453,9 @@ class Trainer:
         best = os.path.join(cfg.output, BEST_DIR)
         if self.dist.is_main:
             if cfg.keep_best and self.best["step"] is not None and os.path.isdir(best):
-                with atomic_folder(final) as tmp:  # the final model is the best on validation
+                from .serialization import CONFIG_NAME
+
+                with atomic_folder(final, CONFIG_NAME, "an lsb-mm model") as tmp:  # the final model is the best on validation
                     shutil.copytree(best, tmp, dirs_exist_ok=True)
                 log.info("saved %s (the best on validation: %s %.4f at step %d)", final, cfg.best_metric,
                          self.best["value"], self.best["step"])

@@ -247,6 +247,21 @@ CASES: List[Case] = [
     Case("image/text file named .png", lambda w: ["encode", "--model", MODEL, "--images", folder_of(w, "photo.jpg", "fake.png"),
                                                   "--output", "e.npy"],
          r"fake.png: not a decodable image"),
+    # -- paths: a file where a folder goes, a folder where a file goes, missing, someone else's ------------
+    Case("path/train output under a file", lambda w: TRAIN + ["--output", "texts.txt/sub"], r"texts.txt/sub: Not a directory"),
+    Case("path/pairs missing", lambda w: ["build-tasks", "--pairs", "nope.jsonl", "--output", "new"],
+         r"nope.jsonl: No such file or directory"),
+    Case("path/index output is a file", lambda w: ["index", "--model", MODEL, "--corpus", "corpus.jsonl", "--output",
+                                                   "texts.txt"], r"texts.txt exists and is a file, not an lsb-mm index folder"),
+    Case("path/index output is someone's folder", lambda w: ["index", "--model", MODEL, "--corpus", "corpus.jsonl",
+                                                            "--output", "outside"],
+         r"outside exists and is a folder without manifest.json, not an lsb-mm index folder; refusing to replace it"),
+    Case("path/encode output is a folder", lambda w: ["encode", "--model", MODEL, "--texts", "texts.txt", "--output", "idx"],
+         r"--output idx is a folder; give the path of the .npy file"),
+    Case("path/eval output is a file", lambda w: ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "texts.txt"],
+         r"texts.txt: File exists"),
+    Case("path/negative workers", lambda w: ["encode", "--model", MODEL, "--images", "labelled", "--output", "e.npy",
+                                             "--workers", "-1"], r"--workers must be >= 0"),
     # -- text and tasks -------------------------------------------------------------------------------
     Case("text/texts not UTF-8", lambda w: (write(str(w / "t.txt"), LATIN1),
                                             ["encode", "--model", MODEL, "--texts", "t.txt", "--output", "e.npy"])[-1],
@@ -288,7 +303,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case, world, tmp_path):
     argv = case.setup(w)
     before = snapshot(w)
     code, _, err = run(w, argv)
-    errors = [line for line in err.splitlines() if line.startswith("lsb-mm ")]
+    errors = [line for line in err.splitlines() if re.match(r"lsb-mm( [\w-]+)?: error: ", line)]
     assert code == 2, err[-2000:]
     assert "Traceback" not in err and len(errors) == 1, err[-2000:]
     assert re.search(case.match, errors[0]), errors[0]
@@ -299,7 +314,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case, world, tmp_path):
 
 def test_the_cases_cover_every_class():
     classes = {c.name.split("/")[0] for c in CASES}
-    assert classes == {"k", "run", "resume", "train", "tasks", "index", "model", "image", "text", "eval"}
+    assert classes == {"k", "run", "resume", "train", "tasks", "index", "model", "image", "path", "text", "eval"}
     assert len({c.name for c in CASES}) == len(CASES)
 
 
