@@ -29,13 +29,15 @@ log = logging.getLogger(__name__)
 
 
 def find_tasks(paths: Sequence[str]) -> List[str]:
-    """Task folders: each path is a task (has queries.jsonl) or a folder of tasks."""
+    """Task folders: each path is a task (has queries.jsonl) or a folder of tasks. Hidden entries
+    are not tasks: ``.NAME.tmp-*`` / ``.NAME.old-*`` are what an interrupted atomic write leaves."""
     out: List[str] = []
     for p in paths:
         if os.path.isfile(os.path.join(p, "queries.jsonl")):
             out.append(p)
         elif os.path.isdir(p):
-            subs = sorted(os.path.join(p, d) for d in os.listdir(p) if os.path.isfile(os.path.join(p, d, "queries.jsonl")))
+            subs = sorted(os.path.join(p, d) for d in os.listdir(p)
+                          if not d.startswith(".") and os.path.isfile(os.path.join(p, d, "queries.jsonl")))
             if not subs:
                 raise InputError(f"{p} is neither a task folder (queries.jsonl, corpus.jsonl, qrels/) nor a folder of tasks")
             out += subs
