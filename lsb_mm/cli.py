@@ -858,10 +858,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    if getattr(args, "batch_size", 1) < 1:
-        parser.error("--batch-size must be >= 1")
-    if getattr(args, "workers", 0) < 0:
-        parser.error(f"--workers must be >= 0 (0: decode in this process), got {args.workers}")
+    bad = ("--batch-size must be >= 1" if getattr(args, "batch_size", 1) < 1 else
+           f"--workers must be >= 0 (0: decode in this process), got {args.workers}" if getattr(args, "workers", 0) < 0
+           else None)
+    if bad:
+        print(f"lsb-mm {args.command}: error: {bad}", file=sys.stderr)
+        return 2
     try:
         with _hub_bars_off(getattr(args, "quiet", False) or args.command == "search"):
             return args.func(args)
