@@ -116,12 +116,16 @@ def read_state(folder: str) -> Dict[str, Any]:
 
 
 _TEMP = re.compile(r"^\.(checkpoint-\d+|final|best)\.tmp-")  # atomic_folder's temp names in a run folder
+_OLD = re.compile(r"^\.(checkpoint-\d+|final|best)\.old-")  # its replaced copy: stale once the new one is in place
 
 
 def remove_stale_temps(output: str) -> List[str]:
     """Delete the temp folders that an interrupted save left in a run folder (``.checkpoint-*.tmp-*``,
-    ``.final.tmp-*``, ``.best.tmp-*``: never read, since a save only counts once renamed); returns them."""
-    found = [os.path.join(output, n) for n in sorted(os.listdir(output)) if _TEMP.match(n)] if os.path.isdir(output) else []
+    ``.final.tmp-*``, ``.best.tmp-*``: never read, since a save only counts once renamed; and
+    ``.NAME.old-*`` where ``NAME`` is in place again); returns them."""
+    names = sorted(os.listdir(output)) if os.path.isdir(output) else []
+    found = [os.path.join(output, n) for n in names if _TEMP.match(n)
+             or (_OLD.match(n) and os.path.isdir(os.path.join(output, _OLD.match(n).group(1))))]
     for path in found:
         shutil.rmtree(path, ignore_errors=True)
     return found

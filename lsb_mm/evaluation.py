@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .datasets.tasks import Task, read_task
-from .errors import InputError
+from .errors import InputError, positive_int
 from .files import write_text
 from .index import Index
 from .lexical import BM25, CANDIDATES, FUSION_WEIGHTS, fuse
@@ -99,13 +99,10 @@ class CorpusCache:
 
 def check_ks(ks: Sequence[int]) -> List[int]:
     """Sorted distinct cut-offs; each must be a positive integer."""
-    try:
-        out = sorted({int(k) for k in ks})
-    except (TypeError, ValueError):
-        raise InputError(f"cut-offs k must be positive integers, got {list(ks)!r}") from None
-    if not out or out[0] < 1 or any(isinstance(k, bool) or int(k) != k for k in ks):
-        raise InputError(f"cut-offs k must be positive integers, got {list(ks)!r}")
-    return out
+    ks = list(ks) if not isinstance(ks, (str, bytes)) and hasattr(ks, "__iter__") else [ks]
+    if not ks:
+        raise InputError("cut-offs k must be positive integers, got none")
+    return sorted({positive_int(k, "cut-offs k") for k in ks})
 
 
 def primary_metric(ks: Sequence[int]) -> str:

@@ -49,8 +49,19 @@ class atomic_folder:
             check_replaceable(self.shown, self.marker, self.kind)
         parent = os.path.dirname(self.folder)
         os.makedirs(parent, exist_ok=True)
+        self._sweep(parent)
         self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.folder)}.tmp-", dir=parent)
         return self.tmp
+
+    def _sweep(self, parent: str) -> None:
+        """Remove what an interrupted write of this same folder left: ``.NAME.tmp-*`` (never read),
+        and ``.NAME.old-*`` once ``NAME`` exists (while it does not, the old copy is the only one).
+        Two writers of one folder at a time are not supported."""
+        base = os.path.basename(self.folder)
+        for name in os.listdir(parent):
+            stale = name.startswith(f".{base}.tmp-") or (name.startswith(f".{base}.old-") and os.path.isdir(self.folder))
+            if stale and os.path.isdir(os.path.join(parent, name)) and not os.path.islink(os.path.join(parent, name)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:

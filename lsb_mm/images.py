@@ -102,8 +102,8 @@ def load_image(item: Any, index: int | None = None) -> Image.Image:
             im.load()
             return to_rgb(im)
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(path, f"too many pixels, a possible decompression bomb ({exc}); raise "
-                                   "LSB_MM_MAX_IMAGE_PIXELS for images you trust") from exc
+        raise ImageLoadError(path, f"too many pixels (over twice the limit of {limit:,}): a possible decompression "
+                                   "bomb; raise LSB_MM_MAX_IMAGE_PIXELS for images you trust") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ImageLoadError(path, f"not a decodable image ({exc})") from exc
 

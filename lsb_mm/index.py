@@ -424,6 +424,7 @@ def _read_folder(folder: str):
         raise SearchIndexError(f"index folder {folder} does not exist")
     man = read_json(path, SearchIndexError, f"{folder} is not a complete lsb-mm index: manifest.json is missing")
     if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("format_version"), int) \
+            or isinstance(man.get("format_version"), bool) \
             or not 1 <= man["format_version"] <= FORMAT_VERSION:
         got = (man.get("format"), man.get("format_version")) if isinstance(man, dict) else (None, None)
         raise SearchIndexError(f"{path}: format {got[0]!r} version {got[1]!r} is not supported by lsb-mm {__version__} "

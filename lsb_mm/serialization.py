@@ -74,7 +74,7 @@ def read_config(folder: str) -> Dict[str, Any]:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelLoadError(f"{path}: field 'format' is {config.get('format') if isinstance(config, dict) else None!r}, expected {FORMAT!r}")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise ModelLoadError(f"{path}: format_version {version!r} is not supported by lsb-mm {__version__} "
                              f"(supports 1..{FORMAT_VERSION}); upgrade lsb-mm")
     for key in ("backbone", "fusion", "weights") + (("files",) if version >= 2 else ()):

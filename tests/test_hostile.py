@@ -230,7 +230,7 @@ CASES: List[Case] = [
          r"weights.file must be a file name inside the folder, got '../idx/index.faiss'"),
     # -- images ---------------------------------------------------------------------------------------
     Case("image/bomb, encode", lambda w: ["encode", "--model", MODEL, "--images", folder_of(w, "bomb.png"), "--output", "e.npy"],
-         r"bomb.png: too many pixels, a possible decompression bomb"),
+         r"bomb.png: too many pixels \(over twice the limit of 89,478,485\): a possible decompression bomb"),
     Case("image/over the limit, encode", lambda w: ["encode", "--model", MODEL, "--images", folder_of(w, "big.png"),
                                                     "--output", "e.npy"],
          r"big.png: it decodes to 10000 x 10000 = 100,000,000 pixels, over the limit of 89,478,485"),
@@ -290,6 +290,17 @@ CASES: List[Case] = [
                           b'{"_id": "d0", "text": "a"}\n{"_id": "d0", "text": "b"}\n'),
                     ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res"])[-1],
          r"corpus.jsonl:2: '_id' 'd0' appears twice"),
+    Case("eval/document text a number", lambda w: (write(str(w / "tasks" / "query" / "corpus.jsonl"), b'{"_id": "d0", "text": 7}\n'),
+                                                   ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res"])[-1],
+         r"corpus.jsonl:1: field 'text' must be a string, got int"),
+    Case("eval/k zero", lambda w: ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res", "--k", "0"],
+         r"cut-offs k must be a positive integer, got 0"),
+    Case("index/format version true", lambda w: (edit_json(w / "idx" / "manifest.json", lambda m: m.update(format_version=True)),
+                                                 SEARCH)[-1], r"format 'lsb-mm-index' version True is not supported"),
+    Case("model/format version true",
+         lambda w: (edit_json(w / MODEL / "lsb_config.json", lambda c: c.update(format_version=True)),
+                    ["encode", "--model", MODEL, "--texts", "texts.txt", "--output", "e.npy"])[-1],
+         r"format_version True is not supported"),
     Case("eval/corpus not UTF-8", lambda w: (write(str(w / "tasks" / "query" / "corpus.jsonl"), b'{"_id": "d0", "text": "\xff"}\n'),
                                              ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res"])[-1],
          r"corpus.jsonl:1: not UTF-8 text"),
@@ -330,6 +341,11 @@ def test_overwrite_replaces_only_the_earlier_run(world, tmp_path):
     shutil.copytree(world, w, symlinks=True)
     (w / "run" / "notes.txt").write_text("mine\n")
     os.makedirs(w / "run" / ".checkpoint-000009.tmp-x")
+    os.makedirs(w / ".idx.tmp-x")  # what a killed index write leaves beside its folder
+    os.makedirs(w / ".idx.old-x")
+    code, _, err = run(w, ["index", "--model", MODEL, "--corpus", "corpus.jsonl", "--output", "idx", "-q"])
+    assert code == 0, err
+    assert not [n for n in os.listdir(w) if n.startswith(".idx.")]  # swept by the next write of idx
     code, _, err = run(w, TRAIN + ["--output", "run", "--overwrite", "--max-steps", "3"])
     assert code == 0, err
     assert (w / "run" / "notes.txt").read_text() == "mine\n"  # not part of the run: kept

@@ -109,6 +109,9 @@ def read_task(folder: str) -> Task:
             if not isinstance(rec, dict) or "_id" not in rec or not ({"text", "image"} & set(rec)):
                 raise InputError(f"{path}:{n}: expected '_id' and 'text' or 'image'")
             rec["_id"] = str(rec["_id"])
+            bad = next((k for k in ("text", "image", "title") if k in rec and not isinstance(rec[k], str)), None)
+            if bad:
+                raise InputError(f"{path}:{n}: field {bad!r} must be a string, got {type(rec[bad]).__name__}")
             if rec["_id"] in seen:
                 raise InputError(f"{path}:{n}: '_id' {rec['_id']!r} appears twice")
             seen.add(rec["_id"])
