@@ -23,8 +23,10 @@ __all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file
 
 
 def check_replaceable(folder: str, marker: str, kind: str) -> None:
-    """Raise InputError unless ``folder`` is absent or a folder of ``kind`` (it holds ``marker``):
-    an output that would replace a file, a link or someone else's folder is refused."""
+    """Raise InputError unless ``folder`` is absent, empty, or a folder of ``kind`` (it holds
+    ``marker``): an output that would replace a file, a link or someone else's folder is refused."""
+    if os.path.isdir(folder) and not os.path.islink(folder) and not os.listdir(folder):
+        return  # an empty folder (e.g. from mkdtemp) holds nothing to lose
     if os.path.lexists(folder) and (os.path.islink(folder) or not os.path.isfile(os.path.join(folder, marker))):
         what = "a file" if not os.path.isdir(folder) else f"a folder without {marker}"
         raise InputError(f"{folder} exists and is {what}, not {kind} folder; refusing to replace it "

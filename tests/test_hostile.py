@@ -354,6 +354,18 @@ def test_overwrite_replaces_only_the_earlier_run(world, tmp_path):
     assert json.loads((w / "run" / "run_info.json").read_text())["total_steps"] == 3
 
 
+def test_an_empty_folder_may_receive_a_model_or_an_index(tmp_path):
+    import lsb_mm
+
+    m = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr")
+    for name in ("m", "ix"):
+        os.makedirs(tmp_path / name)
+    m.save_pretrained(str(tmp_path / "m"))
+    lsb_mm.Index.build(m.encode_text(["a", "b"]), ids=["a", "b"]).save(str(tmp_path / "ix"))
+    assert lsb_mm.load_model(str(tmp_path / "m")).fingerprint() == m.fingerprint()
+    assert len(lsb_mm.Index.load(str(tmp_path / "ix"))) == 2
+
+
 def test_skip_bad_reports_every_bad_image_and_goes_on(world, tmp_path):
     w = tmp_path / "w"
     shutil.copytree(world, w, symlinks=True)
