@@ -77,6 +77,7 @@ class atomic_folder:
         os.rename(self.tmp, self.folder)
         if old:
             shutil.rmtree(old, ignore_errors=True)
+        self._sweep(os.path.dirname(self.folder))  # NAME is in place: an older crash's .old-* copy is superseded
 
 
 @contextlib.contextmanager

@@ -343,9 +343,11 @@ def test_overwrite_replaces_only_the_earlier_run(world, tmp_path):
     os.makedirs(w / "run" / ".checkpoint-000009.tmp-x")
     os.makedirs(w / ".idx.tmp-x")  # what a killed index write leaves beside its folder
     os.makedirs(w / ".idx.old-x")
-    code, _, err = run(w, ["index", "--model", MODEL, "--corpus", "corpus.jsonl", "--output", "idx", "-q"])
-    assert code == 0, err
-    assert not [n for n in os.listdir(w) if n.startswith(".idx.")]  # swept by the next write of idx
+    os.makedirs(w / ".idx2.old-y")  # a crash between the two renames: the old copy is the only one ...
+    for out in ("idx", "idx2"):
+        code, _, err = run(w, ["index", "--model", MODEL, "--corpus", "corpus.jsonl", "--output", out, "-q"])
+        assert code == 0, err
+    assert not [n for n in os.listdir(w) if n.startswith((".idx.", ".idx2."))]  # ... until the write that replaces it
     code, _, err = run(w, TRAIN + ["--output", "run", "--overwrite", "--max-steps", "3"])
     assert code == 0, err
     assert (w / "run" / "notes.txt").read_text() == "mine\n"  # not part of the run: kept
