@@ -77,8 +77,10 @@ def write_task(folder: str, name: str, queries: List[dict], corpus: List[dict], 
     if not queries or not corpus:
         raise InputError(f"task {name}: nothing to write ({len(queries)} queries, {len(corpus)} documents)")
     if os.path.lexists(folder):
-        foreign = sorted(set(os.listdir(folder)) - set(TASK_FILES)) if os.path.isdir(folder) and not os.path.islink(folder) \
-            else [os.path.basename(folder)]
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            raise InputError(f"{folder} exists and is a {'symbolic link' if os.path.islink(folder) else 'file'}, not a "
+                             "task folder; refusing to replace it: choose another output")
+        foreign = sorted(set(os.listdir(folder)) - set(TASK_FILES))
         if foreign or not os.path.isfile(os.path.join(folder, "task.json")):
             raise InputError(f"{folder} exists and is not a task folder written by lsb-mm (it holds "
                              f"{', '.join(foreign[:3]) or 'no task.json'}); refusing to replace it: choose another output")
