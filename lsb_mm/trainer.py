@@ -179,10 +179,10 @@ class Trainer:
             if self.dist.is_main:
                 clear_run(out)
                 log.info("--overwrite: removed the earlier run in %s (%s)", out, ", ".join(earlier))
-            barrier()
         elif self.dist.is_main:
             for path in remove_stale_temps(out):
                 log.info("removed %s, left by an interrupted save", path)
+        barrier()  # every rank, whichever branch it saw (rank 0 may have cleared before another rank looked)
 
     def _resume_folder(self) -> Optional[str]:
         r = self.cfg.resume
