@@ -553,6 +553,32 @@ def cmd_build_tasks(args) -> int:
         return _build_tasks(args)
 
 
+def cmd_serve(args) -> int:
+    indexes = {}
+    for spec in args.index:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise InputError(f"--index {spec!r}: expected NAME=FOLDER")
+        if name in indexes:
+            raise InputError(f"--index {name} given twice")
+        indexes[name] = folder
+    if not 0 < args.port < 65536:
+        raise InputError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_body_mb <= 0:
+        raise InputError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    try:
+        import uvicorn
+
+        from .serve import SearchService, create_app
+    except ImportError as exc:
+        raise InputError(f"lsb-mm serve needs FastAPI and uvicorn: pip install 'lsb-mm[serve]' ({exc})") from None
+    service = SearchService(_load(args), indexes)
+    app = create_app(service, api_key=args.api_key, max_body=int(args.max_body_mb * (1 << 20)), cors_origins=args.cors_origin)
+    print(json.dumps({"serving": sorted(indexes), "url": f"http://{args.host}:{args.port}"}), flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _refuse_undecodable(paths: List[str], what: str) -> None:
     """Tasks are built only from images that decode (each is decoded once here), so that a bad file
     is named now, not as a failure of a later ``eval``."""
@@ -816,6 +842,20 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--stamps", default=None, help="a Tux Paint stamps folder (default: the Debian package's)")
     de.add_argument("--seed", type=int, default=0)
     de.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="serve index folders over HTTP (search API; FastAPI docs at /docs)",
+                        description="Start a search service on one model and named index folders: POST /search "
+                                    "(JSON or an image upload), GET /items/NAME/ID[/thumbnail], /info, /health. "
+                                    "Binds 127.0.0.1 unless --host says otherwise.")
+    _add_model_args(sv)
+    sv.add_argument("--index", action="append", required=True, metavar="NAME=FOLDER",
+                    help="an index folder served as NAME (repeat for several)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", default=None, help="require this key in the X-API-Key header (/health stays open)")
+    sv.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body, MiB (default: %(default)s)")
+    sv.add_argument("--cors-origin", action="append", default=None, help="allow browsers on this origin (default: none)")
+    sv.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageLoadError, InputError
 
-__all__ = ["ImageInput", "load_image", "to_rgb", "list_image_files", "IMAGE_EXTENSIONS", "one_thread", "on_one_thread"]
+__all__ = ["ImageInput", "load_image", "load_image_bytes", "to_rgb", "list_image_files", "IMAGE_EXTENSIONS", "one_thread", "on_one_thread"]
 
 ImageInput = Union[str, os.PathLike, Image.Image]
 _PIL_DEFAULT_MAX = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS as shipped
@@ -86,13 +86,27 @@ def load_image(item: Any, index: int | None = None) -> Image.Image:
         raise ImageLoadError(path, "no such file")
     if os.path.isdir(path):
         raise ImageLoadError(path, "is a directory, not an image file")
+    return _decode(path, path)
+
+
+def load_image_bytes(data: bytes, name: str = "<upload>") -> Image.Image:
+    """Decode an image held in memory (an upload) as RGB, with the same checks and pixel limit as
+    :func:`load_image`; errors name ``name``."""
+    import io
+
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise ImageLoadError(name, "empty upload")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source, path: str) -> Image.Image:
     limit = max_image_pixels()
     try:
         if limit > (Image.MAX_IMAGE_PIXELS or 0):  # a limit raised on purpose raises PIL's own with it
             Image.MAX_IMAGE_PIXELS = limit
         with warnings.catch_warnings():  # the size is checked here, before decoding, against the limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(source)
         with im:
             w, h = im.size
             if w * h > limit:
