@@ -10,7 +10,7 @@ import pytest
 import synthetic
 from conftest import need
 
-for _module in ("fastapi", "httpx", "multipart", "uvicorn"):
+for _module in ("fastapi", "httpx", "python_multipart", "uvicorn"):
     try:
         __import__(_module)
     except ImportError:
