@@ -144,7 +144,9 @@ def run_contents(output: str) -> List[str]:
 
 
 def _checkpoints_any(output: str) -> List[Tuple[int, str]]:
-    """Every ``checkpoint-N`` folder, complete or not."""
+    """Every ``checkpoint-N`` folder, complete or not, by step."""
+    if not os.path.isdir(output):
+        return []
     return sorted((int(m.group(1)), os.path.join(output, n)) for n in os.listdir(output) if (m := _CKPT.match(n)))
 
 
@@ -172,14 +174,8 @@ def load_checkpoint(folder: str, optimizer, scheduler) -> Dict[str, Any]:
 
 
 def _checkpoints(output: str) -> List[Tuple[int, str]]:
-    if not os.path.isdir(output):
-        return []
-    found = []
-    for name in os.listdir(output):
-        m = _CKPT.match(name)
-        if m and os.path.isfile(os.path.join(output, name, STATE_NAME)):
-            found.append((int(m.group(1)), os.path.join(output, name)))
-    return sorted(found)
+    """The complete ``checkpoint-N`` folders (with their state file), by step."""
+    return [(step, path) for step, path in _checkpoints_any(output) if os.path.isfile(os.path.join(path, STATE_NAME))]
 
 
 def latest_checkpoint(output: str) -> Optional[str]:

@@ -135,12 +135,16 @@ def iter_lines(path: str, on_error: Optional[Callable[[str, str], None]] = None)
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                reason = f"not UTF-8 text (byte {exc.start + 1} of the line)"
-                if on_error is None:
-                    raise InputError(f"{path}:{n}: {reason}") from None
-                on_error(f"{path}:{n}", reason)
+                _bad_line(path, n, f"not UTF-8 text (byte {exc.start + 1} of the line)", on_error)
                 continue
             yield n, line
+
+
+def _bad_line(path: str, n: int, reason: str, on_error: Optional[Callable[[str, str], None]]) -> None:
+    """Raise InputError naming ``path:n``, or report it to ``on_error`` (the caller then skips the line)."""
+    if on_error is None:
+        raise InputError(f"{path}:{n}: {reason}") from None
+    on_error(f"{path}:{n}", reason)
 
 
 def iter_jsonl(path: str, on_error: Optional[Callable[[str, str], None]] = None) -> Iterator[Tuple[int, Any]]:
@@ -155,10 +159,7 @@ def iter_jsonl(path: str, on_error: Optional[Callable[[str, str], None]] = None)
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            reason = f"not valid JSON ({exc.msg} at column {exc.colno})"
-            if on_error is None:
-                raise InputError(f"{path}:{n}: {reason}") from None
-            on_error(f"{path}:{n}", reason)
+            _bad_line(path, n, f"not valid JSON ({exc.msg} at column {exc.colno})", on_error)
             continue
         yield n, value
 
