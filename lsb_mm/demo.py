@@ -147,8 +147,9 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
     rows = {"baseline (none)": "none", f"LexSemBridge ({head})": head}
     models: Dict[str, Dict[str, object]] = {}
     recipes: Dict[str, Dict[str, dict]] = {}
+    folders: Dict[str, Dict[str, str]] = {}
     for label, h in rows.items():
-        models[label], recipes[label] = {}, {}
+        models[label], recipes[label], folders[label] = {}, {}, {}
         for modality, file in (("cross", cross_file), ("image", image_file)):
             t = time.perf_counter()
             cfg = TrainConfig(model=name, overwrite=True, model_options=options, head=h, modality=modality, train_data=file, train="heads",
@@ -156,7 +157,8 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
                               patience=patience, max_steps=max_steps, batch_size=min(batch_size, max(2, len(train_set) // 2)),
                               vocab_size=256, seed=seed, output=os.path.join(work, "runs", f"{h}-{modality}"),
                               show_progress=False, log_steps=50, keep_checkpoints=1)
-            models[label][modality] = load_model(train(cfg, feature_cache=cache))
+            folders[label][modality] = train(cfg, feature_cache=cache)
+            models[label][modality] = load_model(folders[label][modality])
             remove_checkpoints(cfg.output)
             recipes[label][modality] = {"lr": cfg.lr, "temperature": cfg.temperature, "weight_decay": cfg.weight_decay,
                                         "from": (cfg.defaults_from or {}).get("recipe"),
@@ -186,7 +188,9 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
                 modulation[label][task_names[0]] = mod
         with cache.attach(cross_model), cache.attach(image_model):
             index = Index.build(cross_model.encode_image([d["image"] for d in cap_task.corpus], role="document"),
-                                ids=[d["_id"] for d in cap_task.corpus], fingerprint=cross_model.fingerprint())
+                                ids=[d["_id"] for d in cap_task.corpus], fingerprint=cross_model.fingerprint(),
+                                metadata=[{"path": os.path.abspath(d["image"]), "caption": cap_docs[d["_id"]]["caption"]}
+                                          for d in cap_task.corpus])
             index.save(os.path.join(output, f"index-{rows[label]}"))
             gallery_cap = _searches(cross_model, index, [cap_task.queries[i] for i in picks], "text -> image",
                                     cap_task.qrels, cap_docs, label)
@@ -195,6 +199,8 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
             gallery_snip = _searches(image_model, snip_index, [snip_task.queries[i] for i in picks], "image -> image, 30% crop",
                                      snip_task.qrels, snip_docs, label)
         gallery.append((gallery_cap, gallery_snip))
+    for label, h in rows.items():  # the text->image model beside the index it built, for lsb-mm serve
+        os.replace(folders[label]["cross"], os.path.join(output, f"model-{h}"))
     _say("[4/5] indexed and evaluated the held-out stamps")
     # baseline beside LexSemBridge for each query
     ordered = [r for pair in zip(*(g[0] for g in gallery)) for r in pair] + [r for pair in zip(*(g[1] for g in gallery)) for r in pair]
@@ -216,5 +222,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
     _say("[5/5] results (held-out stamps; Δ = LexSemBridge - baseline):\n\n" + "\n".join(lines) + "\n")
     _say(f"gallery: {gallery_path}\nresults: {os.path.join(output, 'results.md')}, {os.path.join(output, 'results.json')}\n"
          f"indexes: {os.path.join(output, 'index-none')}, {os.path.join(output, f'index-{head}')}\n"
+         f"search them in a browser: lsb-mm serve --model {os.path.join(output, f'model-{head}')} "
+         f"--index stamps={os.path.join(output, f'index-{head}')}   (then open http://127.0.0.1:8000/)\n"
          f"done in {seconds:.0f} s")
     return payload

@@ -9,14 +9,14 @@ the dimensions that token amplifies.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
 from .errors import InputError
-from .heads import modulation_strength
+from .heads import modulation_rows, modulation_strength
 
-__all__ = ["explain"]
+__all__ = ["explain", "modulation_of"]
 
 
 def _row_weights(head, stream, row: int):
@@ -85,3 +85,20 @@ def explain(model, text: Optional[str] = None, image: Any = None, top: int = 10,
             "modulation": modulation_strength(a.unsqueeze(0)),
             "amplified_dims": [{"dim": i, "gain": round(float(gain[i]), 4)} for i in top_dims],
             "uniform_entropy": round(math.log(d), 4)}
+
+
+def modulation_of(model, texts: Sequence[str] = (), images: Sequence[Any] = (), batch_size: int = 128) -> Optional[Dict[str, float]]:
+    """Modulation strength (:func:`lsb_mm.heads.modulation_strength`) of the query-side heads over
+    ``texts`` (text head) and ``images`` (image head) as queries together, or None when none of them
+    meets a head that modulates (``none``, ``adapter``) or the model has no query-side fusion."""
+    if not model.fusion["query"]:
+        return None
+    parts = []
+    with torch.inference_mode():
+        for kind, items, head in (("text", list(texts), model.text_head), ("image", list(images), model.image_head)):
+            if not items or head is None or not hasattr(head, "modulation"):
+                continue
+            streams = (model.image_stream(px) for px in model._pixel_batches(items, batch_size)) if kind == "image" \
+                else (model.text_stream(items[s:s + batch_size]) for s in range(0, len(items), batch_size))
+            parts.append(modulation_rows(head, streams))
+    return modulation_strength(torch.cat(parts)) if parts else None

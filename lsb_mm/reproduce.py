@@ -438,26 +438,12 @@ def query_modulation(model, folders: Sequence[str], batch_size: int = 128) -> Op
     query of the task folders (text queries through the text head, image queries through the image
     head), or None when no query meets a head that modulates (``none``, ``adapter``) or without
     query-side fusion."""
-    import torch
-
     from .datasets.tasks import read_task
-    from .heads import modulation_rows, modulation_strength
+    from .explain import modulation_of
 
     queries = [q for f in folders for q in read_task(f).queries]
-    if not queries or not model.fusion["query"]:
-        return None
-    parts = []
-    with torch.inference_mode():
-        for kind, head in (("text", model.text_head), ("image", model.image_head)):
-            items = [q[kind] for q in queries if kind in q]  # cross-modal task sets mix both kinds
-            if not items or head is None or not hasattr(head, "modulation"):
-                continue
-            streams = (model.image_stream(px) for px in model._pixel_batches(items, batch_size)) if kind == "image" \
-                else (model.text_stream(items[s:s + batch_size]) for s in range(0, len(items), batch_size))
-            parts.append(modulation_rows(head, streams))
-    if not parts:
-        return None
-    return modulation_strength(torch.cat(parts))
+    return modulation_of(model, [q["text"] for q in queries if "text" in q],  # cross-modal task sets mix both kinds
+                         [q["image"] for q in queries if "image" in q], batch_size)
 
 
 def summarize(rows: Dict[str, List[Dict[str, object]]]) -> Summary:

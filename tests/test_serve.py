@@ -109,7 +109,7 @@ BAD = [
     ("k bool", dict(json={"index": "text", "text": "x", "k": True}), 422, "got True"),
     ("k absurd", dict(json={"index": "text", "text": "x", "k": 10 ** 9}), 422, "at most 1000"),
     ("text and image", dict(json={"index": "text", "text": "x", "image": "AAAA"}), 422, None),
-    ("neither", dict(json={"index": "text"}), 422, "exactly one of 'text' and 'image'"),
+    ("neither", dict(json={"index": "text"}), 422, "exactly one of 'text', 'image' and 'like'"),
     ("empty text", dict(json={"index": "text", "text": "  "}), 422, "non-empty string"),
     ("bad role", dict(json={"index": "text", "text": "x", "role": "admin"}), 422, "'role' must be"),
     ("unknown field", dict(json={"index": "text", "text": "x", "path": "/etc/passwd"}), 422, "unknown field(s) ['path']"),
@@ -182,43 +182,186 @@ def test_a_model_that_did_not_build_the_index_is_refused(served):
     assert json.dumps(served[1].info())  # info is plain JSON
 
 
-def test_cli_serve_answers_on_loopback(served, tmp_path):
-    """``lsb-mm serve`` on a free loopback port answers /health and /search, then is stopped."""
-    import socket
-    import subprocess
-    import sys
-    import time
+def test_cli_serve_answers_on_loopback(served):
+    """``lsb-mm serve`` on a free loopback port answers /health, the page and /search, then is stopped."""
     import urllib.request
 
+    from lsb_mm.serve import running_server
+
     w, _ = served
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "lsb_mm", "serve", "--model", str(w / "m"), "--index",
-                             f"text={w / 'text.index'}", "--port", str(port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, up = time.time() + 120, False
-        while time.time() < deadline and proc.poll() is None and not up:
-            try:
-                up = urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-            except OSError:
-                time.sleep(0.3)
-        assert up, proc.stderr.read() if proc.poll() is not None else "no answer in 120 s"
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/search", method="POST",
+    with running_server(["--model", str(w / "m"), "--index", f"text={w / 'text.index'}"],
+                        env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}) as url:
+        assert url.startswith("http://127.0.0.1:")
+        assert b'id="search-form"' in urllib.request.urlopen(url + "/", timeout=30).read()
+        req = urllib.request.Request(url + "/search", method="POST",
                                      data=json.dumps({"index": "text", "text": "rivers", "k": 2}).encode(),
                                      headers={"content-type": "application/json"})
         assert len(json.loads(urllib.request.urlopen(req, timeout=30).read())["hits"]) == 2
+
+
+def test_page_is_self_contained(client):
+    import re
+
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    page = r.text
+    for element in ('id="q"', 'id="file"', 'id="drop"', 'id="compare"', 'id="tokens"', 'role="alert"', "More like this"):
+        assert element in page, element
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page), "the page loads nothing from elsewhere (offline)"
+    assert ".innerHTML" not in page, "results are rendered as text, never as markup from the index"
+
+
+def test_more_like_this_finds_the_item_first(client):
+    img_id = client.post("/search", json={"index": "img", "text": "a picture", "k": 3}).json()["hits"][2]["id"]
+    r = client.post("/search", json={"index": "img", "like": img_id, "k": 3})
+    assert r.status_code == 200, r.text
+    assert r.json()["hits"][0]["id"] == img_id and r.json()["query"] == {"image": True}
+    r = client.post("/search", json={"index": "text", "like": "d3", "k": 2})
+    assert r.json()["hits"][0]["id"] == "d3" and r.json()["query"]["text"].startswith("document 3")
+    for like, status, message in (("nope", 404, "has no item 'nope'"), (7, 422, "'like' must be an item id")):
+        bad = client.post("/search", json={"index": "img", "like": like})
+        assert bad.status_code == status and message in bad.json()["error"]
+    both = client.post("/search", json={"index": "img", "like": img_id, "text": "x"})
+    assert both.status_code == 422 and "exactly one of" in both.json()["error"]
+
+
+def test_tokens_and_the_plain_embedding(client, served):
+    r = client.post("/search", json={"index": "text", "text": "rivers and stones", "k": 5, "tokens": True}).json()
+    assert r["enhance"] is True and r["tokens"] and all(isinstance(t["token"], str) and t["contribution"] >= 0 for t in r["tokens"])
+    assert set(r["modulation"]) == {"max_over_min", "entropy"}
+    plain = client.post("/search", json={"index": "text", "text": "rivers and stones", "k": 5, "enhance": False}).json()
+    assert plain["enhance"] is False and "tokens" not in plain
+    _, service = served
+    q = service.model.encode_text(["rivers and stones"], enhance=False)
+    ids = service.index("text").search(q, k=5)[1][0].tolist()
+    assert [h["id"] for h in plain["hits"]] == ids  # enhance=false is the backbone embedding
+    assert client.post("/search", json={"index": "text", "text": "x", "tokens": "yes"}).status_code == 422
+    info = client.get("/info").json()
+    assert info["indexes"]["text"]["modulation"]["max_over_min"] >= 1.0 and info["batching"]["on"] is True
+
+
+def test_batching_groups_concurrent_queries_and_answers_each_right(served):
+    import asyncio
+
+    import numpy as np
+
+    from lsb_mm.serve import Batcher
+
+    _, service = served
+    qs = [service.query("text", text=f"document {i % 5} about things", k=3) for i in range(12)]
+    qs += [service.query("img", like=service.index("img").ids[i], k=2) for i in range(3)]
+    qs += [service.query("text", text="rivers", k=4, enhance=False), service.query("text", text="rivers", k=4, tokens=True)]
+    alone = [service.run([q])[0] for q in qs]
+    batcher = Batcher(service.run, max_batch=64, max_wait=0.2)
+
+    async def together():
+        return await asyncio.gather(*(batcher.submit(q) for q in qs))
+
+    try:
+        grouped = asyncio.run(together())
     finally:
-        proc.kill()
-        proc.wait()
+        batcher.close()
+    assert batcher.stats["batches"] < len(qs) and batcher.stats["largest"] > 1
+    for a, b in zip(alone, grouped):
+        assert [h["id"] for h in a["hits"]] == [h["id"] for h in b["hits"]]
+        np.testing.assert_allclose([h["score"] for h in a["hits"]], [h["score"] for h in b["hits"]], atol=1e-5)
+        assert ("tokens" in a) == ("tokens" in b)
+    assert max(r["seconds"]["batch"] for r in grouped) > 1
+
+
+def test_a_query_that_fails_in_a_batch_fails_alone(served, monkeypatch):
+    _, service = served
+    real = service.model.encode_text
+
+    def flaky(texts, **kw):
+        if any("boom" in t for t in texts):
+            raise RuntimeError("boom")
+        return real(texts, **kw)
+
+    monkeypatch.setattr(service.model, "encode_text", flaky)
+    good, bad = service.query("text", text="rivers", k=2), service.query("text", text="boom", k=2)
+    out = service.run([good, bad, good])
+    assert len(out[0]["hits"]) == 2 and isinstance(out[1], RuntimeError) and out[2]["hits"] == out[0]["hits"]
+
+
+def test_batching_off_answers_one_at_a_time(served):
+    from fastapi.testclient import TestClient
+
+    from lsb_mm.serve import create_app
+
+    c = TestClient(create_app(served[1], batching=False))
+    r = c.post("/search", json={"index": "text", "text": "rivers", "k": 2}).json()
+    assert r["seconds"]["batch"] == 1 and c.get("/info").json()["batching"]["max_batch"] == 1
+
+
+def test_a_chunked_body_over_the_limit_is_refused(served):
+    from fastapi.testclient import TestClient
+
+    from lsb_mm.serve import create_app
+
+    c = TestClient(create_app(served[1], max_body=4096))
+
+    def chunks():  # no Content-Length: the limit is counted while the body streams in
+        yield b'{"index": "text", "text": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = c.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "request body over 4096 bytes" in r.json()["error"]
+    small = c.post("/search", content=iter([b'{"index": "text", ', b'"text": "rivers", "k": 1}']),
+                   headers={"content-type": "application/json"})
+    assert small.status_code == 200 and len(small.json()["hits"]) == 1
+
+
+def test_reload_swaps_a_rebuilt_folder_and_a_failed_one_keeps_the_old(served, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from lsb_mm.cli import main
+    from lsb_mm.serve import SearchService, create_app
+
+    w, service = served
+    folder = tmp_path / "live.index"
+    shutil.copytree(w / "text.index", folder)
+    live = SearchService(service.model, {"live": str(folder)})
+    c = TestClient(create_app(live), raise_server_exceptions=False)
+    synthetic.write_jsonl(tmp_path / "more.jsonl", [{"_id": f"n{i}", "text": f"note {i}"} for i in range(8)])
+    assert main(["index", "--model", str(w / "m"), "--corpus", str(tmp_path / "more.jsonl"), "--output", str(folder),
+                 "-q"]) == 0
+    assert c.get("/info").json()["indexes"]["live"]["count"] == 5  # still the old one until reloaded
+    r = c.post("/admin/reload", json={"index": "live"})
+    assert r.status_code == 200 and r.json()["reloaded"][0]["count"] == 8 and r.json()["reloaded"][0]["previous_count"] == 5
+    assert c.post("/search", json={"index": "live", "text": "note 3", "k": 1}).json()["hits"][0]["id"].startswith("n")
+    (folder / "index.faiss").write_bytes(b"garbage")  # a broken folder: the reload fails and says why
+    r = c.post("/admin/reload", json={"index": "live"})
+    assert r.status_code == 409 and "still serving" in r.json()["error"] and "index.faiss" in r.json()["error"]
+    assert len(c.post("/search", json={"index": "live", "text": "note", "k": 20}).json()["hits"]) == 8
+    for body, status, message in (({"index": "nope"}, 404, "unknown index"), ({"folder": "/etc"}, 422, "must be"),
+                                  (None, 409, "still serving")):
+        r = c.post("/admin/reload", json=body) if body is not None else c.post("/admin/reload")
+        assert r.status_code == status and message in r.json()["error"], r.text
+    assert c.post("/admin/reload", content=b"{bad", headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_api_key_guards_data_and_admin_but_not_the_page(served):
+    from fastapi.testclient import TestClient
+
+    from lsb_mm.serve import create_app
+
+    c = TestClient(create_app(served[1], api_key="k"))
+    assert c.get("/").status_code == 200 and c.get("/openapi.json").status_code == 200
+    assert c.post("/admin/reload").status_code == 401 and c.get("/items/text/d0").status_code == 401
+    assert c.post("/search", json={"index": "text", "text": "x"}, headers={"X-API-Key": "k"}).status_code == 200
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--index", "noequals"], "expected NAME=FOLDER"), (["--index", "a=x", "--index", "a=y"], "given twice"),
     (["--index", "a=x", "--port", "0"], "--port must be in 1..65535"),
     (["--index", "a=/nope"], "index folder /nope does not exist"),
+    (["--index", "a=x", "--max-batch", "0"], "--max-batch must be >= 1"),
+    (["--index", "a=x", "--batch-wait-ms", "-1"], "--batch-wait-ms in 0..1000"),
 ])
 def test_cli_serve_refuses_bad_settings(served, extra, message, capsys):
     from lsb_mm.cli import main
