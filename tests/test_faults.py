@@ -134,3 +134,69 @@ def test_build_tasks_killed_anywhere_leaves_loadable_tasks(tmp_path, rng):
     assert killed >= 1, "every kill came after the command ended: nothing was tested"
     complete(tmp_path, argv)
     check()
+
+
+def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path, rng):
+    """``lsb-mm serve`` on a loopback port answers a steady stream of searches while ``lsb-mm index``
+    rebuilding its folder is killed mid-way and ``/admin/reload`` is called after each kill: no request
+    fails, and a completed rebuild is served after the next reload."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    import lsb_mm
+    from lsb_mm.serve import running_server
+
+    synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
+                                                      for i in range(300)])
+    synthetic.write_jsonl(tmp_path / "new.jsonl", [{"_id": f"n{i}", "text": f"note {i} on topic {i % 5}"}
+                                                   for i in range(400)])
+    lsb_mm.create_model(MODEL, head="slr").save_pretrained(str(tmp_path / "m"))
+    complete(tmp_path, lsb(tmp_path, "index", "--model", "m", "--corpus", "corpus.jsonl", "--output", "idx", "-q"))
+    rebuild = lsb(tmp_path, "index", "--model", "m", "--corpus", "new.jsonl", "--output", "idx", "-q")
+
+    def post(url, path, body):
+        req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    with running_server(["--model", str(tmp_path / "m"), "--index", f"live={tmp_path / 'idx'}"], env=ENV) as url:
+        statuses, seen, stop = [], set(), threading.Event()
+
+        def client():
+            while not stop.is_set():
+                status, body = post(url, "/search", {"index": "live", "text": "topic 3", "k": 3})
+                statuses.append(status)
+                if status == 200:
+                    seen.add(body["hits"][0]["id"][0])
+
+        t = threading.Thread(target=client)
+        t.start()
+        try:
+            full = timed(tmp_path, rebuild)  # a whole rebuild, then back to the old corpus for the kills
+            complete(tmp_path, lsb(tmp_path, "index", "--model", "m", "--corpus", "corpus.jsonl", "--output", "idx", "-q"))
+            assert post(url, "/admin/reload", {"index": "live"})[1]["reloaded"][0]["count"] == 300
+            killed = 0
+            for _ in range(KILLS):
+                killed += kill_at(tmp_path, rebuild, rng.uniform(0.2, full))
+                status, body = post(url, "/admin/reload", {"index": "live"})
+                assert status in (200, 409), body  # the folder is whole (old or new) or the reload says why
+                if status == 409:
+                    assert "still serving" in body["error"]
+            assert killed >= 1, "every kill came after the command ended: nothing was tested"
+            complete(tmp_path, rebuild)
+            status, body = post(url, "/admin/reload", {"index": "live"})
+            assert status == 200 and body["reloaded"][0]["count"] == 400
+            n_before = len(statuses)
+            deadline = time.time() + 30
+            while len(statuses) < n_before + 3 and time.time() < deadline:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            t.join(timeout=60)
+    assert statuses and set(statuses) == {200}, f"failed requests: {[s for s in statuses if s != 200][:5]}"
+    assert "n" in seen and len(statuses) > 10
