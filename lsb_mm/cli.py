@@ -569,16 +569,17 @@ def cmd_serve(args) -> int:
     if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 1000:
         raise InputError(f"--max-batch must be >= 1 and --batch-wait-ms in 0..1000, got {args.max_batch}, {args.batch_wait_ms}")
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
-        from .serve import SearchService, create_app
+        from .serve import SearchService, create_app, serve_forever
     except ImportError as exc:
         raise InputError(f"lsb-mm serve needs FastAPI and uvicorn: pip install 'lsb-mm[serve]' ({exc})") from None
     service = SearchService(_load(args), indexes)
     app = create_app(service, api_key=args.api_key, max_body=int(args.max_body_mb * (1 << 20)), cors_origins=args.cors_origin,
                      batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
-    print(json.dumps({"serving": sorted(indexes), "url": f"http://{args.host}:{args.port}"}), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    print(json.dumps({"serving": sorted(indexes), "url": f"http://{args.host}:{args.port}/"}), flush=True)
+    if serve_forever(app, args.host, args.port) != 0:
+        raise InputError(f"could not listen on {args.host}:{args.port} (in use, or not an address of this machine?)")
     return 0
 
 

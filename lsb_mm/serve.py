@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 from .errors import ImageLoadError, InputError, LSBError, positive_int
 
-__all__ = ["SearchService", "Batcher", "Query", "create_app", "running_server", "MAX_K", "MAX_BODY"]
+__all__ = ["SearchService", "Batcher", "Query", "create_app", "serve_forever", "running_server", "MAX_K", "MAX_BODY"]
 
 MAX_K = 1000  # results per request
 MAX_BODY = 16 << 20  # bytes per request body (an upload, or base64 JSON)
@@ -273,9 +273,12 @@ class SearchService:
 
 
 class Batcher:
-    """Dynamic batching: queries submitted from the event loop are grouped (up to ``max_batch``,
-    waiting at most ``max_wait`` seconds after the first) and answered by ``run`` in one worker
-    thread, which is also the only thread that runs the model. ``max_batch=1`` turns it off."""
+    """Dynamic batching: queries submitted from the event loop are grouped (up to ``max_batch``;
+    all that are queued, plus, while the last batch held more than one, those arriving within
+    ``max_wait`` seconds of the first) and answered by ``run`` in one worker,
+    the only thread that runs the model. ``max_batch=1`` turns grouping off. The worker is a
+    thread started on the first query, or the caller of :meth:`run_here` (``lsb-mm serve`` runs it
+    in the main thread: torch's CPU kernels run fastest there)."""
 
     def __init__(self, run, max_batch: int = 32, max_wait: float = 0.002):
         if max_batch < 1 or max_wait < 0:
@@ -284,14 +287,16 @@ class Batcher:
         self.stats = {"batches": 0, "queries": 0, "largest": 0}
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._thread: Optional[threading.Thread] = None
+        self._here = False
+        self._last = 0  # size of the last batch
         self._start_lock = threading.Lock()
 
     async def submit(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if self._thread is None:
+        if self._thread is None and not self._here:
             with self._start_lock:
-                if self._thread is None:
+                if self._thread is None and not self._here:
                     self._thread = threading.Thread(target=self._work, name="lsb-mm-batcher", daemon=True)
                     self._thread.start()
         self._queue.put((item, loop, future))
@@ -300,10 +305,17 @@ class Batcher:
             raise result
         return result
 
+    def run_here(self) -> None:
+        """Be the worker in the calling thread until :meth:`close`."""
+        self._here = True
+        self._work()
+
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=30)
+        """Stop the worker once the queries already queued are answered (safe to call from any thread)."""
+        self._queue.put(None)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
             self._thread = None
 
     def _work(self) -> None:
@@ -313,7 +325,8 @@ class Batcher:
             if first is None:
                 return
             batch = [first]
-            deadline = time.monotonic() + self.max_wait
+            # wait for company only under load (the last batch was shared): a lone client pays no wait
+            deadline = time.monotonic() + (self.max_wait if self._last > 1 else 0.0)
             while len(batch) < self.max_batch:
                 left = deadline - time.monotonic()
                 try:
@@ -331,8 +344,35 @@ class Batcher:
             self.stats["batches"] += 1
             self.stats["queries"] += len(batch)
             self.stats["largest"] = max(self.stats["largest"], len(batch))
+            self._last = len(batch)
             for (_, loop, future), result in zip(batch, results):
                 loop.call_soon_threadsafe(_settle, future, result)
+
+
+def serve_forever(app, host: str, port: int) -> int:
+    """Serve ``app`` (from :func:`create_app`) with uvicorn in a thread while its batcher works in
+    this one, until SIGINT / SIGTERM. Returns 0, or 1 when the address could not be listened on."""
+    import signal
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    batcher: Batcher = app.state.batcher
+
+    def http() -> None:
+        try:
+            server.run()
+        finally:
+            batcher.close()  # the HTTP side ended (stopped, or never bound): so does the worker
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: batcher.close())
+    web = threading.Thread(target=http, name="lsb-mm-http", daemon=True)
+    web.start()
+    batcher.run_here()
+    server.should_exit = True
+    web.join(timeout=15)
+    return 0 if server.started else 1
 
 
 def _settle(future, result) -> None:
@@ -420,16 +460,7 @@ def create_app(service: SearchService, api_key: Optional[str] = None, max_body: 
     async def _internal(request, exc: Exception):  # a bug: say so without a traceback in the response
         return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
-    @app.middleware("http")
-    async def _guard(request: Request, call_next):
-        if api_key is not None and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("x-api-key", "")
-            if not hmac.compare_digest(given.encode(), api_key.encode()):
-                return error(401, "missing or wrong X-API-Key header")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return error(413, f"request body over {max_body} bytes")
-        return await call_next(request)
+    app.add_middleware(_Guard, api_key=api_key, max_body=max_body)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -515,6 +546,30 @@ def create_app(service: SearchService, api_key: Optional[str] = None, max_body: 
         return service.item(index, item_id)
 
     return app
+
+
+class _Guard:
+    """ASGI middleware (plain ASGI: no per-request task as with ``@app.middleware``): the API key
+    (except on :data:`OPEN_PATHS`) and a declared Content-Length over the body limit."""
+
+    def __init__(self, app, api_key: Optional[str], max_body: int):
+        self.app, self.api_key, self.max_body = app, api_key, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            from fastapi.responses import JSONResponse
+
+            headers = dict(scope["headers"])
+            refusal = None
+            if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+                if not hmac.compare_digest(headers.get(b"x-api-key", b""), self.api_key.encode()):
+                    refusal = (401, "missing or wrong X-API-Key header")
+            length = headers.get(b"content-length")
+            if refusal is None and length is not None and (not length.isdigit() or int(length) > self.max_body):
+                refusal = (413, f"request body over {self.max_body} bytes")
+            if refusal is not None:
+                return await JSONResponse({"error": refusal[1]}, status_code=refusal[0])(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 async def _read_body(request, limit: int) -> bytes:
