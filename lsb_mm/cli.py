@@ -566,6 +566,8 @@ def cmd_serve(args) -> int:
         raise InputError(f"--port must be in 1..65535, got {args.port}")
     if args.max_body_mb <= 0:
         raise InputError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    if args.threads < 0:
+        raise InputError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
     if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 1000:
         raise InputError(f"--max-batch must be >= 1 and --batch-wait-ms in 0..1000, got {args.max_batch}, {args.batch_wait_ms}")
     try:
@@ -574,6 +576,10 @@ def cmd_serve(args) -> int:
         from .serve import SearchService, create_app, serve_forever
     except ImportError as exc:
         raise InputError(f"lsb-mm serve needs FastAPI and uvicorn: pip install 'lsb-mm[serve]' ({exc})") from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     service = SearchService(_load(args), indexes)
     app = create_app(service, api_key=args.api_key, max_body=int(args.max_body_mb * (1 << 20)), cors_origins=args.cors_origin,
                      batching=not args.no_batching, max_batch=args.max_batch, max_wait_ms=args.batch_wait_ms)
@@ -867,6 +873,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--batch-wait-ms", type=float, default=2.0,
                     help="how long a query waits for others to join its batch (default: %(default)s)")
     sv.add_argument("--no-batching", action="store_true", help="encode every query alone (to compare)")
+    sv.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads for encoding (default: torch's choice; one fewer than the cores leaves one "
+                         "for HTTP, which pays off on small machines)")
     sv.set_defaults(func=cmd_serve)
     return parser
 
