@@ -2,13 +2,15 @@
 
     app = create_app(SearchService(model, {"photos": "photos.index"}), api_key=None)
 
-Endpoints: ``GET /health``, ``GET /info``, ``POST /search`` (JSON ``{"index", "text" | "image"
-(base64), "k", "role", "enhance"}``, or a multipart form with an ``image`` file),
-``GET /items/{index}/{id}`` and ``GET /items/{index}/{id}/thumbnail``. Items are looked up by id
-among the index's own ids; a path is never taken from a request. Every bad request gets a 4xx with
-a JSON ``{"error": ...}`` that says what was wrong; bodies over ``max_body`` bytes are refused
-(413), images over the pixel limit too (:func:`lsb_mm.images.max_image_pixels`). It binds
-127.0.0.1 unless told otherwise; ``api_key`` is checked in the ``X-API-Key`` header.
+Endpoints: the search page at ``/`` (no external resources), ``GET /health``, ``GET /info``,
+``POST /search`` (JSON ``{"index", "text" | "image" (base64) | "like" (an item id), "k", "role",
+"enhance", "tokens"}``, or a multipart form with an ``image`` file), ``GET /items/{index}/{id}``
+and ``/items/{index}/{id}/thumbnail``, and ``POST /admin/reload``. Items are looked up by id among
+the index's own ids; a path is never taken from a request. Concurrent queries are batched
+(:class:`Batcher`) into one encode call. Every bad request gets a 4xx with a JSON ``{"error": ...}``
+saying what was wrong; bodies over ``max_body`` bytes are refused (413, counted while streaming),
+images over the pixel limit too (:func:`lsb_mm.images.max_image_pixels`). It binds 127.0.0.1
+unless told otherwise; ``api_key`` is checked in the ``X-API-Key`` header.
 """
 # no "from __future__ import annotations": FastAPI reads the endpoints' annotations (Request) at runtime
 import asyncio

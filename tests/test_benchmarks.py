@@ -65,3 +65,17 @@ def test_bench_cli_small(tmp_path, manpages_present, minilm_path):
     assert set(split) == {"start_up", "index_load", "model_load", "encode", "search", "total"}
     assert split["total"] >= split["model_load"] > 0
     assert "| `lsb-mm --help` |" in (tmp_path / "cli.md").read_text()
+
+
+def test_bench_serve_small(tmp_path, manpages_present):
+    """Both modes against a real ``lsb-mm serve`` on loopback, on a tiny model and a short budget."""
+    assert load("bench_serve").main(["--clients", "1", "3", "--seconds", "1", "--docs", "60", "--model", "open_clip:lsb-tiny-test",
+                                     "--threads", "1", "--out", str(tmp_path)]) == 0
+    res = json.load(open(tmp_path / "serve.json"))
+    rows = {(r["batching"], r["clients"]): r for r in res["results"]}
+    assert set(rows) == {(True, 1), (True, 3), (False, 1), (False, 3)}
+    assert all(r["errors"] == 0 and r["requests"] > 0 and r["qps"] > 0 for r in rows.values())
+    assert all(r["mean_batch"] == 1.0 for (on, _), r in rows.items() if not on)
+    assert res["verdict"]["errors_at_most"] == 0 and set(res["verdict"]["speedup"]) == {"1/1", "1/3"}
+    md = (tmp_path / "serve.md").read_text()
+    assert "| 1 | off | 3 |" in md and "QPS batching on / off" in md

@@ -36,14 +36,9 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(site):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from test_scripts import load
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = load("serve_screenshot").chrome()  # the same headless Chromium the docs' screenshot uses
     driver.set_script_timeout(WAIT)
     try:
         driver.get(site[1] + "/")
