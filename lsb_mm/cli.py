@@ -328,6 +328,14 @@ def cmd_train(args) -> int:
 
 
 def cmd_index(args) -> int:
+    if args.max_index_memory is not None and args.factory != "auto":
+        raise InputError(f"--max-index-memory applies to --factory auto (got --factory {args.factory})")
+    if args.target_recall is not None and not 0 < args.target_recall <= 1:
+        raise InputError(f"--target-recall must be in (0, 1], got {args.target_recall}")
+    if args.max_index_memory is not None:
+        from .autoindex import parse_memory
+
+        parse_memory(args.max_index_memory)
     from .corpus import read_documents, shard_slice
     from .images import check_images
     from .index import Index
@@ -348,7 +356,7 @@ def cmd_index(args) -> int:
         model.encode_text(docs.items, **kw)
     t_enc = time.perf_counter() - t0
     index = Index.build(emb, ids=docs.ids, metadata=docs.metadata, factory=args.factory, device=args.index_device,
-                        fingerprint=model.fingerprint())
+                        fingerprint=model.fingerprint(), max_memory=args.max_index_memory, target_recall=args.target_recall)
     if args.bm25:
         texts = docs.items if docs.kind == "text" else [m.get("caption") for m in docs.metadata]
         missing = [i for i, t in zip(docs.ids, texts) if not t]
@@ -362,7 +370,8 @@ def cmd_index(args) -> int:
         report = args.output.rstrip("/") + ".skipped.jsonl"
         write_text(report, "".join(json.dumps({"path": path, "reason": reason}) + "\n" for path, reason in skipped))
         print(f"skipped {len(skipped)} unreadable files; see {report}", file=sys.stderr)
-    print(json.dumps({"index": args.output, "count": len(index), "kind": docs.kind, "factory": args.factory, "bm25": args.bm25,
+    print(json.dumps({"index": args.output, "count": len(index), "kind": docs.kind, "factory": index.factory, "bm25": args.bm25,
+                      **({"build": index.build_info} if index.build_info else {}),
                       "device": index.device, "encode_seconds": round(t_enc, 2), "skipped": len(skipped),
                       "skipped_report": report, "fingerprint": index.fingerprint}))
     return 0
@@ -731,7 +740,14 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--csv-caption-key", default="caption")
     ix.add_argument("--image-root", default=None, help="folder that relative image paths start from")
     ix.add_argument("--output", required=True, help="index folder to write")
-    ix.add_argument("--factory", default="Flat", help="FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32 ...")
+    ix.add_argument("--factory", default="Flat",
+                    help="FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32 ..., or auto: "
+                         "chosen from the corpus size, dimension and --max-index-memory (Flat, HNSW32, IVF-Flat, IVF-SQ8, IVF-PQ)")
+    ix.add_argument("--max-index-memory", default=None, metavar="SIZE",
+                    help="memory budget of the index for --factory auto, e.g. 512M, 4G (default: none)")
+    ix.add_argument("--target-recall", type=float, default=None,
+                    help="tune nprobe / efSearch to this Recall@10 against exact search on 1,000 of the documents "
+                         "as queries (default with --factory auto: 0.95)")
     ix.add_argument("--index-device", default="auto", choices=["auto", "cpu", "gpu"], help="where the index lives (auto: all GPUs when FAISS sees one)")
     ix.add_argument("--bm25", action="store_true",
                     help="also index each document's text (images: its caption) with BM25, for search --hybrid")

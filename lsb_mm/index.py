@@ -139,21 +139,37 @@ class Index:
         self.bm25 = None  # an optional lexical side (lsb_mm.lexical.BM25) over the same ids: add_bm25
         self._shards: Optional[list] = None
         self._warned_unchecked = False  # the "no fingerprint to check" warning, once per index
+        self.build_info: Dict[str, Any] = {}  # factory "auto": the choice and the search tuning
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
     def build(cls, embeddings, ids: Optional[Sequence[Any]] = None, metadata: Optional[Sequence[Dict[str, Any]]] = None,
               factory: str = "Flat", device: str = "auto", fingerprint: Optional[str] = None,
-              normalize: bool = False) -> "Index":
+              normalize: bool = False, max_memory: Union[int, str, None] = None,
+              target_recall: Optional[float] = None, tune_queries: int = 1000, seed: int = 0) -> "Index":
         """Index ``embeddings [N, d]`` (L2-normalised; ``normalize=True`` does it) with a FAISS
         index-factory string (``Flat``, ``HNSW32``, ``IVF1024,Flat``, ``IVF256,PQ16`` ...),
-        training the index first when the factory needs it."""
+        training the index first when the factory needs it.
+
+        ``factory="auto"`` chooses one from N, d and ``max_memory`` (bytes, or ``"4G"``; see
+        :func:`lsb_mm.autoindex.choose_factory`). With ``target_recall`` (default 0.95 for ``auto``)
+        ``nprobe`` / ``efSearch`` is set to the smallest value whose Recall@10 against exact search
+        reaches it on ``tune_queries`` of the vectors drawn as queries; ``build_info`` records both.
+        """
         import faiss
+
+        from .autoindex import choose_factory, exact_neighbours, parse_memory, tune_search
 
         x = _as_matrix(embeddings, "embeddings", check_norm=not normalize)
         if normalize:
             x = _normalize(x)
         d = x.shape[1]
+        build_info: Dict[str, Any] = {}
+        if factory == "auto":
+            choice = choose_factory(x.shape[0], d, None if max_memory is None else parse_memory(max_memory))
+            factory, build_info["auto"] = choice.factory, choice.to_dict()
+            log.info("factory auto: %s (%s)", choice.factory, choice.reason)
+            target_recall = 0.95 if target_recall is None else target_recall
         if not isinstance(factory, str) or "IDMap" in factory:
             raise SearchIndexError(f"index factory {factory!r}: give a FAISS factory string without IDMap "
                                    "(lsb_mm.Index keeps its own ids)")
@@ -169,8 +185,20 @@ class Index:
                 index.train(x)
             except RuntimeError as exc:
                 raise SearchIndexError(f"training {factory!r} on {x.shape[0]} vectors failed: {exc}") from exc
-        self._to_device(device)
         self.add(x, ids, metadata)
+        if target_recall is not None:
+            rs = np.random.default_rng(seed)
+            rows = rs.choice(x.shape[0], size=min(tune_queries, x.shape[0]), replace=False)
+            k = min(10, x.shape[0])
+            build_info["tuning"] = tune_search(index, x[rows], exact_neighbours(x, x[rows], k), target_recall, k=k)
+            build_info["tuning"]["queries"] = len(rows)
+            t = build_info["tuning"]
+            if not t["met"]:
+                log.warning("index %s reaches Recall@%d %.3f at best (%s %s), short of the target %.3f: give more "
+                            "memory (a longer code) or a different factory", factory, k, t["recall"], t["param"], t["value"],
+                            target_recall)
+        self.build_info = build_info
+        self._to_device(device)
         return self
 
     def _to_device(self, device: str) -> None:
@@ -328,6 +356,7 @@ class Index:
                         "factory": self.factory, "count": len(self.ids), "fingerprint": self.fingerprint,
                         "metadata": self.metadata is not None, "bm25": self.bm25 is not None, "index_sha256": file_sha256(os.path.join(tmp, "index.faiss")),
                         "sha256": {name: file_sha256(os.path.join(tmp, name)) for name in files},
+                        **({"build": self.build_info} if self.build_info else {}),
                         "versions": {"lsb_mm": __version__, "faiss": faiss.__version__, "numpy": np.__version__}}
             with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=2)
@@ -356,6 +385,7 @@ class Index:
         metadata = None if any(m is None for m in metas) else [m for ms in metas for m in ms]
         if len(parts) == 1:
             self = cls(parts[0][1], first["dim"], first["factory"], ids, metadata, first["fingerprint"], "cpu")
+            self.build_info = first["build"] if isinstance(first.get("build"), dict) else {}
             if first.get("bm25"):
                 self.bm25 = _read_bm25(parts[0][4], ids)
             self._to_device(device)
