@@ -117,10 +117,11 @@ def choose_factory(n: int, d: int, max_memory: Optional[int] = None) -> Choice:
         return Choice(sq8, estimate_memory(sq8, n, d), f"{n} vectors: inverted lists over 8-bit scalar codes ({say})", nlist)
     smallest = None
     for m in sorted({m for m in range(2, min(d, 256) + 1, 2) if d % m == 0}, reverse=True):  # the longest code that fits
-        smallest = f"IVF{nlist},PQ{m}x4fsr"
-        mem = estimate_memory(smallest, n, d)
-        if mem <= budget:
-            return Choice(smallest, mem, f"{n} vectors: {m // 2}-byte product-quantised codes fit ({say})", nlist)
+        for nl in sorted({max(16, nlist // 4), max(16, nlist // 2), nlist}, reverse=True):  # fewer lists free centroid memory
+            smallest = f"IVF{nl},PQ{m}x4fsr"
+            mem = estimate_memory(smallest, n, d)
+            if mem <= budget:
+                return Choice(smallest, mem, f"{n} vectors: {m // 2}-byte product-quantised codes fit ({say})", nl)
     raise InputError(f"no index of {n} vectors of dimension {d} fits in {_size(budget)}: the smallest "
                      f"({smallest}) needs {_size(estimate_memory(smallest or 'Flat', n, d))}; raise "
                      "--max-index-memory or shard the corpus (--shard i/n)")

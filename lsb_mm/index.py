@@ -126,6 +126,9 @@ def place_index(index, device: str, what: str) -> Tuple[Any, str]:
         return index, "cpu"
 
 
+TRAIN_PER_LIST = 64  # training vectors per inverted list (a random sample of the corpus beyond that)
+
+
 class Index:
     """A FAISS index with string ids, metadata and a manifest. Build with :meth:`build`."""
 
@@ -180,9 +183,17 @@ class Index:
         _tune_new(index)
         self = cls(index, d, factory, [], None, fingerprint, "cpu")
         if not index.is_trained:
-            log.info("training %s on %d vectors", factory, x.shape[0])
+            train = x
+            try:  # inverted lists learn from 64 vectors per list at most (FAISS would take up to 256)
+                nlist = faiss.extract_index_ivf(index).nlist
+            except RuntimeError:
+                nlist = 0
+            if nlist and x.shape[0] > TRAIN_PER_LIST * nlist:
+                rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], TRAIN_PER_LIST * nlist, replace=False))
+                train = x[rows]
+            log.info("training %s on %d of %d vectors", factory, train.shape[0], x.shape[0])
             try:
-                index.train(x)
+                index.train(train)
             except RuntimeError as exc:
                 raise SearchIndexError(f"training {factory!r} on {x.shape[0]} vectors failed: {exc}") from exc
         self.add(x, ids, metadata)
