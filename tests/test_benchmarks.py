@@ -79,3 +79,19 @@ def test_bench_serve_small(tmp_path, manpages_present):
     assert res["verdict"]["errors_at_most"] == 0 and set(res["verdict"]["speedup"]) == {"1/1", "1/3"}
     md = (tmp_path / "serve.md").read_text()
     assert "| 1 | off | 3 |" in md and "QPS batching on / off" in md
+
+
+def test_bench_scale_small_resumes(tmp_path, capsys):
+    argv = ["--n", "4000", "--dim", "16", "--clusters", "20", "--queries", "50", "--budget", "100K",
+            "--factories", "Flat", "IVF32,Flat", "auto", "--out", str(tmp_path)]
+    assert load("bench_scale").main(argv) == 0
+    res = json.load(open(tmp_path / "scale.json"))
+    rows = {r["factory"]: r for r in res["results"]}
+    assert rows["Flat"]["recall_at_10"] == 1.0 and rows["Flat"]["tuning"]["param"] is None
+    assert rows["IVF32,Flat"]["tuning"]["param"] == "nprobe" and rows["IVF32,Flat"]["tuning"]["met"]
+    assert rows["auto"]["memory_bytes"] <= 100 << 10 and rows["auto"]["built"] != "auto"
+    assert sorted(os.listdir(tmp_path / "scale")) == ["Flat.json", "IVF32_Flat.json", "auto.json"]
+    capsys.readouterr()
+    assert load("bench_scale").main(argv) == 0  # every row is there: nothing is rebuilt
+    assert capsys.readouterr().out.count("done earlier") == 3
+    assert "| auto |" in (tmp_path / "scale.md").read_text()
