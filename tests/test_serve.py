@@ -368,3 +368,19 @@ def test_cli_serve_refuses_bad_settings(served, extra, message, capsys):
 
     assert main(["serve", "--model", str(served[0] / "m"), *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_serve_says_when_the_port_is_taken(served):
+    import socket
+    import subprocess
+    import sys
+
+    w, _ = served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "lsb_mm", "serve", "--model", str(w / "m"), "--index",
+                            f"text={w / 'text.index'}", "--port", str(port)], capture_output=True, text=True, timeout=180,
+                           env=dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"))
+    assert r.returncode == 2 and f"could not listen on 127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr
