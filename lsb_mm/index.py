@@ -196,18 +196,23 @@ class Index:
                 index.train(train)
             except RuntimeError as exc:
                 raise SearchIndexError(f"training {factory!r} on {x.shape[0]} vectors failed: {exc}") from exc
-        self.add(x, ids, metadata)
-        if target_recall is not None:
-            rs = np.random.default_rng(seed)
-            rows = rs.choice(x.shape[0], size=min(tune_queries, x.shape[0]), replace=False)
-            k = min(10, x.shape[0])
-            build_info["tuning"] = tune_search(index, x[rows], exact_neighbours(x, x[rows], k), target_recall, k=k)
-            build_info["tuning"]["queries"] = len(rows)
-            t = build_info["tuning"]
-            if not t["met"]:
-                log.warning("index %s reaches Recall@%d %.3f at best (%s %s), short of the target %.3f: give more "
-                            "memory (a longer code) or a different factory", factory, k, t["recall"], t["param"], t["value"],
-                            target_recall)
+        if target_recall is None:
+            self._to_device(device)
+            self.add(x, ids, metadata)
+            self.build_info = build_info
+            return self
+        positive_int(tune_queries, "tune_queries", SearchIndexError)
+        self.add(x, ids, metadata)  # tuned on the CPU index, then moved
+        rs = np.random.default_rng(seed)
+        rows = rs.choice(x.shape[0], size=min(tune_queries, x.shape[0]), replace=False)
+        k = min(10, x.shape[0])
+        build_info["tuning"] = tune_search(index, x[rows], exact_neighbours(x, x[rows], k), target_recall, k=k)
+        build_info["tuning"]["queries"] = len(rows)
+        t = build_info["tuning"]
+        if not t["met"]:
+            log.warning("index %s reaches Recall@%d %.3f at best (%s %s), short of the target %.3f: give more "
+                        "memory (a longer code) or a different factory", factory, k, t["recall"], t["param"], t["value"],
+                        target_recall)
         self.build_info = build_info
         self._to_device(device)
         return self

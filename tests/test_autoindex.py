@@ -134,3 +134,16 @@ def test_cli_index_factory_auto(tmp_path, capsys):
                            (["--factory", "auto", "--max-index-memory", "1K"], "raise --max-index-memory")):
         assert main(base + extra) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, message", [({"tune_queries": 0}, "tune_queries"), ({"target_recall": 0.0}, "target recall"),
+                                             ({"max_memory": "-3G"}, "expected a positive size")])
+def test_index_build_refuses_bad_tuning_settings(kwargs, message):
+    from lsb_mm import Index
+    from lsb_mm.errors import InputError as Bad
+
+    opts = {"factory": "auto", **kwargs}
+    if "target_recall" not in kwargs:
+        opts["target_recall"] = 0.9
+    with pytest.raises(Bad, match=message):
+        Index.build(clustered(300, 8), **opts)
