@@ -62,6 +62,10 @@ class _Served(NamedTuple):
     loaded_at: float
     modulation: Optional[Dict[str, float]]  # of the query-side head(s) on a probe of the index's items
 
+    def metadata(self, item_id: str) -> Dict[str, Any]:
+        """A copy of the metadata of ``item_id`` (an id of this index), ``{}`` without metadata."""
+        return dict(self.index.metadata[self.rows[item_id]]) if self.index.metadata is not None else {}
+
 
 class SearchService:
     """One model and named index folders. :meth:`query` validates a request, :meth:`run` answers a
@@ -104,11 +108,9 @@ class SearchService:
 
     def item(self, name: str, item_id: str) -> Dict[str, Any]:
         served = self.served(name)
-        row = served.rows.get(item_id)
-        if row is None:
+        if item_id not in served.rows:
             raise ServiceError(404, f"index {name!r} has no item {item_id!r}")
-        meta = dict(served.index.metadata[row]) if served.index.metadata is not None else {}
-        return {"id": item_id, "metadata": meta}
+        return {"id": item_id, "metadata": served.metadata(item_id)}
 
     def query(self, name: Any, text: Any = None, image: Any = None, k: Any = 10, role: Any = "query",
               enhance: Any = True, like: Any = None, tokens: Any = False) -> Query:
@@ -232,8 +234,7 @@ class SearchService:
         for rank, (score, item_id) in enumerate(zip(scores, ids), 1):
             if item_id is None:
                 continue
-            row = served.rows[item_id]
-            meta = dict(served.index.metadata[row]) if served.index.metadata is not None else {}
+            meta = served.metadata(item_id)
             hits.append({"rank": rank, "id": item_id, "score": float(score), "metadata": meta,
                          "thumbnail": f"/items/{q.index}/{quote(item_id, safe='/')}/thumbnail" if _image_path(meta) else None})
         out = {"index": q.index, "k": q.k, "enhance": q.enhance, "query": {"text": q.text} if q.text is not None else {"image": True},

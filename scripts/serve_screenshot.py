@@ -16,13 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+def chromium_paths():
+    """``(browser, driver)``: Debian's chromium and chromedriver on PATH, each None when missing."""
+    return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
 def chrome(width: int = 1280, height: int = 900):
     """Headless Debian Chromium under Selenium with Debian's chromedriver (no download)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    binary = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
+    binary, driver = chromium_paths()
     if binary is None or driver is None:
         raise SystemExit("needs the Debian packages chromium and chromium-driver (bash scripts/setup.sh)")
     options = webdriver.ChromeOptions()

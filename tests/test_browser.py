@@ -2,15 +2,12 @@
 chromedriver, against ``lsb-mm serve`` on a loopback port. Text query -> result cards; an uploaded
 image finds itself first; "more like this"; drag-and-drop; the plain column; a readable error."""
 import os
-import shutil
 
 import pytest
 
 import synthetic
 from conftest import need
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
 WAIT = 60  # seconds for any one thing to appear
 
 
@@ -20,7 +17,9 @@ def site(tmp_path_factory):
         import selenium  # noqa: F401
     except ImportError:
         need(False, "selenium not installed (pip install -e '.[dev]')")
-    need(CHROMIUM is not None and DRIVER is not None, "Debian chromium and chromium-driver not installed (scripts/setup.sh)")
+    from test_scripts import load
+
+    need(None not in load("serve_screenshot").chromium_paths(), "Debian chromium and chromium-driver not installed (scripts/setup.sh)")
     import lsb_mm
     from lsb_mm.cli import main
     from lsb_mm.serve import running_server
