@@ -650,7 +650,12 @@ def running_server(args: Sequence[str], timeout: float = 180.0, env: Optional[Di
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"lsb-mm serve did not answer on {url} within {timeout:.0f} s")
                 time.sleep(0.2)
-            yield url
+            try:
+                yield url
+            except BaseException:  # the caller failed: the server's own account goes with its error
+                log.seek(0)
+                sys.stderr.write(f"--- lsb-mm serve log (last 4000 characters) ---\n{log.read()[-4000:]}\n")
+                raise
         finally:
             proc.terminate()
             try:

@@ -326,3 +326,33 @@ def test_trust_remote_code_reaches_every_hf_loader(fixture, request, monkeypatch
     seen.clear()
     lsb_mm.create_model(f"hf:{folder}", head="none", trust_remote_code=True)
     assert len(seen) >= 2 and all(flag for _, flag in seen), seen
+
+
+@pytest.mark.parametrize("family", ["open_clip", "hf"])
+def test_concurrent_text_encodes_each_get_their_own_tokens(family, tiny_hf_dir):
+    """Two threads encoding at once (the search service's batcher and a reload's modulation probe)
+    each get the embeddings of their own texts: a capture of the tower's hidden states must not
+    see the other thread's forward pass."""
+    import threading
+
+    name = "open_clip:lsb-tiny-test" if family == "open_clip" else f"hf:{tiny_hf_dir}"
+    model = lsb_mm.create_model(name, head="slr", head_init="random")
+    texts = {0: ["one short text"] * 3, 1: [f"a much longer text number {i} with many more words in it" for i in range(7)]}
+    want = {t: model.encode_text(texts[t], show_progress_bar=False) for t in texts}
+    errors, wrong = [], []
+
+    def work(t):
+        try:
+            for _ in range(60):
+                got = model.encode_text(texts[t], show_progress_bar=False)
+                if got.shape != want[t].shape or not np.allclose(got, want[t], atol=1e-5):
+                    wrong.append(t)
+        except Exception as exc:  # noqa: BLE001 - any failure of a concurrent encode is the bug
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in texts]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and not wrong, (errors[:3], len(wrong))

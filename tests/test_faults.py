@@ -165,7 +165,7 @@ def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path,
             return exc.code, json.loads(exc.read())
 
     with running_server(["--model", str(tmp_path / "m"), "--index", f"live={tmp_path / 'idx'}"], env=ENV) as url:
-        statuses, seen, stop = [], set(), threading.Event()
+        statuses, failures, seen, stop = [], [], set(), threading.Event()
 
         def client():
             while not stop.is_set():
@@ -173,6 +173,8 @@ def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path,
                 statuses.append(status)
                 if status == 200:
                     seen.add(body["hits"][0]["id"][0])
+                else:
+                    failures.append((status, body))
 
         t = threading.Thread(target=client)
         t.start()
@@ -198,5 +200,5 @@ def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path,
         finally:
             stop.set()
             t.join(timeout=60)
-    assert statuses and set(statuses) == {200}, f"failed requests: {[s for s in statuses if s != 200][:5]}"
+        assert statuses and not failures, f"{len(failures)} of {len(statuses)} requests failed: {failures[:5]}"
     assert "n" in seen and len(statuses) > 10

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -184,7 +185,13 @@ class OpenClipBackbone(Backbone):
         ids = batch["input_ids"]
         tm = _text_module(self.model)
         captured: Dict[str, torch.Tensor] = {}
-        handle = tm.ln_final.register_forward_hook(lambda m, i, o: captured.__setitem__("hidden", o))
+        me = threading.get_ident()
+
+        def grab(module, inputs, output) -> None:  # hooks fire in every thread's forward: keep this thread's
+            if threading.get_ident() == me:
+                captured["hidden"] = output
+
+        handle = tm.ln_final.register_forward_hook(grab)
         try:
             pooled = self.model.encode_text(ids)
         finally:
