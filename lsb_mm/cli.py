@@ -13,7 +13,7 @@ from typing import List, Optional
 import numpy as np
 
 from ._version import __version__
-from .errors import InputError, LSBError, user_message
+from .errors import InputError, LSBError, positive_int, user_message
 from .files import atomic_write, check_replaceable, iter_jsonl, iter_lines, write_text
 
 log = logging.getLogger("lsb_mm")
@@ -121,10 +121,7 @@ def _load(args):
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    opts = dict(args.model_options or [])
-    if args.pooling:
-        opts["pooling"] = args.pooling
-    return create_model(args.model, head=args.head, pretrained=args.pretrained, device=device, **opts)
+    return create_model(**_model_spec(args), device=device)
 
 
 def cmd_encode(args) -> int:
@@ -336,34 +333,36 @@ def cmd_index(args) -> int:
         from .autoindex import parse_memory
 
         parse_memory(args.max_index_memory)
-    from .corpus import read_documents, shard_slice
+    from .corpus import shard_slice
+    from .datasets.readers import plan_units, read_units
+    from .engine import encode_documents
     from .images import check_images
     from .index import Index
 
     check_replaceable(args.output, "manifest.json", "an lsb-mm index")  # before any encoding
-    docs = read_documents(args.images, args.corpus, args.csv, args.csv_img_key, args.csv_caption_key, args.image_root)
+    source = _index_source(args)
+    if args.engine != "memory":
+        return _index_from_shards(args, source)
+    units = plan_units(source, args.shard_size)
+    docs = read_units(units)
+    windows = [len(u) for u in units]  # encoded unit by unit, as the sharded engines do: the same bits
     if args.shard:
         docs = docs.subset(list(shard_slice(len(docs.ids), args.shard)))
+        windows = args.shard_size
     skipped = []
     if docs.kind == "image" and args.skip_bad:
         good, skipped = check_images(docs.items)
         keep = set(good)
         docs = docs.subset([i for i, p in enumerate(docs.items) if p in keep])
+        windows = args.shard_size
     model = _load(args)
     t0 = time.perf_counter()
-    kw = dict(role="document", batch_size=args.batch_size, show_progress_bar=not args.quiet)
-    emb = model.encode_image(docs.items, num_workers=args.workers, **kw) if docs.kind == "image" else \
-        model.encode_text(docs.items, **kw)
+    emb = encode_documents(model, docs, args.batch_size, windows, args.workers, show_progress=not args.quiet)
     t_enc = time.perf_counter() - t0
     index = Index.build(emb, ids=docs.ids, metadata=docs.metadata, factory=args.factory, device=args.index_device,
                         fingerprint=model.fingerprint(), max_memory=args.max_index_memory, target_recall=args.target_recall)
     if args.bm25:
-        texts = docs.items if docs.kind == "text" else [m.get("caption") for m in docs.metadata]
-        missing = [i for i, t in zip(docs.ids, texts) if not t]
-        if missing:
-            raise InputError(f"--bm25 indexes each document's text (images: their caption); {len(missing)} of "
-                             f"{len(texts)} have none, e.g. {missing[0]!r}")
-        index.add_bm25(texts)
+        index.add_bm25(_bm25_texts(docs.ids, docs.items if docs.kind == "text" else [m.get("caption") for m in docs.metadata]))
     index.save(args.output)
     report = None
     if skipped:
@@ -375,6 +374,70 @@ def cmd_index(args) -> int:
                       "device": index.device, "encode_seconds": round(t_enc, 2), "skipped": len(skipped),
                       "skipped_report": report, "fingerprint": index.fingerprint}))
     return 0
+
+
+def _index_source(args):
+    from .datasets.readers import Source
+
+    kind = next(k for k in ("images", "corpus", "csv", "parquet", "tar") if getattr(args, k) is not None)
+    return Source(kind, getattr(args, kind), args.csv_img_key, args.csv_caption_key, args.image_root)
+
+
+def _index_from_shards(args, source) -> int:
+    """``lsb-mm index --engine local|ray``: encode into resumable embedding shards, then build the
+    index from them a block at a time."""
+    from .datasets.readers import plan_units, read_unit
+    from .engine import run_job
+    from .index import Index
+    from .shards import EmbeddingShards
+
+    for flag, value in (("--shard", args.shard), ("--skip-bad", args.skip_bad)):
+        if value:
+            raise InputError(f"{flag} applies to --engine memory (the shards of --engine {args.engine} are its units)")
+    positive_int(args.replicas, "--replicas")
+    folder = args.embeddings or args.output.rstrip("/") + ".embeddings"
+    out = os.path.abspath(args.output)
+    if os.path.abspath(folder) == out or os.path.abspath(folder).startswith(out + os.sep):
+        raise InputError(f"--embeddings {folder} is inside --output {args.output}, which is replaced when the index "
+                         "is written; keep the shards beside it (the default: OUTPUT.embeddings)")
+    units = plan_units(source, args.shard_size)
+    model = _load(args)
+    shards = EmbeddingShards.open(folder, units, model.fingerprint(), args.embedding_dtype, overwrite=args.overwrite)
+    spec = _model_spec(args)
+    job = run_job(shards, spec, args.engine, workers=args.replicas, batch_size=args.batch_size, address=args.address,
+                  show_progress=not args.quiet, image_workers=args.workers,
+                  model=model if args.engine == "local" else None)
+    t0 = time.perf_counter()
+    rows = shards.rows()
+    ids, metadata = shards.ids_and_metadata()
+    index = Index.build(rows, ids=ids, metadata=metadata, factory=args.factory, device=args.index_device,
+                        fingerprint=model.fingerprint(), max_memory=args.max_index_memory, target_recall=args.target_recall)
+    if args.bm25:
+        texts = [t for u in units for t in read_unit(u).items] if shards.kind() == "text" else \
+            [m.get("caption") for m in metadata]
+        index.add_bm25(_bm25_texts(ids, texts))
+    index.save(args.output)
+    print(json.dumps({"index": args.output, "count": len(index), "factory": index.factory, "bm25": args.bm25,
+                      **({"build": index.build_info} if index.build_info else {}), "device": index.device,
+                      "embeddings": folder, "shards": len(units), "job": job,
+                      "index_seconds": round(time.perf_counter() - t0, 2), "fingerprint": index.fingerprint}))
+    return 0
+
+
+def _model_spec(args) -> dict:
+    """What :func:`lsb_mm.create_model` needs to build the model of ``args`` again (in a worker)."""
+    opts = dict(args.model_options or [])
+    if args.pooling:
+        opts["pooling"] = args.pooling
+    return {"name": args.model, "head": args.head, "pretrained": args.pretrained, **opts}
+
+
+def _bm25_texts(ids, texts):
+    missing = [i for i, t in zip(ids, texts) if not t]
+    if missing:
+        raise InputError(f"--bm25 indexes each document's text (images: their caption); {len(missing)} of "
+                         f"{len(texts)} have none, e.g. {missing[0]!r}")
+    return texts
 
 
 def cmd_search(args) -> int:
@@ -724,18 +787,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(tr)
     tr.set_defaults(func=cmd_train)
 
-    ix = sub.add_parser("index", help="encode documents (images, a JSONL/BEIR corpus, or a CSV) into a FAISS index folder",
+    ix = sub.add_parser("index", help="encode documents (images, JSONL/BEIR, CSV, Parquet, WebDataset tar) into a FAISS index folder",
                         description="Encode documents with role=document and write an index folder (manifest.json, "
                                     "index.faiss, ids.jsonl, metadata.jsonl) atomically.",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="examples:\n  lsb-mm index --model runs/m/final --images photos/ --output photos.index\n"
                                "  lsb-mm index --model hf:/path/MiniLM --corpus beir/scifact --factory HNSW32 --output sf.index\n"
-                               "  lsb-mm index ... --shard 2/4 --output part2.index   (then search --index part1.index part2.index ...)")
+                               "  lsb-mm index ... --shard 2/4 --output part2.index   (then search --index part1.index part2.index ...)\n"
+                               "  lsb-mm index --model minilm --tar 'shards/*.tar' --engine ray --factory auto --max-index-memory 4G \\\n"
+                               "      --output big.index   (shards in big.index.embeddings: rerun to resume)")
     _add_model_args(ix)
     srcs = ix.add_mutually_exclusive_group(required=True)
     srcs.add_argument("--images", help="a folder of images (recursive; x.txt sidecars become captions)")
     srcs.add_argument("--corpus", help="a JSONL corpus ({_id, text|image}) or a BEIR folder")
     srcs.add_argument("--csv", help="a CSV/TSV of images (--csv-img-key) with captions (--csv-caption-key)")
+    srcs.add_argument("--parquet", help="Parquet file(s): a file, a folder or a glob; columns _id (or id) and text, "
+                                        "or image (bytes or a path) with an optional caption")
+    srcs.add_argument("--tar", help="tar shards in the WebDataset layout (KEY.jpg + KEY.txt caption + KEY.json, or "
+                                    "KEY.txt alone for text): a file, a folder or a glob such as 'shards/*.tar'")
     ix.add_argument("--csv-img-key", default="filepath")
     ix.add_argument("--csv-caption-key", default="caption")
     ix.add_argument("--image-root", default=None, help="folder that relative image paths start from")
@@ -751,6 +820,23 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--index-device", default="auto", choices=["auto", "cpu", "gpu"], help="where the index lives (auto: all GPUs when FAISS sees one)")
     ix.add_argument("--bm25", action="store_true",
                     help="also index each document's text (images: its caption) with BM25, for search --hybrid")
+    ix.add_argument("--engine", default="memory", choices=["memory", "local", "ray"],
+                    help="memory (default): encode everything in this process, then index. local / ray: encode "
+                         "into resumable embedding shards (--embeddings), in this process or on Ray Data actors, "
+                         "then build the index from the shards a block at a time (for corpora bigger than memory)")
+    ix.add_argument("--embeddings", default=None, metavar="FOLDER",
+                    help="where --engine local|ray writes its shards (default: OUTPUT.embeddings); a rerun skips "
+                         "finished shards")
+    ix.add_argument("--shard-size", type=int, default=8192,
+                    help="documents per embedding shard (default 8192; Parquet: whole row groups; tar: one shard per file)")
+    ix.add_argument("--embedding-dtype", default="float32", choices=["float32", "float16"],
+                    help="dtype of the shard files (float16 halves the disk; vectors are re-normalised when read)")
+    ix.add_argument("--replicas", type=int, default=2,
+                    help="--engine ray: model replicas (actors) when Ray sees no GPU; with GPUs, one per GPU (default 2)")
+    ix.add_argument("--address", default=None,
+                    help="--engine ray: join the Ray cluster at this address (default: start Ray on this machine)")
+    ix.add_argument("--overwrite", action="store_true",
+                    help="--engine local|ray: discard the shards of an earlier, different job in --embeddings")
     ix.add_argument("--shard", default=None, help="index only slice i/n of the documents (e.g. 2/4)")
     ix.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in OUTPUT.skipped.jsonl")
     ix.add_argument("--batch-size", type=int, default=64)

@@ -1,7 +1,8 @@
-"""Loading images from paths or PIL objects: RGB conversion and loud failures."""
+"""Loading images from paths, PIL objects or encoded bytes (:class:`ImageBlob`): RGB conversion and loud failures."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from typing import Any, Iterable, Iterator, List, Sequence, TypeVar, Union
@@ -10,9 +11,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageLoadError, InputError
 
-__all__ = ["ImageInput", "load_image", "load_image_bytes", "to_rgb", "list_image_files", "IMAGE_EXTENSIONS", "one_thread", "on_one_thread"]
+__all__ = ["ImageInput", "ImageBlob", "load_image", "load_image_bytes", "to_rgb", "list_image_files", "IMAGE_EXTENSIONS", "one_thread", "on_one_thread"]
 
-ImageInput = Union[str, os.PathLike, Image.Image]
+ImageInput = Union[str, os.PathLike, Image.Image, "ImageBlob"]
 _PIL_DEFAULT_MAX = 89_478_485  # PIL's Image.MAX_IMAGE_PIXELS as shipped
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -71,16 +72,29 @@ def max_image_pixels() -> int:
     return _PIL_DEFAULT_MAX
 
 
+@dataclasses.dataclass(frozen=True)
+class ImageBlob:
+    """An encoded image held in memory (a tar member, a Parquet cell); ``name`` names it in errors."""
+
+    data: bytes
+    name: str
+
+    def __repr__(self) -> str:
+        return f"ImageBlob({self.name!r}, {len(self.data)} bytes)"
+
+
 def load_image(item: Any, index: int | None = None) -> Image.Image:
-    """Open one image (path or PIL) as RGB; raise :class:`ImageLoadError` naming the file."""
+    """Open one image (path, PIL image or :class:`ImageBlob`) as RGB; raise :class:`ImageLoadError` naming the file."""
     if isinstance(item, Image.Image):
         try:
             return to_rgb(item)
         except Exception as exc:  # a PIL object in an unusable mode
             raise ImageLoadError(f"<PIL image #{index}>", f"cannot convert mode {item.mode!r} to RGB ({exc})") from exc
+    if isinstance(item, ImageBlob):
+        return load_image_bytes(item.data, item.name)
     if not isinstance(item, (str, os.PathLike)):
         where = f" at index {index}" if index is not None else ""
-        raise InputError(f"images must be file paths or PIL images; got {type(item).__name__}{where}")
+        raise InputError(f"images must be file paths, PIL images or ImageBlobs; got {type(item).__name__}{where}")
     path = os.fspath(item)
     if not os.path.exists(path):
         raise ImageLoadError(path, "no such file")

@@ -163,13 +163,24 @@ class Index:
 
         from .autoindex import choose_factory, exact_neighbours, parse_memory, tune_search
 
-        x = _as_matrix(embeddings, "embeddings", check_norm=not normalize)
-        if normalize:
-            x = _normalize(x)
-        d = x.shape[1]
+        from .shards import ShardRows
+
+        if isinstance(embeddings, ShardRows):  # streamed from embedding shards, a block at a time
+            x = embeddings
+            if len(x) == 0:
+                raise SearchIndexError("embeddings must be a non-empty [N, d] matrix, got no rows")
+        else:
+            m = _as_matrix(embeddings, "embeddings", check_norm=not normalize)
+            x = ShardRows([_normalize(m) if normalize else m])
+        n, d = x.shape
+        ids = None if ids is None else list(ids)
+        metadata = None if metadata is None else list(metadata)
+        for what, given in (("ids", ids), ("metadata rows", metadata)):
+            if given is not None and len(given) != n:
+                raise SearchIndexError(f"{len(given)} {what} for {n} embeddings")
         build_info: Dict[str, Any] = {}
         if factory == "auto":
-            choice = choose_factory(x.shape[0], d, None if max_memory is None else parse_memory(max_memory))
+            choice = choose_factory(n, d, None if max_memory is None else parse_memory(max_memory))
             factory, build_info["auto"] = choice.factory, choice.to_dict()
             log.info("factory auto: %s (%s)", choice.factory, choice.reason)
             target_recall = 0.95 if target_recall is None else target_recall
@@ -183,30 +194,35 @@ class Index:
         _tune_new(index)
         self = cls(index, d, factory, [], None, fingerprint, "cpu")
         if not index.is_trained:
-            train = x
             try:  # inverted lists learn from 64 vectors per list at most (FAISS would take up to 256)
                 nlist = faiss.extract_index_ivf(index).nlist
             except RuntimeError:
                 nlist = 0
-            if nlist and x.shape[0] > TRAIN_PER_LIST * nlist:
-                rows = np.sort(np.random.default_rng(seed).choice(x.shape[0], TRAIN_PER_LIST * nlist, replace=False))
-                train = x[rows]
-            log.info("training %s on %d of %d vectors", factory, train.shape[0], x.shape[0])
+            if nlist and n > TRAIN_PER_LIST * nlist:
+                train = x.take(np.sort(np.random.default_rng(seed).choice(n, TRAIN_PER_LIST * nlist, replace=False)))
+            else:
+                train = x[:]
+            log.info("training %s on %d of %d vectors", factory, train.shape[0], n)
             try:
                 index.train(train)
             except RuntimeError as exc:
-                raise SearchIndexError(f"training {factory!r} on {x.shape[0]} vectors failed: {exc}") from exc
-        if target_recall is None:
+                raise SearchIndexError(f"training {factory!r} on {n} vectors failed: {exc}") from exc
+            del train
+        if target_recall is not None:
+            positive_int(tune_queries, "tune_queries", SearchIndexError)
+        else:
             self._to_device(device)
-            self.add(x, ids, metadata)
+        for start, block in x.chunks():  # tuned on the CPU index, then moved
+            end = start + block.shape[0]
+            self.add(block, None if ids is None else ids[start:end], None if metadata is None else metadata[start:end])
+        if target_recall is None:
             self.build_info = build_info
             return self
-        positive_int(tune_queries, "tune_queries", SearchIndexError)
-        self.add(x, ids, metadata)  # tuned on the CPU index, then moved
         rs = np.random.default_rng(seed)
-        rows = rs.choice(x.shape[0], size=min(tune_queries, x.shape[0]), replace=False)
-        k = min(10, x.shape[0])
-        build_info["tuning"] = tune_search(index, x[rows], exact_neighbours(x, x[rows], k), target_recall, k=k)
+        rows = np.sort(rs.choice(n, size=min(tune_queries, n), replace=False))
+        k = min(10, n)
+        queries = x.take(rows)
+        build_info["tuning"] = tune_search(index, queries, exact_neighbours(x, queries, k), target_recall, k=k)
         build_info["tuning"]["queries"] = len(rows)
         t = build_info["tuning"]
         if not t["met"]:
@@ -242,7 +258,9 @@ class Index:
         self.ids.extend(new_ids)
         self._id_set.update(new_ids)
         if metadata is not None:
-            self.metadata = (self.metadata or []) + [dict(m) for m in metadata]
+            if self.metadata is None:
+                self.metadata = []
+            self.metadata.extend(dict(m) for m in metadata)
 
     # -- search ------------------------------------------------------------------------------
     def search(self, queries, k: int = 10, fingerprint: Optional[str] = None, batch_size: int = 4096,

@@ -149,7 +149,7 @@ class LSBModel(nn.Module):
     def encode_image(self, images: ImageInput | Sequence[ImageInput], role: str = "query", batch_size: int = 64,
                      show_progress_bar: Optional[bool] = None, convert_to: str = "numpy", enhance: bool = True,
                      num_workers: int = 0):
-        """Encode images (file paths or PIL images, any mode) to float32, L2-normalised ``[N, d]``.
+        """Encode images (file paths, PIL images in any mode, or :class:`~lsb_mm.images.ImageBlob` bytes) to float32, L2-normalised ``[N, d]``.
 
         A missing or undecodable file raises :class:`~lsb_mm.errors.ImageLoadError` naming it.
         """

@@ -1,0 +1,276 @@
+"""Work units over every source kind, embedding shards (resumable, verified) and the sharded
+``lsb-mm index --engine local`` path against the in-memory one (issue 15)."""
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import synthetic
+from lsb_mm.cli import main
+from lsb_mm.corpus import Documents
+from lsb_mm.datasets.readers import Source, Unit, plan_units, read_source, read_unit
+from lsb_mm.errors import InputError
+from lsb_mm.shards import EmbeddingShards, ShardRows
+
+MODEL = "open_clip:lsb-tiny-test"
+
+
+def png(color, size=(12, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def write_tar(path, samples):
+    """``samples``: [(key, {ext: bytes})] in order."""
+    with tarfile.open(path, "w") as tf:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                add(tf, f"{key}.{ext}", data)
+
+
+def write_parquet(path, columns, row_group_size):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+
+
+def texts(n, prefix="doc"):
+    return [{"_id": f"{prefix}{i}", "text": f"{prefix} {i} about {synthetic.WORDS[i % len(synthetic.WORDS)]}"}
+            for i in range(n)]
+
+
+def concat(units):
+    docs = [read_unit(u) for u in units]
+    return [i for d in docs for i in d.ids], [x for d in docs for x in d.items], [m for d in docs for m in d.metadata]
+
+
+# -- readers ---------------------------------------------------------------------------------------
+def test_units_of_every_source_cover_each_document_once_in_order(tmp_path):
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(23))
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(7):
+        (folder / ("sub" if i % 2 else "") / f"im{i}.png").write_bytes(png((10 * i, 0, 0)))
+    (folder / "im0.txt").write_text("a black square\n")
+    (tmp_path / "t.csv").write_text("filepath,caption\n" + "".join(f"imgs/im{i}.png,c{i}\n" for i in range(0, 7, 2)))
+    write_parquet(tmp_path / "p.parquet", {"_id": [f"p{i}" for i in range(25)], "text": [f"row {i}" for i in range(25)]}, 4)
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    write_tar(tars / "a.tar", [(f"s{i}", {"png": png((0, 20 * i, 0)), "txt": f"caption {i}".encode()}) for i in range(3)])
+    write_tar(tars / "b.tar", [("s0", {"png": png((0, 0, 9)), "json": b'{"license": "cc0"}'})])
+    cases = [(Source("corpus", str(tmp_path / "c.jsonl")), 10, [10, 10, 3]),
+             (Source("images", str(folder)), 3, [3, 3, 1]),
+             (Source("csv", str(tmp_path / "t.csv")), 3, [3, 1]),
+             (Source("parquet", str(tmp_path / "p.parquet")), 10, [8, 8, 9]),  # whole row groups (4 rows; the last 1)
+             (Source("tar", str(tars)), 2, [3, 1])]  # one unit per tar file
+    for source, size, sizes in cases:
+        units = plan_units(source, size)
+        assert [len(u) for u in units] == sizes, source
+        assert [u.shard for u in units] == list(range(len(units)))
+        assert [Unit.from_dict(json.loads(json.dumps(u.to_dict()))) for u in units] == units
+        whole = read_source(source)
+        ids, items, meta = concat(units)
+        assert ids == whole.ids and len(set(ids)) == len(ids), source
+        assert meta == whole.metadata
+        assert [repr(x) for x in items] == [repr(x) for x in whole.items]
+    tar_docs = read_source(Source("tar", str(tars)))
+    assert tar_docs.kind == "image" and tar_docs.ids == ["a/s0", "a/s1", "a/s2", "b/s0"]
+    assert tar_docs.metadata[1]["caption"] == "caption 1" and tar_docs.metadata[3]["license"] == "cc0"
+    assert read_source(Source("images", str(folder))).metadata[0]["caption"] == "a black square"
+
+
+def test_tar_and_parquet_images_decode_like_files(tmp_path):
+    import lsb_mm
+
+    data = [png((200, 10 * i, 30), (20 + i, 16)) for i in range(4)]
+    for i, d in enumerate(data):
+        (tmp_path / f"k{i}.png").write_bytes(d)
+    write_tar(tmp_path / "s.tar", [(f"k{i}", {"png": d}) for i, d in enumerate(data)])
+    write_parquet(tmp_path / "p.parquet", {"id": [f"k{i}" for i in range(4)], "image": data,
+                                           "caption": [f"c{i}" for i in range(4)]}, 2)
+    model = lsb_mm.create_model(MODEL, head="slr")
+    want = model.encode_image([str(tmp_path / f"k{i}.png") for i in range(4)], show_progress_bar=False)
+    for source in (Source("tar", str(tmp_path / "s.tar")), Source("parquet", str(tmp_path / "p.parquet"))):
+        docs = read_source(source)
+        np.testing.assert_array_equal(model.encode_image(docs.items, show_progress_bar=False), want)
+    assert read_source(Source("parquet", str(tmp_path / "p.parquet"))).metadata[0]["caption"] == "c0"
+
+
+@pytest.mark.parametrize("case", ["parquet columns", "tar mixed", "tar empty sample", "tar json", "not tar",
+                                  "not parquet", "no files", "parquet text type"])
+def test_bad_sources_name_the_file(case, tmp_path):
+    p = tmp_path / "x"
+    if case == "parquet columns":
+        write_parquet(p.with_suffix(".parquet"), {"name": ["a"], "body": ["b"]}, 1)
+        source, match = Source("parquet", str(p.with_suffix(".parquet"))), r"x\.parquet: expected an '_id'"
+    elif case == "parquet text type":
+        write_parquet(p.with_suffix(".parquet"), {"_id": ["a"], "text": [3]}, 1)
+        source, match = Source("parquet", str(p.with_suffix(".parquet"))), r"row 1: 'text' must be a string"
+    elif case == "tar mixed":
+        write_tar(p.with_suffix(".tar"), [("a", {"png": png((1, 2, 3))}), ("b", {"txt": b"just text"})])
+        source, match = Source("tar", str(p.with_suffix(".tar"))), r"x\.tar mixes image samples and text-only"
+    elif case == "tar empty sample":
+        write_tar(p.with_suffix(".tar"), [("a", {"cls": b"3"})])
+        source, match = Source("tar", str(p.with_suffix(".tar"))), r"x\.tar:a: a sample needs an image"
+    elif case == "tar json":
+        write_tar(p.with_suffix(".tar"), [("a", {"png": png((1, 2, 3)), "json": b"[1]"})])
+        source, match = Source("tar", str(p.with_suffix(".tar"))), r"a\.json: expected a JSON object"
+    elif case == "not tar":
+        p.with_suffix(".tar").write_bytes(b"hello")
+        source, match = Source("tar", str(p.with_suffix(".tar"))), r"x\.tar: not a readable tar file"
+    elif case == "not parquet":
+        p.with_suffix(".parquet").write_bytes(b"hello")
+        source, match = Source("parquet", str(p.with_suffix(".parquet"))), r"x\.parquet: not a readable Parquet"
+    else:
+        source, match = Source("tar", str(tmp_path / "*.tar")), r"no \.tar files found"
+    with pytest.raises(InputError, match=match):
+        read_source(source)
+
+
+# -- shards ------------------------------------------------------------------------------------------
+def _docs(unit):
+    return Documents("text", [f"d{i}" for i in range(unit.start, unit.stop)], ["x"] * len(unit),
+                     [{"n": i} for i in range(unit.start, unit.stop)])
+
+
+def _unit_vectors(unit, d=8):
+    x = np.random.default_rng(unit.shard).standard_normal((len(unit), d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_shards_resume_verify_and_stream(tmp_path):
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(10))
+    units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 4)
+    folder = str(tmp_path / "emb")
+    s = EmbeddingShards.open(folder, units, "fp1", "float32")
+    assert [u.shard for u in s.todo()] == [0, 1, 2]
+    for u in units[:2]:
+        s.write(u, _unit_vectors(u), _docs(u))
+    base = os.path.join(folder, "000002")
+    open(base + ".npy", "wb").write(b"half")  # a killed writer's leftovers without a marker
+    assert [u.shard for u in EmbeddingShards.open(folder, units, "fp1", "float32").todo()] == [2]
+    with pytest.raises(InputError, match="2 of 3 shards|1 of 3 shards are not finished"):
+        s.rows()
+    s.write(units[2], _unit_vectors(units[2]), _docs(units[2]))
+    rows = s.rows()
+    want = np.concatenate([_unit_vectors(u) for u in units])
+    assert isinstance(rows, ShardRows) and rows.shape == (10, 8)
+    np.testing.assert_array_equal(rows[:], want)
+    np.testing.assert_array_equal(rows[3:9], want[3:9])
+    np.testing.assert_array_equal(rows.take([9, 0, 5, 4]), want[[9, 0, 5, 4]])
+    assert [start for start, _ in rows.chunks(3)] == [0, 3, 4, 7, 8]  # never across shards
+    ids, meta = s.ids_and_metadata()
+    assert ids == [f"d{i}" for i in range(10)] and meta[7] == {"n": 7} and s.kind() == "text"
+    # a shard edited in place (same size) is caught by its checksum
+    a = np.load(base + ".npy")
+    a[0, 0] += 1
+    np.save(base + ".npy", a)
+    with pytest.raises(InputError, match=r"000002\.npy: checksum does not match"):
+        s.rows()
+    # a truncated shard counts as unfinished
+    with open(base + ".npy", "r+b") as f:
+        f.truncate(100)
+    assert [u.shard for u in s.todo()] == [2]
+
+
+def test_shards_of_another_job_are_refused_or_overwritten(tmp_path):
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(10))
+    units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 4)
+    folder = str(tmp_path / "emb")
+    s = EmbeddingShards.open(folder, units, "fp1", "float32")
+    s.write(units[0], _unit_vectors(units[0]), _docs(units[0]))
+    for kw, match in (({"fingerprint": "fp2"}, "the model differ"), ({"dtype": "float16"}, "dtype differ")):
+        args = {"fingerprint": "fp1", "dtype": "float32", **kw}
+        with pytest.raises(InputError, match=match):
+            EmbeddingShards.open(folder, units, args["fingerprint"], args["dtype"])
+    with pytest.raises(InputError, match="the documents or --shard-size differ"):
+        EmbeddingShards.open(folder, plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 5), "fp1", "float32")
+    fresh = EmbeddingShards.open(folder, units, "fp2", "float16", overwrite=True)
+    assert len(fresh.todo()) == 3 and sorted(os.listdir(folder)) == ["plan.json"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not an lsb-mm embedding shard folder"):
+        EmbeddingShards.open(str(tmp_path / "other"), units, "fp1", "float32")
+
+
+def test_float16_shards_stream_normalised(tmp_path):
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(6))
+    units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 6)
+    s = EmbeddingShards.open(str(tmp_path / "emb"), units, None, "float16")
+    x = _unit_vectors(units[0], d=64)
+    s.write(units[0], x, _docs(units[0]))
+    got = s.rows()[:]
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(got, x, atol=2e-3)
+    assert os.path.getsize(tmp_path / "emb" / "000000.npy") < x.nbytes * 0.6
+
+
+# -- the sharded CLI path ----------------------------------------------------------------------------
+def run(cwd, *argv):
+    import contextlib
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        os.chdir(old)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_engine_local_equals_the_memory_path_and_resumes(tmp_path):
+    import lsb_mm
+
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(150))
+    lsb_mm.create_model(MODEL, head="slr", head_init="random").save_pretrained(str(tmp_path / "m"))
+    common = ["index", "--model", "m", "--corpus", "c.jsonl", "--batch-size", "16", "--shard-size", "32", "-q"]
+    code, out, err = run(tmp_path, *common, "--output", "mem")
+    assert code == 0, err
+    code, out, err = run(tmp_path, *common, "--output", "sh", "--engine", "local")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["shards"] == 5 and report["job"]["units"] == 5 and report["job"]["items"] == 150
+    mem, sh = lsb_mm.Index.load(str(tmp_path / "mem")), lsb_mm.Index.load(str(tmp_path / "sh"))
+    assert sh.ids == mem.ids and sh.metadata == mem.metadata and sh.fingerprint == mem.fingerprint
+    emb = EmbeddingShards.open(str(tmp_path / "sh.embeddings")).rows()[:]
+    np.testing.assert_array_equal(emb, mem._index.reconstruct_n(0, len(mem)))  # bit-identical vectors
+    model = lsb_mm.load_model(str(tmp_path / "m"))
+    q = model.encode_text(["doc 3 about apple", "river"], show_progress_bar=False)
+    assert (sh.search(q, k=10)[1] == mem.search(q, k=10)[1]).all()
+    # a rerun skips every finished shard; a lost shard is the only one redone
+    os.unlink(tmp_path / "sh.embeddings" / "000003.json")
+    code, out, err = run(tmp_path, *common, "--output", "sh", "--engine", "local")
+    assert code == 0, err
+    job = json.loads(out)["job"]
+    assert job["skipped_units"] == 4 and job["units"] == 1 and job["items"] == 32
+    assert lsb_mm.Index.load(str(tmp_path / "sh")).ids == mem.ids
+
+
+def test_engine_flags_are_checked(tmp_path):
+    import lsb_mm
+
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(20))
+    lsb_mm.create_model(MODEL, head="slr").save_pretrained(str(tmp_path / "m"))
+    base = ["index", "--model", "m", "--corpus", "c.jsonl", "--output", "ix", "-q"]
+    for extra, match in ((["--engine", "local", "--shard", "1/2"], "--shard applies to --engine memory"),
+                         (["--engine", "local", "--shard-size", "0"], "shard size must be a positive integer, got 0"),
+                         (["--engine", "ray", "--replicas", "0"], "--replicas must be a positive integer, got 0"),
+                         (["--engine", "local", "--embeddings", "ix/emb"], "--embeddings ix/emb is inside --output")):
+        code, _, err = run(tmp_path, *base, *extra)
+        assert code == 2 and "Traceback" not in err and match in err, err
+    assert not os.path.exists(tmp_path / "ix")
