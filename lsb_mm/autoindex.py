@@ -92,6 +92,14 @@ def estimate_memory(factory: str, n: int, d: int) -> int:
             code = -(-int(m.group(2)) * bits // 8)
             extra += 4 * d * (2 ** bits)
         return extra + n * code
+    m = re.fullmatch(r"B(Flat|IVF(\d+)(?:_HNSW\d+)?|HNSW(\d+))(?:,Rescore\d+)?", f)
+    if m:  # FAISS's binary codes, and the copy lsb-mm keeps for rescoring (lsb_mm.binary_index)
+        code = -(-d // 8)
+        if m.group(2):
+            return extra + code * int(m.group(2)) + n * (2 * code + 8)
+        if m.group(3):
+            return extra + int(n * (2 * code + int(m.group(3)) * 2 * 4 * 1.07))
+        return extra + 2 * n * code
     raise InputError(f"no memory estimate for factory {factory!r}")
 
 
@@ -155,34 +163,46 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
 
 
+def _search_knob(index, k: int):
+    """``(name, values to try, setter)`` of the search parameter of a FAISS (or lsb-mm binary)
+    index: ``efSearch`` for HNSW, ``nprobe`` for inverted lists; None for exact indexes."""
+    import faiss
+
+    from .binary_index import BinaryCodes
+
+    if isinstance(index, BinaryCodes):
+        name, values = index.search_param()
+        if name is None:
+            return None
+        return name, values, lambda v: index.set_param(name, max(v, k) if name == "efSearch" else v)
+    base = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
+    if hasattr(base, "hnsw"):
+        def set_ef(v):
+            base.hnsw.efSearch = max(v, k)
+        return "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048], set_ef
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+    def set_nprobe(v):
+        ivf.nprobe = v
+    return "nprobe", sorted({min(ivf.nlist, 2 ** p) for p in range(0, int(math.log2(ivf.nlist)) + 1)} | {ivf.nlist}), set_nprobe
+
+
 def tune_search(index, queries: np.ndarray, truth: np.ndarray, target_recall: float, k: int = 10) -> Dict[str, Any]:
     """Set the smallest ``nprobe`` (IVF) or ``efSearch`` (HNSW) of the FAISS ``index`` whose Recall@k
     on ``queries`` against ``truth`` (exact row numbers) reaches ``target_recall`` (when none does,
     the smallest within 0.005 of the best recall seen: no speed is given up for nothing); returns
     what was tried. Exact indexes have nothing to tune."""
-    import faiss
-
     if not 0 < target_recall <= 1:
         raise InputError(f"target recall must be in (0, 1], got {target_recall}")
     tried: List[Dict[str, Any]] = []
-    base = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
-    if hasattr(base, "hnsw"):
-        name, values = "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
-
-        def set_value(v):
-            base.hnsw.efSearch = max(v, k)
-    else:
-        try:
-            ivf = faiss.extract_index_ivf(index)
-        except RuntimeError:
-            found = index.search(queries, k)[1]
-            r = recall_at(found, truth)
-            return {"param": None, "value": None, "recall": r, "met": r >= target_recall, "tried": []}
-        name = "nprobe"
-        values = sorted({min(ivf.nlist, 2 ** p) for p in range(0, int(math.log2(ivf.nlist)) + 1)} | {ivf.nlist})
-
-        def set_value(v):
-            ivf.nprobe = v
+    knob = _search_knob(index, k)
+    if knob is None:
+        r = recall_at(index.search(queries, k)[1], truth)
+        return {"param": None, "value": None, "recall": r, "met": r >= target_recall, "tried": []}
+    name, values, set_value = knob
     chosen = None
     for v in values:
         set_value(v)

@@ -810,8 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--image-root", default=None, help="folder that relative image paths start from")
     ix.add_argument("--output", required=True, help="index folder to write")
     ix.add_argument("--factory", default="Flat",
-                    help="FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,PQ32 ..., or auto: "
-                         "chosen from the corpus size, dimension and --max-index-memory (Flat, HNSW32, IVF-Flat, IVF-SQ8, IVF-PQ)")
+                    help="FAISS index factory string: Flat (exact), HNSW32, IVF1024,Flat, IVF1024,SQ8, IVF1024,PQ32 ...; "
+                         "binary codes (1 bit per dimension): BFlat, BIVF1024, BHNSW32, with ,Rescore4 to reorder 4k "
+                         "Hamming candidates by the float query; or auto: chosen from the corpus size, dimension and "
+                         "--max-index-memory (Flat, HNSW32, IVF-Flat, IVF-SQ8, IVF-PQ)")
     ix.add_argument("--max-index-memory", default=None, metavar="SIZE",
                     help="memory budget of the index for --factory auto, e.g. 512M, 4G (default: none)")
     ix.add_argument("--target-recall", type=float, default=None,

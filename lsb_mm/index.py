@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._version import __version__
+from .binary_index import BinaryCodes, is_binary_factory
 from .errors import InputError, positive_int
 from .files import atomic_folder, file_sha256, iter_jsonl, read_json, write_jsonl
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 FORMAT = "lsb-mm-index"
 FORMAT_VERSION = 2  # 2: every file checksummed and the model fingerprint recorded (null: none), both required
 BM25_MANIFEST = "bm25/manifest.json"  # the optional lexical side's manifest (its checksum is in the index's)
+BINARY_CODES = "codes.npy"  # a binary index's packed sign bits, kept for rescoring (lsb_mm.binary_index)
 DEFAULT_ANN = "HNSW32"
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 256
@@ -85,6 +87,8 @@ def gpu_unsupported(index) -> Optional[str]:
     """
     import faiss
 
+    if isinstance(index, BinaryCodes):
+        return f"binary {type(index.index).__name__}"
     idx = faiss.downcast_index(index)
     while isinstance(idx, (faiss.IndexPreTransform, faiss.IndexIDMap)):
         idx = faiss.downcast_index(idx.index)
@@ -188,14 +192,15 @@ class Index:
             raise SearchIndexError(f"index factory {factory!r}: give a FAISS factory string without IDMap "
                                    "(lsb_mm.Index keeps its own ids)")
         try:
-            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as exc:
+            index = BinaryCodes(d, factory) if is_binary_factory(factory) else \
+                faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        except (RuntimeError, InputError) as exc:
             raise SearchIndexError(f"FAISS cannot build index factory {factory!r} for dimension {d}: {exc}") from exc
         _tune_new(index)
         self = cls(index, d, factory, [], None, fingerprint, "cpu")
         if not index.is_trained:
             try:  # inverted lists learn from 64 vectors per list at most (FAISS would take up to 256)
-                nlist = faiss.extract_index_ivf(index).nlist
+                nlist = index.nlist if isinstance(index, BinaryCodes) else faiss.extract_index_ivf(index).nlist
             except RuntimeError:
                 nlist = 0
             if nlist and n > TRAIN_PER_LIST * nlist:
@@ -330,6 +335,13 @@ class Index:
         """FAISS search parameters, e.g. ``nprobe=32`` (IVF) or ``efSearch=256`` (HNSW)."""
         import faiss
 
+        if isinstance(self._index, BinaryCodes):
+            for name, value in params.items():
+                try:
+                    self._index.set_param(name, value)
+                except InputError as exc:
+                    raise SearchIndexError(str(exc)) from None
+            return
         ps = faiss.GpuParameterSpace() if "gpu" in self.device else faiss.ParameterSpace()
         for name, value in params.items():
             try:
@@ -341,6 +353,8 @@ class Index:
     def nprobe(self) -> int:
         import faiss
 
+        if isinstance(self._index, BinaryCodes):
+            return self._binary_param("nprobe")
         return int(faiss.extract_index_ivf(self._cpu_view()).nprobe)
 
     @nprobe.setter
@@ -349,11 +363,19 @@ class Index:
 
     @property
     def ef_search(self) -> int:
+        if isinstance(self._index, BinaryCodes):
+            return self._binary_param("efSearch")
         return int(_hnsw(self._cpu_view()).efSearch)
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
         self.set_search_params(efSearch=int(value))
+
+    def _binary_param(self, name: str) -> int:
+        try:
+            return self._index.get_param(name)
+        except InputError as exc:
+            raise SearchIndexError(str(exc)) from None
 
     def _cpu_view(self):
         import faiss
@@ -362,6 +384,17 @@ class Index:
         if isinstance(idx, faiss.IndexShards) or "gpu" in self.device:
             raise SearchIndexError("read the parameter on a single CPU index; set it with set_search_params")
         return idx
+
+    def memory_bytes(self) -> int:
+        """Bytes the vector index holds (its serialised FAISS form; binary codes include the kept
+        copy for rescoring); ids, metadata and BM25 are not counted."""
+        import faiss
+
+        if isinstance(self._index, BinaryCodes):
+            return self._index.memory_bytes()
+        shards = self._shards if self._shards is not None else [self._index]
+        cpu = [faiss.index_gpu_to_cpu(s) if "gpu" in self.device else s for s in shards]
+        return int(sum(faiss.serialize_index(c).nbytes for c in cpu))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -378,11 +411,15 @@ class Index:
         if isinstance(cpu, faiss.IndexShards):
             raise SearchIndexError("a set of loaded shards is saved shard by shard; build one index to save it whole")
         with atomic_folder(folder, "manifest.json", "an lsb-mm index") as tmp:
-            faiss.write_index(cpu, os.path.join(tmp, "index.faiss"))
+            if isinstance(cpu, BinaryCodes):
+                cpu.write(os.path.join(tmp, "index.faiss"), os.path.join(tmp, BINARY_CODES))
+            else:
+                faiss.write_index(cpu, os.path.join(tmp, "index.faiss"))
             write_jsonl(os.path.join(tmp, "ids.jsonl"), self.ids)
             if self.metadata is not None:
                 write_jsonl(os.path.join(tmp, "metadata.jsonl"), self.metadata)
-            files = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if self.metadata is not None else [])
+            files = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if self.metadata is not None else []) + \
+                ([BINARY_CODES] if isinstance(cpu, BinaryCodes) else [])
             if self.bm25 is not None:  # verified on load by its own manifest, whose checksum is kept here
                 self.bm25.save(os.path.join(tmp, "bm25"))
                 files.append(BM25_MANIFEST)
@@ -412,6 +449,10 @@ class Index:
             for key in ("dim", "metric", "fingerprint"):
                 if man[key] != first[key]:
                     raise SearchIndexError(f"shard {path} has {key} {man[key]!r}, the first shard {first[key]!r}")
+        binary = [p[4] for p in parts if isinstance(p[1], BinaryCodes)]
+        if binary and len(parts) > 1:
+            raise SearchIndexError(f"{binary[0]} is a binary index: FAISS cannot search binary indexes as shards of "
+                                   "one index; load it on its own, or build one index over every vector")
         ids = [i for p in parts for i in p[2]]
         if len(set(ids)) != len(ids):
             raise SearchIndexError("the shards share ids; each id must live in one shard")
@@ -453,6 +494,13 @@ def _tune_new(index) -> None:
     """Sensible defaults for a fresh index: HNSW efConstruction / efSearch, IVF nprobe."""
     import faiss
 
+    if isinstance(index, BinaryCodes):
+        idx = index.index
+        if hasattr(idx, "hnsw"):
+            idx.hnsw.efConstruction, idx.hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
+        if index.nlist:
+            idx.nprobe = max(1, index.nlist // 16)
+        return
     idx = faiss.downcast_index(index)
     if hasattr(idx, "hnsw"):
         idx.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -511,8 +559,9 @@ def _read_folder(folder: str):
     ipath = os.path.join(folder, "index.faiss")
     if not os.path.isfile(ipath):
         raise SearchIndexError(f"{folder}: index.faiss is missing")
+    binary = is_binary_factory(man["factory"])
     names = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if man.get("metadata") else []) + \
-        ([BM25_MANIFEST] if man.get("bm25") else [])
+        ([BM25_MANIFEST] if man.get("bm25") else []) + ([BINARY_CODES] if binary else [])
     if "sha256" in man:  # every file has its checksum
         sums = man["sha256"]
         if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in names):
@@ -524,8 +573,11 @@ def _read_folder(folder: str):
         if os.path.isfile(fpath) and file_sha256(fpath) != sums[name]:
             raise SearchIndexError(f"{fpath}: checksum does not match manifest.json (file changed or corrupt)")
     try:
-        index = faiss.read_index(ipath)
-    except RuntimeError as exc:
+        if binary:
+            index = BinaryCodes.read(ipath, os.path.join(folder, BINARY_CODES), man["dim"], man["factory"])
+        else:
+            index = faiss.read_index(ipath)
+    except (RuntimeError, ValueError, OSError, InputError) as exc:
         raise SearchIndexError(f"{ipath}: FAISS cannot read it: {exc}") from exc
     if index.metric_type != _METRICS[man["metric"]]:
         raise SearchIndexError(f"{ipath}: FAISS metric {index.metric_type} differs from manifest.json's {man['metric']!r}")

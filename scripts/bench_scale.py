@@ -36,8 +36,6 @@ def mixture(n: int, d: int, clusters: int, seed: int, spread: float = 0.6) -> np
 
 
 def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, target: float, budget: str) -> Dict[str, Any]:
-    import faiss
-
     from lsb_mm.autoindex import recall_at, tune_search
     from lsb_mm.index import Index
 
@@ -48,7 +46,7 @@ def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, targe
         ix = Index.build(x, factory=factory, device="cpu")
     build = time.perf_counter() - t0
     raw = ix._index
-    memory = faiss.serialize_index(raw).nbytes
+    memory = ix.memory_bytes()
     tuning = tune_search(raw, q, truth, target)
     t1 = time.perf_counter()
     found = raw.search(q, 10)[1]

@@ -256,7 +256,7 @@ class FakeGpus:
     ("Flat", True), ("IVF16,Flat", True), ("IVF16,PQ4", True), ("IVF16,SQ8", True), ("OPQ4,IVF16,PQ4", True),
     ("SQfp16", True), ("PCA8,Flat", True),
     ("HNSW32", False), ("PQ4", False), ("SQ8", False), ("IVF16,PQ4x4fs", False), ("IVF16,Flat,RFlat", False),
-    ("HNSW16,SQ8", False), ("PCA8,HNSW16", False)])
+    ("HNSW16,SQ8", False), ("PCA8,HNSW16", False), ("BFlat", False), ("BIVF16,Rescore2", False), ("BHNSW16", False)])
 def test_only_index_types_faiss_runs_on_gpu_are_moved(factory, on_gpu, monkeypatch, caplog):
     gpus = FakeGpus(monkeypatch)
     x = unit(800, 16)

@@ -1,0 +1,173 @@
+"""Binary (1 bit per dimension) embeddings in a FAISS binary index, behind the float-index calls
+:class:`lsb_mm.Index` makes.
+
+Factories are FAISS binary factory strings (``BFlat``, ``BIVF1024``, ``BHNSW32``), optionally
+followed by ``,Rescore{r}``. Each vector is kept as its sign bits (``x > 0``, packed, d/8 bytes).
+A query is binarised the same way and the index returns its nearest codes in Hamming distance;
+with ``Rescore{r}`` it takes ``r * k`` of them and orders those by the float query's inner product
+with each candidate's +-1 code (the codes are kept for that). Scores are cosines with the
+binarised document: ``1 - 2 h / d`` for Hamming distance ``h``, or ``q . sign(x) / sqrt(d)``
+after rescoring. FAISS runs binary indexes on the CPU here (:func:`lsb_mm.index.gpu_unsupported`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["BinaryCodes", "is_binary_factory", "parse_binary_factory", "binarize"]
+
+_RESCORE = re.compile(r"^(.*?)(?:,Rescore(\d+))?$")
+
+
+def is_binary_factory(factory: Any) -> bool:
+    """True for a FAISS binary factory string (``BFlat``, ``BIVF..``, ``BHNSW..``), with or without ``,Rescore{r}``."""
+    return isinstance(factory, str) and re.match(r"B(Flat|IVF|HNSW)", factory.replace(" ", "")) is not None
+
+
+def parse_binary_factory(factory: str) -> Tuple[str, int]:
+    """``"BIVF256,Rescore4"`` -> ``("BIVF256", 4)``; no suffix means no rescoring (1)."""
+    m = _RESCORE.match(factory.replace(" ", ""))
+    spec, rescore = m.group(1), int(m.group(2) or 1)
+    if rescore < 1:
+        raise InputError(f"index factory {factory!r}: Rescore needs a factor >= 1")
+    return spec, rescore
+
+
+def binarize(x: np.ndarray) -> np.ndarray:
+    """Sign bits of ``x [N, d]`` (1 where ``x > 0``), packed into ``[N, ceil(d / 8)]`` uint8."""
+    return np.packbits(np.asarray(x) > 0, axis=1)
+
+
+class BinaryCodes:
+    """A FAISS binary index over the sign bits of float vectors, searched with float queries."""
+
+    metric_type = 0  # faiss.METRIC_INNER_PRODUCT: scores grow with similarity, as in the float indexes
+
+    def __init__(self, d: int, factory: str, index=None, codes: Optional[np.ndarray] = None):
+        import faiss
+
+        self.d, self.factory = int(d), factory
+        self.spec, self.rescore = parse_binary_factory(factory)
+        self.bits = 8 * -(-self.d // 8)
+        if index is None:
+            try:
+                index = faiss.index_binary_factory(self.bits, self.spec)
+            except RuntimeError as exc:
+                raise InputError(f"FAISS cannot build binary index factory {self.spec!r} for {self.bits} bits: "
+                                 f"{str(exc).splitlines()[-1]}") from exc
+        self._owner = index  # the downcast wrapper does not own the C++ object: keep its owner alive
+        self.index = faiss.downcast_IndexBinary(index)
+        self.codes = np.zeros((0, self.bits // 8), dtype=np.uint8) if codes is None else codes
+        self._blocks = [self.codes]
+
+    # the float-index calls lsb_mm.Index makes
+    @property
+    def ntotal(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def is_trained(self) -> bool:
+        return bool(self.index.is_trained)
+
+    @property
+    def nlist(self) -> int:
+        return int(getattr(self.index, "nlist", 0))
+
+    def train(self, x: np.ndarray) -> None:
+        self.index.train(binarize(x))
+
+    def add(self, x: np.ndarray) -> None:
+        codes = binarize(x)
+        self.index.add(codes)
+        self._blocks.append(codes)
+
+    def _all_codes(self) -> np.ndarray:
+        if len(self._blocks) > 1:
+            self.codes = np.concatenate(self._blocks)
+            self._blocks = [self.codes]
+        return self.codes
+
+    def search(self, q: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        n = self.ntotal
+        kk = min(n, k * self.rescore) if n else k
+        hamming, labels = self.index.search(binarize(q), kk)
+        if self.rescore == 1 or n == 0:
+            scores = 1.0 - 2.0 * hamming.astype(np.float32) / self.d
+            return _pad(scores, labels, k)
+        codes = self._all_codes()
+        cand = np.where(labels < 0, 0, labels)
+        scores = np.empty(labels.shape, dtype=np.float32)
+        step = max(1, (1 << 22) // (kk * self.d))  # queries per block: the +-1 candidates stay near 16 MiB
+        for s in range(0, len(q), step):
+            signs = np.unpackbits(codes[cand[s:s + step]], axis=2)[:, :, :self.d].astype(np.float32) * 2 - 1
+            scores[s:s + step] = np.einsum("qd,qkd->qk", q[s:s + step], signs) / np.sqrt(self.d)
+        scores[labels < 0] = -np.inf
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return _pad(np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1), k)
+
+    # search parameters
+    def search_param(self) -> Tuple[Optional[str], list]:
+        """The parameter :func:`lsb_mm.autoindex.tune_search` tunes and the values it tries."""
+        if hasattr(self.index, "nprobe"):
+            return "nprobe", sorted({min(self.nlist, 2 ** p) for p in range(self.nlist.bit_length())} | {self.nlist})
+        if hasattr(self.index, "hnsw"):
+            return "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
+        return None, []
+
+    def set_param(self, name: str, value: int) -> None:
+        if name == "nprobe" and hasattr(self.index, "nprobe"):
+            self.index.nprobe = int(value)
+        elif name == "efSearch" and hasattr(self.index, "hnsw"):
+            self.index.hnsw.efSearch = int(value)
+        else:
+            raise InputError(f"binary index {self.factory!r} has no search parameter {name!r}")
+
+    def get_param(self, name: str) -> int:
+        if name == "nprobe" and hasattr(self.index, "nprobe"):
+            return int(self.index.nprobe)
+        if name == "efSearch" and hasattr(self.index, "hnsw"):
+            return int(self.index.hnsw.efSearch)
+        raise InputError(f"binary index {self.factory!r} has no search parameter {name!r}")
+
+    # persistence: the FAISS binary index and the packed codes (for rescoring)
+    def write(self, index_path: str, codes_path: str) -> None:
+        import faiss
+
+        faiss.write_index_binary(self.index, index_path)
+        with open(codes_path, "wb") as f:
+            np.save(f, self._all_codes(), allow_pickle=False)
+
+    @classmethod
+    def read(cls, index_path: str, codes_path: str, d: int, factory: str) -> "BinaryCodes":
+        import faiss
+
+        index = faiss.read_index_binary(index_path)
+        codes = np.load(codes_path, allow_pickle=False)
+        self = cls(d, factory, index=index, codes=codes)
+        if self.index.d != self.bits or codes.dtype != np.uint8 or codes.shape != (self.ntotal, self.bits // 8):
+            raise InputError(f"{index_path}: binary index of {self.index.d} bits and codes {codes.shape} {codes.dtype} "
+                             f"do not fit dimension {d} ({self.ntotal} vectors of {self.bits // 8} bytes expected)")
+        return self
+
+    def memory_bytes(self) -> int:
+        """Bytes held: FAISS's serialised binary index plus the kept codes."""
+        import faiss
+
+        return int(faiss.serialize_index_binary(self.index).nbytes) + int(self._all_codes().nbytes)
+
+
+def _pad(scores: np.ndarray, labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Widen to ``k`` columns (score -inf, label -1) when the index holds fewer than ``k`` vectors."""
+    scores = np.asarray(scores, dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
+    if scores.shape[1] < k:
+        extra = k - scores.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf)
+        labels = np.pad(labels, ((0, 0), (0, extra)), constant_values=-1)
+    scores[labels < 0] = -np.inf
+    return scores, labels
