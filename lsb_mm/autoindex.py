@@ -93,13 +93,13 @@ def estimate_memory(factory: str, n: int, d: int) -> int:
             extra += 4 * d * (2 ** bits)
         return extra + n * code
     m = re.fullmatch(r"B(Flat|IVF(\d+)(?:_HNSW\d+)?|HNSW(\d+))(?:,Rescore\d+)?", f)
-    if m:  # FAISS's binary codes, and the copy lsb-mm keeps for rescoring (lsb_mm.binary_index)
+    if m:  # FAISS's binary codes (inverted lists: and the copy lsb-mm keeps for rescoring, lsb_mm.binary_index)
         code = -(-d // 8)
         if m.group(2):
             return extra + code * int(m.group(2)) + n * (2 * code + 8)
         if m.group(3):
-            return extra + int(n * (2 * code + int(m.group(3)) * 2 * 4 * 1.07))
-        return extra + 2 * n * code
+            return extra + int(n * (code + int(m.group(3)) * 2 * 4 * 1.07))
+        return extra + n * code
     raise InputError(f"no memory estimate for factory {factory!r}")
 
 

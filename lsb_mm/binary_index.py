@@ -5,7 +5,7 @@ Factories are FAISS binary factory strings (``BFlat``, ``BIVF1024``, ``BHNSW32``
 followed by ``,Rescore{r}``. Each vector is kept as its sign bits (``x > 0``, packed, d/8 bytes).
 A query is binarised the same way and the index returns its nearest codes in Hamming distance;
 with ``Rescore{r}`` it takes ``r * k`` of them and orders those by the float query's inner product
-with each candidate's +-1 code (the codes are kept for that). Scores are cosines with the
+with each candidate's +-1 code (read in place from flat and HNSW storage; inverted lists keep a copy). Scores are cosines with the
 binarised document: ``1 - 2 h / d`` for Hamming distance ``h``, or ``q . sign(x) / sqrt(d)``
 after rescoring. FAISS runs binary indexes on the CPU here (:func:`lsb_mm.index.gpu_unsupported`).
 """
@@ -61,7 +61,13 @@ class BinaryCodes:
                                  f"{str(exc).splitlines()[-1]}") from exc
         self._owner = index  # the downcast wrapper does not own the C++ object: keep its owner alive
         self.index = faiss.downcast_IndexBinary(index)
-        self.codes = np.zeros((0, self.bits // 8), dtype=np.uint8) if codes is None else codes
+        storage = getattr(self.index, "storage", None)  # HNSW keeps its codes in an IndexBinaryFlat
+        self._flat = self.index if hasattr(self.index, "xb") else \
+            (faiss.downcast_IndexBinary(storage) if storage is not None else None)
+        if self._flat is not None and not hasattr(self._flat, "xb"):
+            self._flat = None
+        # flat storage is read in place; inverted lists order codes by list, so those keep a copy
+        self.codes = np.zeros((0, self.bits // 8), dtype=np.uint8) if codes is None or self._flat is not None else codes
         self._blocks = [self.codes]
 
     # the float-index calls lsb_mm.Index makes
@@ -83,9 +89,18 @@ class BinaryCodes:
     def add(self, x: np.ndarray) -> None:
         codes = binarize(x)
         self.index.add(codes)
-        self._blocks.append(codes)
+        if self._flat is None:
+            self._blocks.append(codes)
 
     def _all_codes(self) -> np.ndarray:
+        """Every vector's packed code, in id order: a view of FAISS's flat storage, or the kept copy."""
+        if self._flat is not None:
+            import faiss
+
+            n, size = int(self._flat.ntotal), int(self._flat.code_size)
+            if n == 0:
+                return np.zeros((0, size), dtype=np.uint8)
+            return faiss.rev_swig_ptr(self._flat.xb.data(), n * size).reshape(n, size)
         if len(self._blocks) > 1:
             self.codes = np.concatenate(self._blocks)
             self._blocks = [self.codes]
@@ -152,13 +167,16 @@ class BinaryCodes:
         if self.index.d != self.bits or codes.dtype != np.uint8 or codes.shape != (self.ntotal, self.bits // 8):
             raise InputError(f"{index_path}: binary index of {self.index.d} bits and codes {codes.shape} {codes.dtype} "
                              f"do not fit dimension {d} ({self.ntotal} vectors of {self.bits // 8} bytes expected)")
+        if self._flat is not None and not np.array_equal(self._all_codes(), codes):
+            raise InputError(f"{codes_path}: the codes differ from those in {index_path}")
         return self
 
     def memory_bytes(self) -> int:
-        """Bytes held: FAISS's serialised binary index plus the kept codes."""
+        """Bytes held: FAISS's serialised binary index, plus the kept copy of the codes (inverted lists only)."""
         import faiss
 
-        return int(faiss.serialize_index_binary(self.index).nbytes) + int(self._all_codes().nbytes)
+        kept = 0 if self._flat is not None else int(self._all_codes().nbytes)
+        return int(faiss.serialize_index_binary(self.index).nbytes) + kept
 
 
 def _pad(scores: np.ndarray, labels: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -95,3 +95,25 @@ def test_bench_scale_small_resumes(tmp_path, capsys):
     assert load("bench_scale").main(argv) == 0  # every row is there: nothing is rebuilt
     assert capsys.readouterr().out.count("done earlier") == 3
     assert "| auto |" in (tmp_path / "scale.md").read_text()
+
+
+def test_bench_compress_small_resumes(tmp_path, capsys, manpages_present):  # noqa: F811
+    argv = ["--sets", "manpages", "kde-1m", "--limit", "400", "--kde-n", "3000", "--queries", "50", "--singles", "5",
+            "--factories", "Flat", "SQ8", "BFlat", "BFlat,Rescore4", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out")]
+    assert load("bench_compress").main(argv) == 0
+    res = json.load(open(tmp_path / "out" / "compress.json"))
+    assert set(res["sets"]) == {"manpages", "kde-1m"}
+    for name, info in res["sets"].items():
+        rows = {r["factory"]: r for r in info["rows"]}
+        assert info["dim"] == 384 and info["n"] == (350 if name == "manpages" else 2950)
+        assert rows["Flat"]["recall_at_10"] == 1.0 and rows["SQ8"]["recall_at_10"] >= 0.95
+        assert rows["BFlat,Rescore4"]["recall_at_10"] >= rows["BFlat"]["recall_at_10"] > 0.3
+        assert rows["BFlat"]["bytes_per_vector"] < 50 < rows["SQ8"]["bytes_per_vector"] < rows["Flat"]["bytes_per_vector"]
+    # the embeddings came from the sharded engine, and the rows resume
+    assert os.path.isfile(tmp_path / "work" / "manpages-400.embeddings" / "plan.json")
+    capsys.readouterr()
+    assert load("bench_compress").main(argv) == 0
+    assert capsys.readouterr().out.count("done earlier") == 8
+    md = (tmp_path / "out" / "compress.md").read_text()
+    assert "## manpages: 350 vectors of dimension 384" in md and "| BFlat,Rescore4 |" in md
