@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 import platform
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from .files import write_text
 
-__all__ = ["machine_info", "render_saved", "write_benchmark"]
+__all__ = ["machine_info", "render_saved", "write_benchmark", "saved_row", "save_row"]
 
 
 def machine_info() -> Dict[str, Any]:
@@ -42,3 +42,17 @@ def render_saved(path: str, render: Callable[[Dict[str, Any]], List[str]]) -> in
     out_dir, name = os.path.split(os.path.splitext(path)[0])
     write_benchmark(out_dir or ".", name, payload, render(payload))
     return 0
+
+
+def saved_row(path: str, settings: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The result row a resumable benchmark saved at ``path``, if it was measured with ``settings``."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        row = json.load(f)
+    return row if row.get("settings") == settings else None
+
+
+def save_row(path: str, row: Dict[str, Any]) -> None:
+    """Write one result row (JSON) atomically, as soon as it is measured."""
+    write_text(path, json.dumps(row, indent=2))

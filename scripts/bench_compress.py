@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     import faiss
 
     from lsb_mm.autoindex import exact_neighbours
-    from lsb_mm.benchmarking import write_benchmark
+    from lsb_mm.benchmarking import save_row, saved_row, write_benchmark
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
@@ -211,13 +211,11 @@ def main(argv=None) -> int:
         rows = []
         for spec in args.factories:
             path = os.path.join(rows_dir, spec.replace(",", "_").replace("/", "-") + ".json")
-            if os.path.isfile(path):
-                with open(path, encoding="utf-8") as f:
-                    row = json.load(f)
-                if row.get("settings") == settings:
-                    rows.append(row)
-                    print(f"{name} {row['factory']}: done earlier ({path})")
-                    continue
+            row = saved_row(path, settings)
+            if row is not None:
+                rows.append(row)
+                print(f"{name} {row['factory']}: done earlier ({path})")
+                continue
             if data is None:
                 if name == "kde-1m":
                     if "manpages" not in cache:
@@ -237,10 +235,7 @@ def main(argv=None) -> int:
                       f"{time.perf_counter() - t:.0f} s", flush=True)
             factory = factory_name(spec, data[0].shape[1])
             row = {**measure(factory, data[0], data[1], truth, settings["singles"]), "spec": spec, "settings": settings}
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(row, f, indent=2)
-            os.replace(tmp, path)
+            save_row(path, row)
             rows.append(row)
             print(f"{name} {factory}: {row['bytes_per_vector']} B/vector, Recall@10 {row['recall_at_10']}, "
                   f"{row['latency_ms']} ms, {row['qps']} QPS", flush=True)

@@ -15,7 +15,6 @@ QPS is measured at that setting, all queries in one batch. Each factory's row is
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -87,7 +86,7 @@ def main(argv=None) -> int:
     import faiss
 
     from lsb_mm.autoindex import exact_neighbours
-    from lsb_mm.benchmarking import write_benchmark
+    from lsb_mm.benchmarking import save_row, saved_row, write_benchmark
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -111,13 +110,11 @@ def main(argv=None) -> int:
     rows = []
     for factory in args.factories:
         path = os.path.join(rows_dir, factory.replace(",", "_") + ".json")
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                row = json.load(f)
-            if row.get("settings") == settings:
-                rows.append(row)
-                print(f"{factory}: done earlier ({path})")
-                continue
+        row = saved_row(path, settings)
+        if row is not None:
+            rows.append(row)
+            print(f"{factory}: done earlier ({path})")
+            continue
         if x is None:
             t = time.perf_counter()
             x = mixture(args.n, args.dim, args.clusters, args.seed)
@@ -125,10 +122,7 @@ def main(argv=None) -> int:
             truth = exact_neighbours(x, q, 10)
             print(f"data and exact top-10 in {time.perf_counter() - t:.0f} s", flush=True)
         row = {**measure(factory, x, q, truth, args.target_recall, args.budget), "settings": settings}
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(row, f, indent=2)
-        os.replace(tmp, path)
+        save_row(path, row)
         rows.append(row)
         print(f"{factory}: built in {row['build_seconds']} s, {row['bytes_per_vector']} B/vector, Recall@10 "
               f"{row['recall_at_10']}, {row['qps']} QPS", flush=True)
