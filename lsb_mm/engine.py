@@ -11,8 +11,10 @@ same paths), else Ray starts locally.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -171,15 +173,42 @@ def _ray_init(address: Optional[str], workers: int):
     return ray
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send what Ray's threads and processes print (``(raylet) Task ... failed ... will be retried``)
+    to stderr: the CLI's stdout carries its one JSON report and nothing else."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _run_ray(shards, todo: List[Unit], spec: Dict[str, Any], workers: int, batch_size: int, address: Optional[str],
              progress: _Progress) -> None:
-    import json
-
     try:
         import ray.data  # noqa: F401
     except ImportError:
         raise InputError("--engine ray needs Ray Data: pip install 'ray[data]' (or lsb-mm[scale])") from None
-    ray = _ray_init(address, workers)
+    import ray
+
+    started = not ray.is_initialized()  # a Ray the caller started is theirs to stop
+    with _stdout_to_stderr():
+        try:
+            _ray_job(_ray_init(address, workers), shards, todo, spec, workers, batch_size, progress)
+        finally:
+            if started:
+                ray.shutdown()  # before the report: no late message from Ray's threads
+
+
+def _ray_job(ray, shards, todo: List[Unit], spec: Dict[str, Any], workers: int, batch_size: int,
+             progress: _Progress) -> None:
+    import json
+
     gpus = int(ray.cluster_resources().get("GPU", 0))
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False

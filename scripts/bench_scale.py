@@ -1,8 +1,12 @@
-"""Index factories at scale: build time, memory, QPS and Recall@10 of each FAISS factory, and of
-``factory="auto"`` under a memory budget, on one vector set.
+"""Scale: the index factories on 1M vectors, and the encoding engines on one corpus.
 
-    python3 scripts/bench_scale.py [--n 1000000] [--dim 384] [--budget 200M] [--target-recall 0.9]
-                                   [--factories Flat IVF4096,Flat ...] [--out bench_results]
+    python3 scripts/bench_scale.py [--parts index encode] [--n 1000000] [--dim 384] [--budget 200M]
+                                   [--target-recall 0.9] [--factories Flat IVF4096,Flat ... auto auto@512M]
+                                   [--encode-runs memory:1 memory:2 local:1 ray:1 ray:2] [--encode-docs 2048]
+                                   [--out bench_results]
+
+**index**: build time, memory, QPS and Recall@10 of each FAISS factory, and of ``factory="auto"``
+under a memory budget, on one vector set.
 
 The vectors are a seeded mixture of Gaussian clusters, L2-normalised (``--clusters``); the
 queries are ``--queries`` more draws from the same mixture, none of them in the index. Recall@10
@@ -11,11 +15,21 @@ is against exact search. Each factory's ``nprobe`` / ``efSearch`` is tuned on th
 QPS is measured at that setting, all queries in one batch. Each factory's row is written to
 ``<out>/scale/<factory>.json`` when it finishes and skipped when it is there (rerun to resume);
 ``scale.md`` is rendered from the rows.
+
+**encode**: ``lsb-mm index`` over the same corpus (``--encode-docs`` man-page passages of 64 words,
+the packaged MiniLM) with each of ``--encode-runs``, ``ENGINE:N``: ``memory:N`` and ``local:N`` are
+one process with N torch threads, ``ray:N`` is N Ray CPU workers (actors of one thread each) on a
+local Ray instance. All runs are measured in one invocation, one after another, so their ratios
+compare like with like: items/s of the encoding itself, and the wall time of the whole command
+(start-up, Ray's included). They are saved together in ``<out>/scale/encode.json``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 from typing import Any, Dict, List
@@ -39,7 +53,8 @@ def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, targe
     from lsb_mm.index import Index
 
     t0 = time.perf_counter()
-    if factory == "auto":
+    if factory.startswith("auto"):  # auto, or auto@512M: another budget than --budget
+        budget = factory.partition("@")[2] or budget
         ix = Index.build(x, factory="auto", max_memory=budget, device="cpu", target_recall=None)
     else:
         ix = Index.build(x, factory=factory, device="cpu")
@@ -53,7 +68,7 @@ def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, targe
     return {"factory": factory, "built": ix.factory, "n": len(x), "dim": x.shape[1], "build_seconds": round(build, 1),
             "memory_bytes": memory, "bytes_per_vector": round(memory / len(x), 1), "tuning": tuning,
             "recall_at_10": round(recall_at(found, truth), 4), "qps": round(len(q) / seconds, 1),
-            "auto": ix.build_info.get("auto")}
+            "auto": ix.build_info.get("auto"), **({"budget": budget} if factory.startswith("auto") else {})}
 
 
 def render(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> List[str]:
@@ -70,15 +85,86 @@ def render(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> List[str]:
         tuned = f"{t['param']} {t['value']}" if t["param"] else "exact"
         lines.append(f"| {r['factory']} | {r['built']} | {r['build_seconds']} | {r['memory_bytes'] / 2 ** 20:.1f} | "
                      f"{r['bytes_per_vector']} | {tuned} | {r['recall_at_10']} | {'yes' if t['met'] else 'no'} | {r['qps']} |")
-    auto = next((r for r in rows if r["factory"] == "auto"), None)
-    if auto is not None:
-        from lsb_mm.autoindex import parse_memory
+    from lsb_mm.autoindex import parse_memory
 
-        within = auto["memory_bytes"] <= parse_memory(settings["budget"])
-        lines += ["", f"- `auto` under {settings['budget']}: chose {auto['built']} ({auto['auto']['reason']}); it holds "
-                      f"{auto['memory_bytes'] / 2 ** 20:.1f} MiB ({'within' if within else 'over'} the budget) and reaches "
-                      f"Recall@10 {auto['recall_at_10']} ({'meets' if auto['tuning']['met'] else 'misses'} the target "
-                      f"{settings['target_recall']})."]
+    autos = [r for r in rows if r["factory"].startswith("auto")]
+    if autos:
+        lines.append("")
+    for auto in autos:
+        budget = auto.get("budget", settings["budget"])
+        within = auto["memory_bytes"] <= parse_memory(budget)
+        lines.append(f"- `{auto['factory']}` under {budget}: chose {auto['built']} ({auto['auto']['reason']}); it holds "
+                     f"{auto['memory_bytes'] / 2 ** 20:.1f} MiB ({'within' if within else 'over'} the budget) and reaches "
+                     f"Recall@10 {auto['recall_at_10']} ({'meets' if auto['tuning']['met'] else 'misses'} the target "
+                     f"{settings['target_recall']}).")
+    return lines
+
+
+ENCODE_RUNS = ["memory:1", "memory:2", "local:1", "ray:1", "ray:2"]
+
+
+def passages(path: str, docs: int, words: int = 64) -> int:
+    """The first ``docs`` man-page passages of ``words`` words as a JSONL corpus; returns how many."""
+    from lsb_mm.datasets import load_manpages
+
+    rows = []
+    for page in load_manpages():
+        w = page.body.split()
+        rows += [{"_id": f"{os.path.basename(page.path)}#{n}", "text": " ".join(w[s:s + words])}
+                 for n, s in enumerate(range(0, len(w), words))]
+        if len(rows) >= docs:
+            break
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows[:docs])
+    return min(docs, len(rows))
+
+
+def encode_run(run: str, corpus: str, work: str, batch_size: int, shard_size: int) -> dict:
+    """One ``lsb-mm index`` run of ``ENGINE:N`` over ``corpus``, timed."""
+    engine, _, n = run.partition(":")
+    if engine not in ("memory", "local", "ray") or not n.isdigit() or int(n) < 1:
+        raise SystemExit(f"--encode-runs: {run!r} is not ENGINE:N with ENGINE memory, local or ray and N >= 1")
+    out = os.path.join(work, run.replace(":", "-"))
+    for path in (out, out + ".embeddings"):
+        shutil.rmtree(path, ignore_errors=True)
+    threads = "1" if engine == "ray" else n
+    argv = [sys.executable, "-m", "lsb_mm", "index", "--model", "minilm", "--corpus", corpus, "--output", out,
+            "--batch-size", str(batch_size), "--shard-size", str(shard_size), "--engine", engine, "-q"]
+    if engine == "ray":
+        argv += ["--replicas", n]
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
+    t0 = time.perf_counter()
+    r = subprocess.run(argv, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"{run}: lsb-mm index failed (exit {r.returncode}):\n{r.stderr[-3000:]}")
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    seconds = report["encode_seconds"] if engine == "memory" else report["job"]["seconds"]
+    return {"run": run, "engine": engine, "workers": int(n) if engine == "ray" else 1, "threads": int(threads),
+            "items": report["count"], "encode_seconds": round(seconds, 2), "items_per_s": round(report["count"] / seconds, 1),
+            "wall_seconds": round(wall, 1),
+            "per_worker": report["job"]["workers"] if engine != "memory" else None}
+
+
+def render_encode(enc: dict) -> list:
+    rows, s = enc["runs"], enc["settings"]
+    base = next((r for r in rows if r["run"] == "memory:1"), rows[0])
+    lines = ["", "## Encoding engines", "",
+             f"`lsb-mm index` over {s['docs']} man-page passages of 64 words with the packaged MiniLM, batch {s['batch_size']}, "
+             f"shards of {s['shard_size']}; runs one after another in one invocation on {s['cores']} cores. Ratios are "
+             f"against `{base['run']}` (one process, one thread).", "",
+             "| run | processes x threads | encode s | items/s | vs " + base["run"] + " | wall s | wall vs " + base["run"] + " |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | {r['workers']} x {r['threads']} | {r['encode_seconds']} | {r['items_per_s']} | "
+                     f"{r['items_per_s'] / base['items_per_s']:.2f} | {r['wall_seconds']} | "
+                     f"{r['wall_seconds'] / base['wall_seconds']:.2f} |")
+    one = next((r for r in rows if r["run"] == "ray:1"), None)
+    if one is not None and one is not base:
+        lines += ["", f"- Ray's overhead at 1 worker: encoding at {one['items_per_s'] / base['items_per_s']:.2f}x the "
+                      f"rate of `{base['run']}`, and {one['wall_seconds'] - base['wall_seconds']:+.1f} s of wall time "
+                      "(starting Ray, its actor loading the model)."]
     return lines
 
 
@@ -89,6 +175,8 @@ def main(argv=None) -> int:
     from lsb_mm.benchmarking import save_row, saved_row, write_benchmark
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", nargs="+", default=["index", "encode"], choices=["index", "encode"],
+                    help="what to measure now; the other part's saved rows are rendered as they are (default: both)")
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--clusters", type=int, default=1000)
@@ -96,12 +184,21 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default="200M", help="memory budget of the auto row (default: %(default)s)")
     ap.add_argument("--target-recall", type=float, default=0.9)
     ap.add_argument("--factories", nargs="+",
-                    default=["Flat", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ96x4fsr", "IVF4096,PQ48x4fsr", "auto"])
+                    default=["Flat", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ96x4fsr", "IVF4096,PQ48x4fsr", "auto", "auto@512M"],
+                    help="FAISS factories, and auto (under --budget) or auto@SIZE (under SIZE) (default: %(default)s)")
+    ap.add_argument("--encode-runs", nargs="+", default=ENCODE_RUNS, metavar="ENGINE:N",
+                    help="memory:N / local:N (one process, N threads) or ray:N (N Ray CPU workers) (default: %(default)s)")
+    ap.add_argument("--encode-docs", type=int, default=2048, help="man-page passages to encode (default: %(default)s)")
+    ap.add_argument("--encode-batch-size", type=int, default=32)
+    ap.add_argument("--encode-shard-size", type=int, default=256)
+    ap.add_argument("--work", default=os.path.join("runs", "bench_scale"), help="where the encode runs write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench_results")
     args = ap.parse_args(argv)
     if args.n < 1000 or args.dim < 2 or args.queries < 1:
         ap.error("--n >= 1000, --dim >= 2 and --queries >= 1 please")
+    if args.encode_docs < 1 or args.encode_batch_size < 1 or args.encode_shard_size < 1:
+        ap.error("--encode-docs, --encode-batch-size and --encode-shard-size must be >= 1")
     rows_dir = os.path.join(args.out, "scale")
     os.makedirs(rows_dir, exist_ok=True)
     settings = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries, "budget": args.budget,
@@ -109,11 +206,12 @@ def main(argv=None) -> int:
     x = q = truth = None
     rows = []
     for factory in args.factories:
-        path = os.path.join(rows_dir, factory.replace(",", "_") + ".json")
+        path = os.path.join(rows_dir, factory.replace(",", "_").replace("@", "_") + ".json")
         row = saved_row(path, settings)
-        if row is not None:
-            rows.append(row)
-            print(f"{factory}: done earlier ({path})")
+        if row is not None or "index" not in args.parts:
+            if row is not None:
+                rows.append(row)
+                print(f"{factory}: done earlier ({path})")
             continue
         if x is None:
             t = time.perf_counter()
@@ -126,7 +224,24 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{factory}: built in {row['build_seconds']} s, {row['bytes_per_vector']} B/vector, Recall@10 "
               f"{row['recall_at_10']}, {row['qps']} QPS", flush=True)
-    write_benchmark(args.out, "scale", {"settings": settings, "results": rows}, render(rows, settings))
+    enc_settings = {"docs": args.encode_docs, "batch_size": args.encode_batch_size, "shard_size": args.encode_shard_size,
+                    "runs": args.encode_runs, "cores": os.cpu_count()}
+    enc_path = os.path.join(rows_dir, "encode.json")
+    enc = saved_row(enc_path, enc_settings)
+    if "encode" in args.parts:
+        os.makedirs(args.work, exist_ok=True)
+        corpus = os.path.join(args.work, "passages.jsonl")
+        passages(corpus, args.encode_docs)
+        runs = []
+        for run in args.encode_runs:
+            runs.append(encode_run(run, corpus, args.work, args.encode_batch_size, args.encode_shard_size))
+            print(f"encode {run}: {runs[-1]['items_per_s']} items/s, {runs[-1]['wall_seconds']} s wall", flush=True)
+        enc = {"runs": runs, "settings": enc_settings}
+        save_row(enc_path, enc)
+    lines = render(rows, settings) if rows else ["# Scale"]
+    if enc is not None:
+        lines += render_encode(enc)
+    write_benchmark(args.out, "scale", {"settings": settings, "results": rows, "encode": enc}, lines)
     return 0
 
 

@@ -82,7 +82,7 @@ def test_bench_serve_small(tmp_path, manpages_present):
 
 
 def test_bench_scale_small_resumes(tmp_path, capsys):
-    argv = ["--n", "4000", "--dim", "16", "--clusters", "20", "--queries", "50", "--budget", "100K",
+    argv = ["--parts", "index", "--n", "4000", "--dim", "16", "--clusters", "20", "--queries", "50", "--budget", "100K",
             "--factories", "Flat", "IVF32,Flat", "auto", "--out", str(tmp_path)]
     assert load("bench_scale").main(argv) == 0
     res = json.load(open(tmp_path / "scale.json"))
@@ -117,3 +117,20 @@ def test_bench_compress_small_resumes(tmp_path, capsys, manpages_present):  # no
     assert capsys.readouterr().out.count("done earlier") == 8
     md = (tmp_path / "out" / "compress.md").read_text()
     assert "## manpages: 350 vectors of dimension 384" in md and "| BFlat,Rescore4 |" in md
+
+
+def test_bench_scale_encode_runs_compare_engines(tmp_path, manpages_present):  # noqa: F811
+    argv = ["--parts", "encode", "--encode-runs", "memory:1", "local:1", "--encode-docs", "64",
+            "--encode-batch-size", "16", "--encode-shard-size", "32", "--work", str(tmp_path / "work"),
+            "--out", str(tmp_path / "out")]
+    assert load("bench_scale").main(argv) == 0
+    enc = json.load(open(tmp_path / "out" / "scale.json"))["encode"]
+    runs = {r["run"]: r for r in enc["runs"]}
+    assert set(runs) == {"memory:1", "local:1"} and all(r["items"] == 64 and r["items_per_s"] > 0 for r in runs.values())
+    assert runs["local:1"]["per_worker"] and runs["memory:1"]["per_worker"] is None
+    md = (tmp_path / "out" / "scale.md").read_text()
+    assert "## Encoding engines" in md and "| local:1 | 1 x 1 |" in md
+    lines = load("bench_scale").render_encode({"settings": enc["settings"], "runs": enc["runs"] + [
+        dict(runs["local:1"], run="ray:1", engine="ray", items_per_s=runs["memory:1"]["items_per_s"] / 2,
+             wall_seconds=runs["memory:1"]["wall_seconds"] + 10)]})
+    assert any("Ray's overhead at 1 worker: encoding at 0.50x" in line and "+10.0 s" in line for line in lines)

@@ -48,11 +48,11 @@ def browser(site):
 
 
 def wait(driver, condition):
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(driver, WAIT).until(condition)
+    try:  # a card re-rendered between finding it and reading it is looked at again on the next poll
+        return WebDriverWait(driver, WAIT, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
     except TimeoutException:
         pytest.fail(f"not seen within {WAIT} s; the page shows status {search_status(driver)!r}, error "
                     f"{driver.find_element('id', 'error').text!r}, cards {first_ids(driver)}")

@@ -44,10 +44,17 @@ def ray_cmd(output):
     return index_cmd(output, "--engine", "ray", "--replicas", "2")
 
 
+def report(stdout):
+    """The one JSON line ``lsb-mm index`` writes to stdout (Ray's messages go to stderr)."""
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1, f"stdout holds more than the report: {stdout[-2000:]!r}"
+    return json.loads(lines[0])
+
+
 def complete(folder, argv, timeout=900):
     r = subprocess.run(argv, cwd=folder, env=ENV, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return report(r.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +109,9 @@ def check_same(corpus, name, single):
 
 
 def test_ray_engine_equals_the_single_process_path(corpus, single):
-    report = complete(corpus, ray_cmd("ray"))
-    assert report["job"]["engine"] == "ray" and report["job"]["units"] == DOCS // SHARD
-    assert report["job"]["items"] == DOCS and len(report["job"]["workers"]) >= 1
+    job = complete(corpus, ray_cmd("ray"))["job"]
+    assert job["engine"] == "ray" and job["units"] == DOCS // SHARD
+    assert job["items"] == DOCS and len(job["workers"]) >= 1
     check_same(corpus, "ray", single)
 
 
@@ -122,7 +129,7 @@ def test_a_worker_killed_mid_job_leaves_every_id_indexed_once(corpus, single):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
-    assert json.loads(out.strip().splitlines()[-1])["count"] == DOCS
+    assert report(out)["count"] == DOCS
     check_same(corpus, "killed_worker", single)
 
 
@@ -139,6 +146,6 @@ def test_a_job_killed_and_restarted_skips_finished_shards(corpus, single):
     wait_for(lambda: not ray_workers(), timeout=60)
     finished = len(markers(folder))
     assert 3 <= finished < DOCS // SHARD and not os.path.exists(corpus / "restarted")
-    report = complete(corpus, ray_cmd("restarted"))
-    assert report["job"]["skipped_units"] == finished and report["job"]["units"] == DOCS // SHARD - report["job"]["skipped_units"]
+    job = complete(corpus, ray_cmd("restarted"))["job"]
+    assert job["skipped_units"] == finished and job["units"] == DOCS // SHARD - job["skipped_units"]
     check_same(corpus, "restarted", single)
