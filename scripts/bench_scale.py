@@ -153,18 +153,24 @@ def render_encode(enc: dict) -> list:
     lines = ["", "## Encoding engines", "",
              f"`lsb-mm index` over {s['docs']} man-page passages of 64 words with the packaged MiniLM, batch {s['batch_size']}, "
              f"shards of {s['shard_size']}; runs one after another in one invocation on {s['cores']} cores. Ratios are "
-             f"against `{base['run']}` (one process, one thread).", "",
-             "| run | processes x threads | encode s | items/s | vs " + base["run"] + " | wall s | wall vs " + base["run"] + " |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"against `{base['run']}` (one process, one thread). *Job s* is the encoding job: for `local` and `ray` from "
+             "its start, Ray's start-up and each actor's model loading included; *per worker* is each worker's own "
+             "items/s while it encoded its units.", "",
+             "| run | processes x threads | job s | items/s | vs " + base["run"] + " | per worker items/s | wall s | wall vs "
+             + base["run"] + " |",
+             "|---|---|---:|---:|---:|---|---:|---:|"]
     for r in rows:
+        per = ", ".join(str(w["items_per_s"]) for w in (r.get("per_worker") or {}).values()) or "-"
         lines.append(f"| {r['run']} | {r['workers']} x {r['threads']} | {r['encode_seconds']} | {r['items_per_s']} | "
-                     f"{r['items_per_s'] / base['items_per_s']:.2f} | {r['wall_seconds']} | "
+                     f"{r['items_per_s'] / base['items_per_s']:.2f} | {per} | {r['wall_seconds']} | "
                      f"{r['wall_seconds'] / base['wall_seconds']:.2f} |")
     one = next((r for r in rows if r["run"] == "ray:1"), None)
     if one is not None and one is not base:
-        lines += ["", f"- Ray's overhead at 1 worker: encoding at {one['items_per_s'] / base['items_per_s']:.2f}x the "
-                      f"rate of `{base['run']}`, and {one['wall_seconds'] - base['wall_seconds']:+.1f} s of wall time "
-                      "(starting Ray, its actor loading the model)."]
+        worker = list((one.get("per_worker") or {}).values())
+        own = f"; its worker encoded at {worker[0]['items_per_s'] / base['items_per_s']:.2f}x while it ran" if worker else ""
+        lines += ["", f"- Ray's overhead at 1 worker: the job ran at {one['items_per_s'] / base['items_per_s']:.2f}x the "
+                      f"rate of `{base['run']}`{own}; the whole command took {one['wall_seconds'] - base['wall_seconds']:+.1f} s "
+                      "of wall time more (starting Ray, its actor loading the model)."]
     return lines
 
 

@@ -147,3 +147,27 @@ def test_index_build_refuses_bad_tuning_settings(kwargs, message):
         opts["target_recall"] = 0.9
     with pytest.raises(Bad, match=message):
         Index.build(clustered(300, 8), **opts)
+
+
+def test_auto_beside_the_recorded_autofaiss_choices():
+    """scripts/autofaiss_choices.py recorded autofaiss's pick for a grid of sizes, dimensions and budgets
+    (autofaiss needs numpy < 2, so it ran in its own venv); lsb-mm's picks must still be the recorded ones,
+    fit their budget, and exist exactly where autofaiss finds an index."""
+    import json
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "bench_results", "autofaiss_choices.json")
+    with open(path, encoding="utf-8") as f:
+        rows = json.load(f)["rows"]
+    assert len(rows) == 40
+    for r in rows:
+        try:
+            ours = choose_factory(r["n"], r["dim"], parse_memory(r["budget"]))
+        except InputError:
+            ours = None
+        assert (ours.factory if ours else None) == r["lsb_mm"], r
+        assert (ours is None) == (r["autofaiss"] is None), r  # an index fits for both, or for neither
+        if ours is not None:
+            assert ours.memory <= r["budget_bytes"]
+            # within the budget, lsb-mm spends at least 35% of what autofaiss's pick holds (no needlessly short code)
+            assert ours.memory >= 0.35 * min(r["autofaiss_bytes"], r["budget_bytes"]), r

@@ -133,4 +133,4 @@ def test_bench_scale_encode_runs_compare_engines(tmp_path, manpages_present):  #
     lines = load("bench_scale").render_encode({"settings": enc["settings"], "runs": enc["runs"] + [
         dict(runs["local:1"], run="ray:1", engine="ray", items_per_s=runs["memory:1"]["items_per_s"] / 2,
              wall_seconds=runs["memory:1"]["wall_seconds"] + 10)]})
-    assert any("Ray's overhead at 1 worker: encoding at 0.50x" in line and "+10.0 s" in line for line in lines)
+    assert any("Ray's overhead at 1 worker: the job ran at 0.50x" in line and "took +10.0 s" in line for line in lines)

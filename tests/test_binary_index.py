@@ -182,3 +182,23 @@ def test_memory_bytes_of_float_indexes_is_what_faiss_serialises():
         ix = Index.build(x, factory=factory, device="cpu")
         assert ix.memory_bytes() == faiss.serialize_index(ix._index).nbytes
     assert Index.build(x, factory="SQ8", device="cpu").memory_bytes() < 0.3 * x.nbytes
+
+
+def test_cli_index_and_search_with_binary_codes(tmp_path, capsys):
+    import lsb_mm
+    import synthetic
+    from lsb_mm.cli import main
+
+    lsb_mm.create_model("open_clip:lsb-tiny-test", head="none").save_pretrained(str(tmp_path / "m"))
+    docs = [{"_id": f"d{i}", "text": f"document {i} on topic {i % 9}"} for i in range(200)]
+    synthetic.write_jsonl(tmp_path / "c.jsonl", docs)
+    base = ["index", "--model", str(tmp_path / "m"), "--corpus", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "ix"), "-q"]
+    assert main(base + ["--factory", "BFlat,Rescore4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["factory"] == "BFlat,Rescore4" and out["count"] == 200
+    assert main(["search", "--model", str(tmp_path / "m"), "--index", str(tmp_path / "ix"), "--text", docs[17]["text"],
+                 "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert hits["hits"][0]["id"] == "d17" and len(hits["hits"]) == 3
+    assert main(base + ["--factory", "BIVF", "--overwrite"]) == 2
+    assert "FAISS cannot build index factory 'BIVF'" in capsys.readouterr().err
