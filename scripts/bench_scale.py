@@ -71,10 +71,19 @@ def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, targe
             "auto": ix.build_info.get("auto"), **({"budget": budget} if factory.startswith("auto") else {})}
 
 
+def describe(settings: Dict[str, Any]) -> str:
+    if settings.get("data", "mixture") == "kde":
+        return (f"{settings['n']:,} vectors of dimension {settings['dim']} drawn around the embeddings of the man-page passages "
+                f"(packaged MiniLM; a passage's embedding plus Gaussian noise with their covariance x {settings['kde_scale']}, "
+                "L2-normalised: bench_compress.py's kde-1m set); "
+                f"{settings['queries']} held-out queries drawn the same way")
+    return (f"{settings['n']:,} vectors of dimension {settings['dim']} (a seeded mixture of {settings['clusters']} Gaussian "
+            f"clusters, L2-normalised); {settings['queries']} held-out queries from the same mixture")
+
+
 def render(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> List[str]:
     lines = ["# Index factories at scale", "",
-             f"{settings['n']:,} vectors of dimension {settings['dim']} (a seeded mixture of {settings['clusters']} Gaussian "
-             f"clusters, L2-normalised); {settings['queries']} held-out queries from the same mixture; Recall@10 against "
+             f"{describe(settings)}; Recall@10 against "
              f"exact search; each factory's search parameter tuned to Recall@10 >= {settings['target_recall']} on those "
              f"queries; QPS with all queries in one batch on {settings['threads']} threads. `auto` ran with the budget "
              f"{settings['budget']}.", "",
@@ -183,6 +192,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["index", "encode"], choices=["index", "encode"],
                     help="what to measure now; the other part's saved rows are rendered as they are (default: both)")
+    ap.add_argument("--data", default="mixture", choices=["mixture", "kde"],
+                    help="mixture: isotropic Gaussian clusters (--dim, --clusters); kde: draws around the man-page passages' "
+                         "MiniLM embeddings (d 384; see bench_compress.py), written to <out>/scale_kde.md (default: %(default)s)")
+    ap.add_argument("--kde-scale", type=float, default=0.5)
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--clusters", type=int, default=1000)
@@ -205,10 +218,13 @@ def main(argv=None) -> int:
         ap.error("--n >= 1000, --dim >= 2 and --queries >= 1 please")
     if args.encode_docs < 1 or args.encode_batch_size < 1 or args.encode_shard_size < 1:
         ap.error("--encode-docs, --encode-batch-size and --encode-shard-size must be >= 1")
-    rows_dir = os.path.join(args.out, "scale")
+    name = "scale" if args.data == "mixture" else "scale_kde"
+    rows_dir = os.path.join(args.out, name)
     os.makedirs(rows_dir, exist_ok=True)
     settings = {"n": args.n, "dim": args.dim, "clusters": args.clusters, "queries": args.queries, "budget": args.budget,
                 "target_recall": args.target_recall, "seed": args.seed, "threads": faiss.omp_get_max_threads()}
+    if args.data == "kde":
+        settings = {**settings, "data": "kde", "kde_scale": args.kde_scale, "dim": 384, "clusters": None}
     x = q = truth = None
     rows = []
     for factory in args.factories:
@@ -221,8 +237,16 @@ def main(argv=None) -> int:
             continue
         if x is None:
             t = time.perf_counter()
-            x = mixture(args.n, args.dim, args.clusters, args.seed)
-            q = mixture(args.queries, args.dim, args.clusters, args.seed + 1)
+            if args.data == "kde":
+                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+                from bench_compress import encode, kde
+
+                drawn = kde(encode("manpages", os.path.join("runs", "compress"), 0), args.n + args.queries,
+                            args.kde_scale, args.seed)
+                x, q = drawn[:args.n], drawn[args.n:]
+            else:
+                x = mixture(args.n, args.dim, args.clusters, args.seed)
+                q = mixture(args.queries, args.dim, args.clusters, args.seed + 1)
             truth = exact_neighbours(x, q, 10)
             print(f"data and exact top-10 in {time.perf_counter() - t:.0f} s", flush=True)
         row = {**measure(factory, x, q, truth, args.target_recall, args.budget), "settings": settings}
@@ -233,8 +257,8 @@ def main(argv=None) -> int:
     enc_settings = {"docs": args.encode_docs, "batch_size": args.encode_batch_size, "shard_size": args.encode_shard_size,
                     "runs": args.encode_runs, "cores": os.cpu_count()}
     enc_path = os.path.join(rows_dir, "encode.json")
-    enc = saved_row(enc_path, enc_settings)
-    if "encode" in args.parts:
+    enc = saved_row(enc_path, enc_settings) if args.data == "mixture" else None
+    if "encode" in args.parts and args.data == "mixture":
         os.makedirs(args.work, exist_ok=True)
         corpus = os.path.join(args.work, "passages.jsonl")
         passages(corpus, args.encode_docs)
@@ -247,7 +271,7 @@ def main(argv=None) -> int:
     lines = render(rows, settings) if rows else ["# Scale"]
     if enc is not None:
         lines += render_encode(enc)
-    write_benchmark(args.out, "scale", {"settings": settings, "results": rows, "encode": enc}, lines)
+    write_benchmark(args.out, name, {"settings": settings, "results": rows, "encode": enc}, lines)
     return 0
 
 

@@ -40,10 +40,20 @@ def write_tar(path, samples):
 
 
 def write_parquet(path, columns, row_group_size):
+    """A Parquet file in row groups of ``row_group_size`` rows, or of each size of a list."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
+    table = pa.table(columns)
+    if isinstance(row_group_size, int):
+        pq.write_table(table, path, row_group_size=row_group_size)
+        return
+    with pq.ParquetWriter(path, table.schema) as w:
+        start = 0
+        for n in row_group_size:
+            w.write_table(table.slice(start, n), row_group_size=n)
+            start += n
+    assert pq.ParquetFile(path).metadata.num_row_groups == len(row_group_size)
 
 
 def texts(n, prefix="doc"):
@@ -66,6 +76,8 @@ def test_units_of_every_source_cover_each_document_once_in_order(tmp_path):
     (folder / "im0.txt").write_text("a black square\n")
     (tmp_path / "t.csv").write_text("filepath,caption\n" + "".join(f"imgs/im{i}.png,c{i}\n" for i in range(0, 7, 2)))
     write_parquet(tmp_path / "p.parquet", {"_id": [f"p{i}" for i in range(25)], "text": [f"row {i}" for i in range(25)]}, 4)
+    write_parquet(tmp_path / "big.parquet", {"_id": [f"q{i}" for i in range(31)], "text": [f"row {i}" for i in range(31)]},
+                  [12, 3, 12, 4])
     tars = tmp_path / "tars"
     tars.mkdir()
     write_tar(tars / "a.tar", [(f"s{i}", {"png": png((0, 20 * i, 0)), "txt": f"caption {i}".encode()}) for i in range(3)])
@@ -74,6 +86,8 @@ def test_units_of_every_source_cover_each_document_once_in_order(tmp_path):
              (Source("images", str(folder)), 3, [3, 3, 1]),
              (Source("csv", str(tmp_path / "t.csv")), 3, [3, 1]),
              (Source("parquet", str(tmp_path / "p.parquet")), 10, [8, 8, 9]),  # whole row groups (4 rows; the last 1)
+             (Source("parquet", str(tmp_path / "big.parquet")), 5, [5, 5, 2, 3, 5, 5, 2, 4]),  # groups of 12, 3, 12, 4:
+             # a group larger than a shard is cut into slices, smaller ones stay whole
              (Source("tar", str(tars)), 2, [3, 1])]  # one unit per tar file
     for source, size, sizes in cases:
         units = plan_units(source, size)

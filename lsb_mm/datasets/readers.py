@@ -92,7 +92,8 @@ def source_files(source: Source) -> List[str]:
 
 def plan_units(source: Source, shard_size: int) -> List[Unit]:
     """The units of ``source``: runs of ``shard_size`` documents (Parquet: whole row groups up to
-    about that many rows; tar: one unit per tar file), numbered in order."""
+    about that many rows, and a larger row group in slices of ``shard_size``; tar: one unit per tar
+    file), numbered in order."""
     if not isinstance(shard_size, int) or isinstance(shard_size, bool) or shard_size < 1:
         raise InputError(f"shard size must be a positive integer, got {shard_size!r}")
     spans: List[Tuple[str, int, int]] = []
@@ -106,6 +107,9 @@ def plan_units(source: Source, shard_size: int) -> List[Unit]:
                 if row > start and row - start + n > shard_size:  # whole row groups, about shard_size rows
                     spans.append((path, start, row))
                     start = row
+                if n > shard_size:  # a row group larger than a shard is cut: each unit reads it, keeps its rows
+                    spans += [(path, a, min(a + shard_size, row + n)) for a in range(row, row + n, shard_size)]
+                    start = row + n
                 row += n
             if row > start:
                 spans.append((path, start, row))
@@ -125,6 +129,7 @@ def _row_of(meta, group: int) -> int:
 
 
 def _group_of(meta, row: int) -> int:
+    """The fewest leading row groups that hold ``row`` rows."""
     g, seen = 0, 0
     while seen < row:
         seen += meta.row_group(g).num_rows
@@ -205,7 +210,7 @@ def _read_parquet(source: Source, path: str, start: int, stop: int):
     if id_col is None or kind is None:
         raise InputError(f"{path}: expected an '_id' (or 'id') column and a 'text' or 'image' column; it has {sorted(cols)}")
     meta = pf.metadata
-    first, last = _group_of(meta, start), _group_of(meta, stop)
+    first, last = _group_of(meta, start + 1) - 1, _group_of(meta, stop)  # the groups holding rows start .. stop - 1
     table = pf.read_row_groups(list(range(first, last)), columns=[c for c in (id_col, kind, "caption", "title") if c in cols])
     offset = start - _row_of(meta, first)
     rows = table.slice(offset, stop - start).to_pylist()
