@@ -61,7 +61,7 @@ def fashion_parquet(path: str) -> None:
             images.append(buf.getvalue())
             captions.append(FASHION_CLASSES[int(label)])
     tmp = path + ".tmp"
-    pq.write_table(pa.table({"_id": ids, "image": images, "caption": captions}), tmp)
+    pq.write_table(pa.table({"_id": ids, "image": images, "caption": captions}), tmp, row_group_size=8192)
     os.replace(tmp, path)
 
 
