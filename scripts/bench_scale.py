@@ -49,13 +49,15 @@ def mixture(n: int, d: int, clusters: int, seed: int, spread: float = 0.6) -> np
 
 
 def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, target: float, budget: str) -> Dict[str, Any]:
-    from lsb_mm.autoindex import recall_at, tune_search
+    from lsb_mm.autoindex import choose_factory, parse_memory, recall_at, tune_search
     from lsb_mm.index import Index
 
     t0 = time.perf_counter()
+    auto = None
     if factory.startswith("auto"):  # auto, or auto@512M: another budget than --budget
         budget = factory.partition("@")[2] or budget
-        ix = Index.build(x, factory="auto", max_memory=budget, device="cpu", target_recall=None)
+        auto = choose_factory(len(x), x.shape[1], parse_memory(budget)).to_dict()  # what factory="auto" builds
+        ix = Index.build(x, factory=auto["factory"], device="cpu")  # tuned below, as every row, not inside the build
     else:
         ix = Index.build(x, factory=factory, device="cpu")
     build = time.perf_counter() - t0
@@ -68,7 +70,7 @@ def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, targe
     return {"factory": factory, "built": ix.factory, "n": len(x), "dim": x.shape[1], "build_seconds": round(build, 1),
             "memory_bytes": memory, "bytes_per_vector": round(memory / len(x), 1), "tuning": tuning,
             "recall_at_10": round(recall_at(found, truth), 4), "qps": round(len(q) / seconds, 1),
-            "auto": ix.build_info.get("auto"), **({"budget": budget} if factory.startswith("auto") else {})}
+            "auto": auto, **({"budget": budget} if auto else {})}
 
 
 def describe(settings: Dict[str, Any]) -> str:
