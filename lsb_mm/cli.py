@@ -380,7 +380,8 @@ def _index_source(args):
     from .datasets.readers import Source
 
     kind = next(k for k in ("images", "corpus", "csv", "parquet", "tar") if getattr(args, k) is not None)
-    return Source(kind, getattr(args, kind), args.csv_img_key, args.csv_caption_key, args.image_root)
+    root = os.path.abspath(args.image_root) if args.image_root else None  # absolute: Ray workers run elsewhere
+    return Source(kind, os.path.abspath(getattr(args, kind)), args.csv_img_key, args.csv_caption_key, root)
 
 
 def _index_from_shards(args, source) -> int:
@@ -395,26 +396,40 @@ def _index_from_shards(args, source) -> int:
         if value:
             raise InputError(f"{flag} applies to --engine memory (the shards of --engine {args.engine} are its units)")
     positive_int(args.replicas, "--replicas")
-    folder = args.embeddings or args.output.rstrip("/") + ".embeddings"
+    given = args.embeddings or args.output.rstrip("/") + ".embeddings"
+    folder = os.path.abspath(given)  # absolute: Ray workers may run in another folder
     out = os.path.abspath(args.output)
     if os.path.abspath(folder) == out or os.path.abspath(folder).startswith(out + os.sep):
-        raise InputError(f"--embeddings {folder} is inside --output {args.output}, which is replaced when the index "
+        raise InputError(f"--embeddings {given} is inside --output {args.output}, which is replaced when the index "
                          "is written; keep the shards beside it (the default: OUTPUT.embeddings)")
     units = plan_units(source, args.shard_size)
+    if args.engine == "ray":  # the driver only needs the model's fingerprint: the actors hold the GPUs
+        args.device = "cpu"
     model = _load(args)
     shards = EmbeddingShards.open(folder, units, model.fingerprint(), args.embedding_dtype, overwrite=args.overwrite)
     spec = _model_spec(args)
+    if os.path.exists(spec["name"]):  # a saved model folder, found by the workers wherever they run
+        spec["name"] = os.path.abspath(spec["name"])
     job = run_job(shards, spec, args.engine, workers=args.replicas, batch_size=args.batch_size, address=args.address,
                   show_progress=not args.quiet, image_workers=args.workers,
                   model=model if args.engine == "local" else None)
     t0 = time.perf_counter()
     rows = shards.rows()
+    kind = shards.kind()  # one kind in one index: text shards beside image shards are refused
     ids, metadata = shards.ids_and_metadata()
     index = Index.build(rows, ids=ids, metadata=metadata, factory=args.factory, device=args.index_device,
                         fingerprint=model.fingerprint(), max_memory=args.max_index_memory, target_recall=args.target_recall)
     if args.bm25:
-        texts = [t for u in units for t in read_unit(u).items] if shards.kind() == "text" else \
-            [m.get("caption") for m in metadata]
+        if kind == "text":  # read from the source again: its ids must still be the shards' ids
+            texts = []
+            for u in units:
+                docs = read_unit(u)
+                if docs.ids != ids[len(texts):len(texts) + len(docs.ids)]:
+                    raise InputError(f"{u.path}: its documents {u.start + 1}..{u.stop} are no longer those of shard "
+                                     f"{u.shard} (the source changed since it was encoded); rerun with --overwrite")
+                texts += docs.items
+        else:
+            texts = [m.get("caption") for m in metadata]
         index.add_bm25(_bm25_texts(ids, texts))
     index.save(args.output)
     print(json.dumps({"index": args.output, "count": len(index), "factory": index.factory, "bm25": args.bm25,

@@ -129,6 +129,8 @@ def run_job(shards, model_spec: Dict[str, Any], engine: str = "local", workers: 
     return {"engine": engine, "units": len(todo), "skipped_units": skipped, **stats}
 
 
+UNIT_RETRIES = 3  # a unit whose worker dies this many times more (e.g. killed for memory) fails the job
+
 class _RayEncoder:
     """A Ray Data actor: the model built once, then one unit (a batch of one row) per call."""
 
@@ -220,7 +222,7 @@ def _ray_job(ray, shards, todo: List[Unit], spec: Dict[str, Any], workers: int, 
     out = ds.map_batches(_RayEncoder, batch_size=1, concurrency=actors, **resources,
                          fn_constructor_kwargs={"spec": spec, "folder": shards.folder, "batch_size": batch_size,
                                                 "threads": 1},
-                         max_restarts=-1, max_task_retries=-1)  # a dead actor restarts and its unit runs again
+                         max_restarts=-1, max_task_retries=UNIT_RETRIES)  # a dead actor restarts, its unit reruns
     try:
         for row in out.iter_rows():
             progress.update(str(row["worker"]), int(row["items"]), float(row["seconds"]))

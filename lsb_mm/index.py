@@ -131,6 +131,7 @@ def place_index(index, device: str, what: str) -> Tuple[Any, str]:
 
 
 TRAIN_PER_LIST = 64  # training vectors per inverted list (a random sample of the corpus beyond that)
+TRAIN_MAX = 262_144  # training vectors of a factory without inverted lists (FAISS's PQ uses 65,536 at most)
 
 
 class Index:
@@ -203,8 +204,9 @@ class Index:
                 nlist = index.nlist if isinstance(index, BinaryCodes) else faiss.extract_index_ivf(index).nlist
             except RuntimeError:
                 nlist = 0
-            if nlist and n > TRAIN_PER_LIST * nlist:
-                train = x.take(np.sort(np.random.default_rng(seed).choice(n, TRAIN_PER_LIST * nlist, replace=False)))
+            limit = TRAIN_PER_LIST * nlist if nlist else TRAIN_MAX  # codes without lists (SQ8, PQ..) learn from a sample too
+            if n > limit:
+                train = x.take(np.sort(np.random.default_rng(seed).choice(n, limit, replace=False)))
             else:
                 train = x[:]
             log.info("training %s on %d of %d vectors", factory, train.shape[0], n)

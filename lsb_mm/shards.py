@@ -63,6 +63,9 @@ class EmbeddingShards:
                     raise InputError(f"{folder} holds shards of another job ({what} differ: {key} "
                                      f"{_short(old[key])} there, {_short(plan[key])} now); resume with the same "
                                      "settings, or pass --overwrite to start over")
+            for name in os.listdir(folder):  # resuming: what a killed writer left half-written goes
+                if name.startswith(".") and name.endswith(".tmp"):
+                    _remove(os.path.join(folder, name))
             return cls(folder, old)
         os.makedirs(folder, exist_ok=True)
         for name in os.listdir(folder):  # starting over: the earlier job's shards go, then its plan
@@ -161,11 +164,13 @@ class EmbeddingShards:
         arrays = []
         for u in self.units:
             m = self._checked(u.shard)
-            a = np.load(self._name(u.shard) + ".npy", mmap_mode="r", allow_pickle=False)
+            path = self._name(u.shard) + ".npy"
+            a = np.load(path, mmap_mode="r", allow_pickle=False)
             if a.shape != (m["count"], m["dim"]) or str(a.dtype) != m["dtype"]:
-                raise InputError(f"{self._name(u.shard)}.npy: shape {a.shape} {a.dtype}, its marker says "
+                raise InputError(f"{path}: shape {a.shape} {a.dtype}, its marker says "
                                  f"({m['count']}, {m['dim']}) {m['dtype']}")
-            arrays.append(a)
+            arrays.append(_Lazy(path, a.shape))  # opened when read: a memory map holds a file descriptor
+            del a
         dims = {a.shape[1] for a in arrays}
         if len(dims) != 1:
             raise InputError(f"{self.folder}: shards of different dimensions {sorted(dims)}")
@@ -181,11 +186,26 @@ class EmbeddingShards:
         return ids, metadata
 
 
-class ShardRows:
-    """Rows of several ``[n_i, d]`` arrays (memory-mapped shards) seen as one ``[N, d]`` float32
-    matrix: slices and row picks read only what they touch; float16 rows are re-normalised."""
+class _Lazy:
+    """A shard's ``.npy`` file, memory-mapped only while it is read (so a build over thousands of
+    shards never holds thousands of open files)."""
 
-    def __init__(self, arrays: Sequence[np.ndarray]):
+    def __init__(self, path: str, shape: Tuple[int, int]):
+        self.path, self.shape = path, shape
+
+    def open(self) -> np.ndarray:
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return np.array(self.open()[index])
+
+
+class ShardRows:
+    """Rows of several ``[n_i, d]`` arrays (in memory, or shards memory-mapped as they are read)
+    seen as one ``[N, d]`` float32 matrix: slices and row picks read only what they touch; float16
+    rows are re-normalised."""
+
+    def __init__(self, arrays: Sequence[Any]):
         self.arrays = list(arrays)
         self.starts = np.cumsum([0] + [a.shape[0] for a in self.arrays])
         self.shape = (int(self.starts[-1]), int(self.arrays[0].shape[1]) if self.arrays else 0)
@@ -224,8 +244,10 @@ class ShardRows:
     def chunks(self, size: int = 65536) -> Iterator[Tuple[int, np.ndarray]]:
         """``(first row, float32 block)`` in order, at most ``size`` rows each, never across shards."""
         for k, a in enumerate(self.arrays):
+            opened = a.open() if isinstance(a, _Lazy) else a  # one map per shard while its blocks are read
             for s in range(0, a.shape[0], size):
-                yield int(self.starts[k]) + s, self._f32(a[s:s + size])
+                yield int(self.starts[k]) + s, self._f32(opened[s:s + size])
+            del opened
 
 
 def _read_plan(path: str) -> Dict[str, Any]:

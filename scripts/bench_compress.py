@@ -100,6 +100,8 @@ def encode(name: str, work: str, limit: int) -> np.ndarray:
             manpage_corpus(src, limit)
         argv = ["--model", "minilm", "--head", "none", "--corpus", src]
         emb = os.path.join(work, f"manpages-{limit or 'all'}.embeddings")
+    if os.path.isfile(os.path.join(emb, "plan.json")) and not EmbeddingShards.open(emb).todo():
+        return EmbeddingShards.open(emb).rows()[:]  # encoded earlier, every shard finished
     t = time.perf_counter()
     rc = cli(["index", *argv, "--engine", "local", "--embeddings", emb, "--output", emb + ".index", "-q"])
     if rc != 0:

@@ -123,7 +123,8 @@ def test_tar_and_parquet_images_decode_like_files(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["parquet columns", "tar mixed", "tar empty sample", "tar json", "not tar",
-                                  "not parquet", "no files", "parquet text type"])
+                                  "not parquet", "no files", "parquet text type", "tar truncated", "tar names",
+                                  "parquet shrank"])
 def test_bad_sources_name_the_file(case, tmp_path):
     p = tmp_path / "x"
     if case == "parquet columns":
@@ -147,6 +148,27 @@ def test_bad_sources_name_the_file(case, tmp_path):
     elif case == "not parquet":
         p.with_suffix(".parquet").write_bytes(b"hello")
         source, match = Source("parquet", str(p.with_suffix(".parquet"))), r"x\.parquet: not a readable Parquet"
+    elif case == "tar truncated":  # a half-downloaded shard
+        write_tar(p.with_suffix(".tar"), [(f"s{i}", {"png": png((i, 2, 3)) * 50}) for i in range(6)])
+        data = p.with_suffix(".tar").read_bytes()
+        p.with_suffix(".tar").write_bytes(data[:len(data) // 2 + 700])
+        source, match = Source("tar", str(p.with_suffix(".tar"))), r"x\.tar(:\S+)?: damaged tar"
+    elif case == "tar names":  # ids are <tar name>/<key>: two tars of one name would collide
+        for sub in ("a", "b"):
+            (tmp_path / sub).mkdir()
+            write_tar(tmp_path / sub / "000.tar", [("k", {"png": png((1, 2, 3))})])
+        source, match = Source("tar", str(tmp_path / "*" / "000.tar")), r"share the name '000'"
+        with pytest.raises(InputError, match=match):
+            plan_units(source, 10)
+    elif case == "parquet shrank":  # planned, then the file was replaced by a shorter one
+        write_parquet(p.with_suffix(".parquet"), {"_id": [f"r{i}" for i in range(10)], "text": ["t"] * 10}, 10)
+        unit = plan_units(Source("parquet", str(p.with_suffix(".parquet"))), 10)[0]
+        from lsb_mm.datasets.readers import clear_cache, read_unit
+        write_parquet(p.with_suffix(".parquet"), {"_id": ["r0"], "text": ["t"]}, 1)
+        clear_cache()
+        with pytest.raises(InputError, match=r"x\.parquet: has 1 rows, the job planned 10"):
+            read_unit(unit)
+        return
     else:
         source, match = Source("tar", str(tmp_path / "*.tar")), r"no \.tar files found"
     with pytest.raises(InputError, match=match):
@@ -288,3 +310,59 @@ def test_engine_flags_are_checked(tmp_path):
         code, _, err = run(tmp_path, *base, *extra)
         assert code == 2 and "Traceback" not in err and match in err, err
     assert not os.path.exists(tmp_path / "ix")
+
+
+def test_streaming_many_shards_holds_no_file_open_between_reads(tmp_path):
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(120))
+    units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 2)  # 60 shards
+    s = EmbeddingShards.open(str(tmp_path / "emb"), units, None, "float32")
+    vectors = []
+    for u in units:
+        x = _unit_vectors(u, d=8)
+        s.write(u, x, _docs(u))
+        vectors.append(x)
+    opened = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = opened()
+    rows = s.rows()
+    assert opened() - before < 5  # not one descriptor per shard
+    np.testing.assert_array_equal(rows[:], np.concatenate(vectors))
+    np.testing.assert_array_equal(rows.take([119, 0, 61]), np.concatenate(vectors)[[119, 0, 61]])
+    seen = 0
+    for start, block in rows.chunks(64):
+        assert start == seen and opened() - before < 5
+        seen += len(block)
+    assert seen == 120
+
+
+def test_resuming_sweeps_what_a_killed_writer_left(tmp_path):
+    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(6))
+    units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 3)
+    folder = tmp_path / "emb"
+    s = EmbeddingShards.open(str(folder), units, None, "float32")
+    s.write(units[0], _unit_vectors(units[0]), _docs(units[0]))
+    (folder / ".000001.npy.k3j2.tmp").write_bytes(b"half a shard")  # SIGKILL leaves it: no exception ran
+    again = EmbeddingShards.open(str(folder), units, None, "float32")
+    assert not (folder / ".000001.npy.k3j2.tmp").exists() and [u.shard for u in again.todo()] == [1]
+
+
+def test_sharded_index_refuses_a_changed_source_and_mixed_kinds(tmp_path):
+    import lsb_mm
+
+    lsb_mm.create_model(MODEL, head="none").save_pretrained(str(tmp_path / "m"))
+    docs = texts(12)
+    synthetic.write_jsonl(tmp_path / "c.jsonl", docs)
+    base = ["index", "--model", "m", "--corpus", "c.jsonl", "--engine", "local", "--shard-size", "4",
+            "--embeddings", "c.emb", "-q", "--bm25"]
+    assert run(tmp_path, *base, "--output", "ix1")[0] == 0
+    # the same number of documents, in another order: the finished shards no longer hold these ids
+    synthetic.write_jsonl(tmp_path / "c.jsonl", docs[::-1])
+    code, _, err = run(tmp_path, *base, "--output", "ix2")
+    assert code == 2 and "no longer those of shard 0" in err and "Traceback" not in err, err
+    # image shards beside text shards make no index
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    write_tar(tars / "a.tar", [("s0", {"png": png((200, 0, 0)), "txt": b"red"})])
+    write_tar(tars / "b.tar", [("s0", {"txt": b"just words"})])
+    code, _, err = run(tmp_path, "index", "--model", "m", "--tar", "tars", "--engine", "local", "--output", "ix3", "-q")
+    assert code == 2 and "shards of kinds ['image', 'text']" in err, err
+    assert not (tmp_path / "ix3").exists()

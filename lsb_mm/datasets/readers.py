@@ -21,6 +21,7 @@ import glob
 import json
 import os
 import tarfile
+import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import InputError
@@ -29,6 +30,7 @@ from ..images import IMAGE_EXTENSIONS, ImageBlob
 __all__ = ["SOURCES", "Source", "Unit", "ImageBlob", "plan_units", "read_unit", "read_units", "read_source", "clear_cache"]
 
 SOURCES = ("images", "corpus", "csv", "parquet", "tar")
+_TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 IMAGE_EXTS = tuple(e[1:] for e in IMAGE_EXTENSIONS)  # tar member extensions that are images
 
 
@@ -114,7 +116,14 @@ def plan_units(source: Source, shard_size: int) -> List[Unit]:
             if row > start:
                 spans.append((path, start, row))
     elif source.kind == "tar":
-        spans = [(path, 0, len(_tar_samples(path))) for path in source_files(source)]
+        files = source_files(source)
+        names = [os.path.splitext(os.path.basename(p))[0] for p in files]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:  # ids are <tar name>/<key>: two tars of one name would give the same ids
+            same = [p for p, n in zip(files, names) if n == dup]
+            raise InputError(f"--tar {source.path}: {same[0]} and {same[1]} share the name {dup!r}, and a document's "
+                             "id is <tar name>/<key>; give tars of distinct names (or index them separately)")
+        spans = [(path, 0, len(_tar_samples(path))) for path in files]
         spans = [s for s in spans if s[2]]
     else:
         n = len(_listing(source).ids)
@@ -210,8 +219,15 @@ def _read_parquet(source: Source, path: str, start: int, stop: int):
     if id_col is None or kind is None:
         raise InputError(f"{path}: expected an '_id' (or 'id') column and a 'text' or 'image' column; it has {sorted(cols)}")
     meta = pf.metadata
+    if stop > meta.num_rows:
+        raise InputError(f"{path}: has {meta.num_rows} rows, the job planned {stop}; the file changed since (rerun "
+                         "with --overwrite to plan it again)")
     first, last = _group_of(meta, start + 1) - 1, _group_of(meta, stop)  # the groups holding rows start .. stop - 1
-    table = pf.read_row_groups(list(range(first, last)), columns=[c for c in (id_col, kind, "caption", "title") if c in cols])
+    try:
+        table = pf.read_row_groups(list(range(first, last)),
+                                   columns=[c for c in (id_col, kind, "caption", "title") if c in cols])
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for damaged pages
+        raise InputError(f"{path}: rows {start + 1}..{stop} cannot be read ({type(exc).__name__}: {exc})") from None
     offset = start - _row_of(meta, first)
     rows = table.slice(offset, stop - start).to_pylist()
     root = source.image_root or os.path.dirname(os.path.abspath(path))
@@ -253,15 +269,18 @@ def _tar_samples(path: str) -> Dict[str, Dict[str, tarfile.TarInfo]]:
         raise InputError(f"{path}: not a readable tar file ({exc})") from None
     samples: Dict[str, Dict[str, tarfile.TarInfo]] = {}
     with tf:
-        for member in tf:
-            if not member.isfile():
-                continue
-            base = os.path.basename(member.name)
-            if base.startswith(".") or "." not in base:
-                continue
-            key = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
-            ext = base.split(".", 1)[1].lower()
-            samples.setdefault(key, {})[ext] = member
+        try:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                base = os.path.basename(member.name)
+                if base.startswith(".") or "." not in base:
+                    continue
+                key = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
+                ext = base.split(".", 1)[1].lower()
+                samples.setdefault(key, {})[ext] = member
+        except _TAR_ERRORS as exc:  # a truncated or corrupt archive fails while it is walked
+            raise InputError(f"{path}: damaged tar file ({type(exc).__name__}: {exc})") from None
     return samples
 
 
@@ -273,9 +292,12 @@ def _read_tar(path: str):
     ids, items, metadata, kinds = [], [], [], set()
     with tarfile.open(path) as tf:
         def read(member) -> bytes:
-            f = tf.extractfile(member)
-            assert f is not None  # members are regular files
-            return f.read()
+            try:
+                f = tf.extractfile(member)
+                assert f is not None  # members are regular files
+                return f.read()
+            except _TAR_ERRORS as exc:
+                raise InputError(f"{path}:{member.name}: damaged tar member ({type(exc).__name__}: {exc})") from None
 
         for key, parts in samples.items():
             where = f"{path}:{key}"
