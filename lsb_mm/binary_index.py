@@ -2,12 +2,15 @@
 :class:`lsb_mm.Index` makes.
 
 Factories are FAISS binary factory strings (``BFlat``, ``BIVF1024``, ``BHNSW32``), optionally
-followed by ``,Rescore{r}``. Each vector is kept as its sign bits (``x > 0``, packed, d/8 bytes).
-A query is binarised the same way and the index returns its nearest codes in Hamming distance;
-with ``Rescore{r}`` it takes ``r * k`` of them and orders those by the float query's inner product
-with each candidate's +-1 code (read in place from flat and HNSW storage; inverted lists keep a copy). Scores are cosines with the
-binarised document: ``1 - 2 h / d`` for Hamming distance ``h``, or ``q . sign(x) / sqrt(d)``
-after rescoring. FAISS runs binary indexes on the CPU here (:func:`lsb_mm.index.gpu_unsupported`).
+followed by ``,Rescore{r}``. Training learns each dimension's median ``t`` and the means ``lo`` and
+``hi`` of its values at or below and above it, from a sample; each vector is then kept as one bit per dimension,
+``x > t`` (packed, d/8 bytes). Thresholding at the median rather than at zero keeps the bits
+informative for embeddings that are not centred (the features of a ReLU CNN are all >= 0, so
+their signs are all +). A query is binarised the same way and the index returns its nearest
+codes in Hamming distance ``h`` (score ``1 - 2 h / d``). With ``Rescore{r}`` it takes ``r * k``
+of them and orders them by the float query's inner product with each candidate's reconstruction
+(``hi`` where its bit is set, ``lo`` where not); the codes are read in place from flat and HNSW storage, and inverted
+lists keep a copy. FAISS runs binary indexes on the CPU here (:func:`lsb_mm.index.gpu_unsupported`).
 """
 from __future__ import annotations
 
@@ -37,9 +40,10 @@ def parse_binary_factory(factory: str) -> Tuple[str, int]:
     return spec, rescore
 
 
-def binarize(x: np.ndarray) -> np.ndarray:
-    """Sign bits of ``x [N, d]`` (1 where ``x > 0``), packed into ``[N, ceil(d / 8)]`` uint8."""
-    return np.packbits(np.asarray(x) > 0, axis=1)
+def binarize(x: np.ndarray, thresholds: Optional[np.ndarray] = None) -> np.ndarray:
+    """Bits of ``x [N, d]`` (1 where ``x > thresholds``, default 0), packed into ``[N, ceil(d / 8)]`` uint8."""
+    x = np.asarray(x)
+    return np.packbits(x > (0 if thresholds is None else thresholds), axis=1)
 
 
 class BinaryCodes:
@@ -47,7 +51,8 @@ class BinaryCodes:
 
     metric_type = 0  # faiss.METRIC_INNER_PRODUCT: scores grow with similarity, as in the float indexes
 
-    def __init__(self, d: int, factory: str, index=None, codes: Optional[np.ndarray] = None):
+    def __init__(self, d: int, factory: str, index=None, codes: Optional[np.ndarray] = None,
+                 params: Optional[np.ndarray] = None):
         import faiss
 
         self.d, self.factory = int(d), factory
@@ -69,6 +74,8 @@ class BinaryCodes:
         # flat storage is read in place; inverted lists order codes by list, so those keep a copy
         self.codes = np.zeros((0, self.bits // 8), dtype=np.uint8) if codes is None or self._flat is not None else codes
         self._blocks = [self.codes]
+        # [3, d]: per dimension the threshold (median) and the mean value below and above it, from train()
+        self.params: Optional[np.ndarray] = None if params is None else np.asarray(params, dtype=np.float32)
 
     # the float-index calls lsb_mm.Index makes
     @property
@@ -77,17 +84,28 @@ class BinaryCodes:
 
     @property
     def is_trained(self) -> bool:
-        return bool(self.index.is_trained)
+        return self.params is not None and bool(self.index.is_trained)
 
     @property
     def nlist(self) -> int:
         return int(getattr(self.index, "nlist", 0))
 
     def train(self, x: np.ndarray) -> None:
-        self.index.train(binarize(x))
+        """Learn the thresholds and deviations from ``x`` (then FAISS's inverted lists, if any)."""
+        x = np.asarray(x, dtype=np.float32)
+        t = np.median(x, axis=0)
+        above = x > t
+        count = above.sum(0)
+        hi = np.where(count > 0, (x * above).sum(0) / np.maximum(count, 1), t)
+        lo = np.where(count < len(x), (x * ~above).sum(0) / np.maximum(len(x) - count, 1), t)
+        self.params = np.stack([t, lo, hi]).astype(np.float32)
+        if not self.index.is_trained:
+            self.index.train(binarize(x, t))
 
     def add(self, x: np.ndarray) -> None:
-        codes = binarize(x)
+        if not self.is_trained:
+            raise InputError(f"binary index {self.factory!r} is not trained: train it on a sample of the vectors first")
+        codes = binarize(x, self.params[0])
         self.index.add(codes)
         if self._flat is None:
             self._blocks.append(codes)
@@ -110,7 +128,10 @@ class BinaryCodes:
         q = np.ascontiguousarray(q, dtype=np.float32)
         n = self.ntotal
         kk = min(n, k * self.rescore) if n else k
-        hamming, labels = self.index.search(binarize(q), kk)
+        if self.params is None:  # never trained, so never filled: nothing to find
+            return _pad(np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64), k)
+        t, lo, hi = self.params
+        hamming, labels = self.index.search(binarize(q, t), kk)
         if self.rescore == 1 or n == 0:
             scores = 1.0 - 2.0 * hamming.astype(np.float32) / self.d
             return _pad(scores, labels, k)
@@ -118,9 +139,10 @@ class BinaryCodes:
         cand = np.where(labels < 0, 0, labels)
         scores = np.empty(labels.shape, dtype=np.float32)
         step = max(1, (1 << 22) // (kk * self.d))  # queries per block: the +-1 candidates stay near 16 MiB
+        qd, ql = q * (hi - lo), q @ lo  # q . (lo + (hi - lo) * bit) = q . lo + (q * (hi - lo)) . bit
         for s in range(0, len(q), step):
-            signs = np.unpackbits(codes[cand[s:s + step]], axis=2)[:, :, :self.d].astype(np.float32) * 2 - 1
-            scores[s:s + step] = np.einsum("qd,qkd->qk", q[s:s + step], signs) / np.sqrt(self.d)
+            bits = np.unpackbits(codes[cand[s:s + step]], axis=2)[:, :, :self.d].astype(np.float32)
+            scores[s:s + step] = np.einsum("qd,qkd->qk", qd[s:s + step], bits) + ql[s:s + step, None]
         scores[labels < 0] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return _pad(np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1), k)
@@ -150,20 +172,27 @@ class BinaryCodes:
         raise InputError(f"binary index {self.factory!r} has no search parameter {name!r}")
 
     # persistence: the FAISS binary index and the packed codes (for rescoring)
-    def write(self, index_path: str, codes_path: str) -> None:
+    def write(self, index_path: str, codes_path: str, params_path: str) -> None:
         import faiss
 
+        if self.params is None:
+            raise InputError(f"binary index {self.factory!r} is not trained: nothing to save")
         faiss.write_index_binary(self.index, index_path)
-        with open(codes_path, "wb") as f:
-            np.save(f, self._all_codes(), allow_pickle=False)
+        for path, array in ((codes_path, self._all_codes()), (params_path, self.params)):
+            with open(path, "wb") as f:
+                np.save(f, array, allow_pickle=False)
 
     @classmethod
-    def read(cls, index_path: str, codes_path: str, d: int, factory: str) -> "BinaryCodes":
+    def read(cls, index_path: str, codes_path: str, params_path: str, d: int, factory: str) -> "BinaryCodes":
         import faiss
 
         index = faiss.read_index_binary(index_path)
         codes = np.load(codes_path, allow_pickle=False)
-        self = cls(d, factory, index=index, codes=codes)
+        params = np.load(params_path, allow_pickle=False)
+        if params.shape != (3, d) or params.dtype != np.float32 or not np.isfinite(params).all():
+            raise InputError(f"{params_path}: expected [3, {d}] finite float32 thresholds and cell means, got "
+                             f"{params.shape} {params.dtype}")
+        self = cls(d, factory, index=index, codes=codes, params=params)
         if self.index.d != self.bits or codes.dtype != np.uint8 or codes.shape != (self.ntotal, self.bits // 8):
             raise InputError(f"{index_path}: binary index of {self.index.d} bits and codes {codes.shape} {codes.dtype} "
                              f"do not fit dimension {d} ({self.ntotal} vectors of {self.bits // 8} bytes expected)")

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 FORMAT = "lsb-mm-index"
 FORMAT_VERSION = 2  # 2: every file checksummed and the model fingerprint recorded (null: none), both required
 BM25_MANIFEST = "bm25/manifest.json"  # the optional lexical side's manifest (its checksum is in the index's)
-BINARY_CODES = "codes.npy"  # a binary index's packed sign bits, kept for rescoring (lsb_mm.binary_index)
+BINARY_CODES = "codes.npy"  # a binary index's packed bits, kept for rescoring (lsb_mm.binary_index)
+BINARY_PARAMS = "binary_params.npy"  # its per-dimension thresholds and the mean values below / above them
 DEFAULT_ANN = "HNSW32"
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 256
@@ -414,14 +415,14 @@ class Index:
             raise SearchIndexError("a set of loaded shards is saved shard by shard; build one index to save it whole")
         with atomic_folder(folder, "manifest.json", "an lsb-mm index") as tmp:
             if isinstance(cpu, BinaryCodes):
-                cpu.write(os.path.join(tmp, "index.faiss"), os.path.join(tmp, BINARY_CODES))
+                cpu.write(os.path.join(tmp, "index.faiss"), os.path.join(tmp, BINARY_CODES), os.path.join(tmp, BINARY_PARAMS))
             else:
                 faiss.write_index(cpu, os.path.join(tmp, "index.faiss"))
             write_jsonl(os.path.join(tmp, "ids.jsonl"), self.ids)
             if self.metadata is not None:
                 write_jsonl(os.path.join(tmp, "metadata.jsonl"), self.metadata)
             files = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if self.metadata is not None else []) + \
-                ([BINARY_CODES] if isinstance(cpu, BinaryCodes) else [])
+                ([BINARY_CODES, BINARY_PARAMS] if isinstance(cpu, BinaryCodes) else [])
             if self.bm25 is not None:  # verified on load by its own manifest, whose checksum is kept here
                 self.bm25.save(os.path.join(tmp, "bm25"))
                 files.append(BM25_MANIFEST)
@@ -563,7 +564,7 @@ def _read_folder(folder: str):
         raise SearchIndexError(f"{folder}: index.faiss is missing")
     binary = is_binary_factory(man["factory"])
     names = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if man.get("metadata") else []) + \
-        ([BM25_MANIFEST] if man.get("bm25") else []) + ([BINARY_CODES] if binary else [])
+        ([BM25_MANIFEST] if man.get("bm25") else []) + ([BINARY_CODES, BINARY_PARAMS] if binary else [])
     if "sha256" in man:  # every file has its checksum
         sums = man["sha256"]
         if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in names):
@@ -576,7 +577,8 @@ def _read_folder(folder: str):
             raise SearchIndexError(f"{fpath}: checksum does not match manifest.json (file changed or corrupt)")
     try:
         if binary:
-            index = BinaryCodes.read(ipath, os.path.join(folder, BINARY_CODES), man["dim"], man["factory"])
+            index = BinaryCodes.read(ipath, os.path.join(folder, BINARY_CODES), os.path.join(folder, BINARY_PARAMS),
+                                     man["dim"], man["factory"])
         else:
             index = faiss.read_index(ipath)
     except (RuntimeError, ValueError, OSError, InputError) as exc:
