@@ -8,7 +8,7 @@ followed by ``,Rescore{r}``. Training learns each dimension's median ``t`` and t
 informative for embeddings that are not centred (the features of a ReLU CNN are all >= 0, so
 their signs are all +). A query is binarised the same way and the index returns its nearest
 codes in Hamming distance ``h`` (score ``1 - 2 h / d``). With ``Rescore{r}`` it takes ``r * k``
-of them and orders them by the float query's inner product with each candidate's reconstruction
+of them and orders them by the float query's cosine with each candidate's reconstruction
 (``hi`` where its bit is set, ``lo`` where not); the codes are read in place from flat and HNSW storage, and inverted
 lists keep a copy. FAISS runs binary indexes on the CPU here (:func:`lsb_mm.index.gpu_unsupported`).
 """
@@ -139,10 +139,13 @@ class BinaryCodes:
         cand = np.where(labels < 0, 0, labels)
         scores = np.empty(labels.shape, dtype=np.float32)
         step = max(1, (1 << 22) // (kk * self.d))  # queries per block: the +-1 candidates stay near 16 MiB
-        qd, ql = q * (hi - lo), q @ lo  # q . (lo + (hi - lo) * bit) = q . lo + (q * (hi - lo)) . bit
+        # the cosine of q with the reconstruction r = lo + (hi - lo) * bit: (q . lo + (q * (hi - lo)) . bit) / |r|
+        qd, ql = q * (hi - lo), q @ lo
+        sq, sl = hi * hi - lo * lo, float(lo @ lo)
         for s in range(0, len(q), step):
             bits = np.unpackbits(codes[cand[s:s + step]], axis=2)[:, :, :self.d].astype(np.float32)
-            scores[s:s + step] = np.einsum("qd,qkd->qk", qd[s:s + step], bits) + ql[s:s + step, None]
+            dots = np.einsum("qd,qkd->qk", qd[s:s + step], bits) + ql[s:s + step, None]
+            scores[s:s + step] = dots / np.sqrt(np.maximum(bits @ sq + sl, 1e-12))
         scores[labels < 0] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return _pad(np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1), k)

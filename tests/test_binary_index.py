@@ -72,7 +72,8 @@ def test_rescoring_orders_candidates_by_the_float_query():
     above = x > t
     np.testing.assert_allclose(hi, (x * above).sum(0) / above.sum(0), atol=1e-6)  # each cell's mean
     np.testing.assert_allclose(lo, (x * ~above).sum(0) / (~above).sum(0), atol=1e-6)
-    asym = q @ np.where(above, hi, lo).T
+    recon = np.where(above, hi, lo)
+    asym = q @ (recon / np.linalg.norm(recon, axis=1, keepdims=True)).T  # the cosine with each reconstruction
     order = np.argsort(-asym, axis=1, kind="stable")[:, :10]
     np.testing.assert_allclose(scores, np.take_along_axis(asym, order, 1), atol=1e-5)
     assert (ids.astype(int) == order).mean() > 0.99
