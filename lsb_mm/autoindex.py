@@ -163,6 +163,14 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth)]))
 
 
+EF_SEARCH_VALUES = [16, 32, 64, 128, 256, 512, 1024, 2048]  # what tune_search tries for HNSW
+
+
+def _nprobe_values(nlist: int) -> List[int]:
+    """What tune_search tries for inverted lists: the powers of two up to ``nlist``, and ``nlist``."""
+    return sorted({min(nlist, 2 ** p) for p in range(0, int(math.log2(nlist)) + 1)} | {nlist})
+
+
 def _search_knob(index, k: int):
     """``(name, values to try, setter)`` of the search parameter of a FAISS (or lsb-mm binary)
     index: ``efSearch`` for HNSW, ``nprobe`` for inverted lists; None for exact indexes."""
@@ -171,15 +179,16 @@ def _search_knob(index, k: int):
     from .binary_index import BinaryCodes
 
     if isinstance(index, BinaryCodes):
-        name, values = index.search_param()
+        name = index.param_name()
         if name is None:
             return None
+        values = _nprobe_values(index.nlist) if name == "nprobe" else EF_SEARCH_VALUES
         return name, values, lambda v: index.set_param(name, max(v, k) if name == "efSearch" else v)
     base = faiss.downcast_index(index.index if isinstance(index, faiss.IndexPreTransform) else index)
     if hasattr(base, "hnsw"):
         def set_ef(v):
             base.hnsw.efSearch = max(v, k)
-        return "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048], set_ef
+        return "efSearch", EF_SEARCH_VALUES, set_ef
     try:
         ivf = faiss.extract_index_ivf(index)
     except RuntimeError:
@@ -187,7 +196,7 @@ def _search_knob(index, k: int):
 
     def set_nprobe(v):
         ivf.nprobe = v
-    return "nprobe", sorted({min(ivf.nlist, 2 ** p) for p in range(0, int(math.log2(ivf.nlist)) + 1)} | {ivf.nlist}), set_nprobe
+    return "nprobe", _nprobe_values(ivf.nlist), set_nprobe
 
 
 def tune_search(index, queries: np.ndarray, truth: np.ndarray, target_recall: float, k: int = 10) -> Dict[str, Any]:

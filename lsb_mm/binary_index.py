@@ -138,7 +138,7 @@ class BinaryCodes:
         codes = self._all_codes()
         cand = np.where(labels < 0, 0, labels)
         scores = np.empty(labels.shape, dtype=np.float32)
-        step = max(1, (1 << 22) // (kk * self.d))  # queries per block: the +-1 candidates stay near 16 MiB
+        step = max(1, (1 << 22) // (kk * self.d))  # queries per block: the unpacked candidate bits stay near 16 MiB
         # the cosine of q with the reconstruction r = lo + (hi - lo) * bit: (q . lo + (q * (hi - lo)) . bit) / |r|
         qd, ql = q * (hi - lo), q @ lo
         sq, sl = hi * hi - lo * lo, float(lo @ lo)
@@ -151,28 +151,20 @@ class BinaryCodes:
         return _pad(np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1), k)
 
     # search parameters
-    def search_param(self) -> Tuple[Optional[str], list]:
-        """The parameter :func:`lsb_mm.autoindex.tune_search` tunes and the values it tries."""
-        if hasattr(self.index, "nprobe"):
-            return "nprobe", sorted({min(self.nlist, 2 ** p) for p in range(self.nlist.bit_length())} | {self.nlist})
-        if hasattr(self.index, "hnsw"):
-            return "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
-        return None, []
+    def param_name(self) -> Optional[str]:
+        """Its search parameter: ``nprobe`` (inverted lists), ``efSearch`` (HNSW), or None (flat)."""
+        return "nprobe" if hasattr(self.index, "nprobe") else "efSearch" if hasattr(self.index, "hnsw") else None
+
+    def _param(self, name: str) -> Tuple[Any, str]:
+        if name is None or name != self.param_name():
+            raise InputError(f"binary index {self.factory!r} has no search parameter {name!r}")
+        return (self.index, name) if name == "nprobe" else (self.index.hnsw, name)
 
     def set_param(self, name: str, value: int) -> None:
-        if name == "nprobe" and hasattr(self.index, "nprobe"):
-            self.index.nprobe = int(value)
-        elif name == "efSearch" and hasattr(self.index, "hnsw"):
-            self.index.hnsw.efSearch = int(value)
-        else:
-            raise InputError(f"binary index {self.factory!r} has no search parameter {name!r}")
+        setattr(*self._param(name), int(value))
 
     def get_param(self, name: str) -> int:
-        if name == "nprobe" and hasattr(self.index, "nprobe"):
-            return int(self.index.nprobe)
-        if name == "efSearch" and hasattr(self.index, "hnsw"):
-            return int(self.index.hnsw.efSearch)
-        raise InputError(f"binary index {self.factory!r} has no search parameter {name!r}")
+        return int(getattr(*self._param(name)))
 
     # persistence: the FAISS binary index and the packed codes (for rescoring)
     def write(self, index_path: str, codes_path: str, params_path: str) -> None:

@@ -399,14 +399,15 @@ def _index_from_shards(args, source) -> int:
     given = args.embeddings or args.output.rstrip("/") + ".embeddings"
     folder = os.path.abspath(given)  # absolute: Ray workers may run in another folder
     out = os.path.abspath(args.output)
-    if os.path.abspath(folder) == out or os.path.abspath(folder).startswith(out + os.sep):
+    if folder == out or folder.startswith(out + os.sep):
         raise InputError(f"--embeddings {given} is inside --output {args.output}, which is replaced when the index "
                          "is written; keep the shards beside it (the default: OUTPUT.embeddings)")
     units = plan_units(source, args.shard_size)
     if args.engine == "ray":  # the driver only needs the model's fingerprint: the actors hold the GPUs
         args.device = "cpu"
     model = _load(args)
-    shards = EmbeddingShards.open(folder, units, model.fingerprint(), args.embedding_dtype, overwrite=args.overwrite)
+    fingerprint = model.fingerprint()
+    shards = EmbeddingShards.open(folder, units, fingerprint, args.embedding_dtype, overwrite=args.overwrite)
     spec = _model_spec(args)
     if os.path.exists(spec["name"]):  # a saved model folder, found by the workers wherever they run
         spec["name"] = os.path.abspath(spec["name"])
@@ -418,7 +419,7 @@ def _index_from_shards(args, source) -> int:
     kind = shards.kind()  # one kind in one index: text shards beside image shards are refused
     ids, metadata = shards.ids_and_metadata()
     index = Index.build(rows, ids=ids, metadata=metadata, factory=args.factory, device=args.index_device,
-                        fingerprint=model.fingerprint(), max_memory=args.max_index_memory, target_recall=args.target_recall)
+                        fingerprint=fingerprint, max_memory=args.max_index_memory, target_recall=args.target_recall)
     if args.bm25:
         if kind == "text":  # read from the source again: its ids must still be the shards' ids
             texts = []
@@ -845,7 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where --engine local|ray writes its shards (default: OUTPUT.embeddings); a rerun skips "
                          "finished shards")
     ix.add_argument("--shard-size", type=int, default=8192,
-                    help="documents per embedding shard (default 8192; Parquet: whole row groups; tar: one shard per file)")
+                    help="documents per embedding shard (default 8192; Parquet: whole row groups up to about that "
+                         "many rows, a larger group in slices; tar: one shard per file)")
     ix.add_argument("--embedding-dtype", default="float32", choices=["float32", "float16"],
                     help="dtype of the shard files (float16 halves the disk; vectors are re-normalised when read)")
     ix.add_argument("--replicas", type=int, default=2,
@@ -853,7 +855,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--address", default=None,
                     help="--engine ray: join the Ray cluster at this address (default: start Ray on this machine)")
     ix.add_argument("--overwrite", action="store_true",
-                    help="--engine local|ray: discard the shards of an earlier, different job in --embeddings")
+                    help="--engine local|ray: start over, discarding every shard in --embeddings (needed when they "
+                         "belong to an earlier, different job)")
     ix.add_argument("--shard", default=None, help="index only slice i/n of the documents (e.g. 2/4)")
     ix.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them in OUTPUT.skipped.jsonl")
     ix.add_argument("--batch-size", type=int, default=64)

@@ -389,8 +389,8 @@ class Index:
         return idx
 
     def memory_bytes(self) -> int:
-        """Bytes the vector index holds (its serialised FAISS form; binary codes include the kept
-        copy for rescoring); ids, metadata and BM25 are not counted."""
+        """Bytes the vector index holds (its serialised FAISS form; binary inverted lists add the
+        copy of their codes kept for rescoring); ids, metadata and BM25 are not counted."""
         import faiss
 
         if isinstance(self._index, BinaryCodes):
@@ -497,22 +497,16 @@ def _tune_new(index) -> None:
     """Sensible defaults for a fresh index: HNSW efConstruction / efSearch, IVF nprobe."""
     import faiss
 
-    if isinstance(index, BinaryCodes):
-        idx = index.index
-        if hasattr(idx, "hnsw"):
-            idx.hnsw.efConstruction, idx.hnsw.efSearch = HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH
-        if index.nlist:
-            idx.nprobe = max(1, index.nlist // 16)
-        return
-    idx = faiss.downcast_index(index)
+    idx = index.index if isinstance(index, BinaryCodes) else faiss.downcast_index(index)
     if hasattr(idx, "hnsw"):
         idx.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         idx.hnsw.efSearch = HNSW_EF_SEARCH
     try:
-        ivf = faiss.extract_index_ivf(index)
-        ivf.nprobe = max(1, min(ivf.nlist, ivf.nlist // 16))
+        ivf = (idx if index.nlist else None) if isinstance(index, BinaryCodes) else faiss.extract_index_ivf(index)
     except RuntimeError:
-        pass
+        ivf = None
+    if ivf is not None:
+        ivf.nprobe = max(1, min(ivf.nlist, ivf.nlist // 16))
 
 
 _MANIFEST_FIELDS = {"dim": int, "count": int, "factory": str, "metric": str}

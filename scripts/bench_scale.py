@@ -114,20 +114,12 @@ def render(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> List[str]:
 ENCODE_RUNS = ["memory:1", "memory:2", "local:1", "ray:1", "ray:2"]
 
 
-def passages(path: str, docs: int, words: int = 64) -> int:
-    """The first ``docs`` man-page passages of ``words`` words as a JSONL corpus; returns how many."""
-    from lsb_mm.datasets import load_manpages
+def _compress():
+    """scripts/bench_compress.py, whose man-page passages and kde set this benchmark shares."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import bench_compress
 
-    rows = []
-    for page in load_manpages():
-        w = page.body.split()
-        rows += [{"_id": f"{os.path.basename(page.path)}#{n}", "text": " ".join(w[s:s + words])}
-                 for n, s in enumerate(range(0, len(w), words))]
-        if len(rows) >= docs:
-            break
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows[:docs])
-    return min(docs, len(rows))
+    return bench_compress
 
 
 def encode_run(run: str, corpus: str, work: str, batch_size: int, shard_size: int) -> dict:
@@ -240,11 +232,9 @@ def main(argv=None) -> int:
         if x is None:
             t = time.perf_counter()
             if args.data == "kde":
-                sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-                from bench_compress import encode, kde
-
-                drawn = kde(encode("manpages", os.path.join("runs", "compress"), 0), args.n + args.queries,
-                            args.kde_scale, args.seed)
+                bc = _compress()
+                drawn = bc.kde(bc.encode("manpages", os.path.join("runs", "compress"), 0), args.n + args.queries,
+                               args.kde_scale, args.seed)
                 x, q = drawn[:args.n], drawn[args.n:]
             else:
                 x = mixture(args.n, args.dim, args.clusters, args.seed)
@@ -263,7 +253,7 @@ def main(argv=None) -> int:
     if "encode" in args.parts and args.data == "mixture":
         os.makedirs(args.work, exist_ok=True)
         corpus = os.path.join(args.work, "passages.jsonl")
-        passages(corpus, args.encode_docs)
+        _compress().manpage_corpus(corpus, args.encode_docs)
         runs = []
         for run in args.encode_runs:
             runs.append(encode_run(run, corpus, args.work, args.encode_batch_size, args.encode_shard_size))

@@ -187,10 +187,6 @@ def clear_cache() -> None:
 @functools.lru_cache(maxsize=2)
 def _listing(source: Source):
     """A folder, JSONL or CSV source listed once per job (its units are slices of it)."""
-    return _read_documents(source)
-
-
-def _read_documents(source: Source):
     from ..corpus import read_documents
 
     kw = {"images": None, "corpus": None, "csv_path": None}
@@ -336,12 +332,3 @@ def _read_tar(path: str):
     if not ids:
         raise InputError(f"{path} holds no samples")
     return Documents(kinds.pop(), ids, items, metadata)
-
-
-def check_unique(ids: Sequence[str], where: str) -> None:
-    """Raise naming the first id seen twice in ``where``."""
-    seen = set()
-    for i in ids:
-        if i in seen:
-            raise InputError(f"{where}: id {i!r} appears twice; ids must be unique")
-        seen.add(i)
