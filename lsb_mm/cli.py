@@ -19,9 +19,10 @@ from .files import atomic_write, check_replaceable, iter_jsonl, iter_lines, writ
 log = logging.getLogger("lsb_mm")
 
 EPILOG = """examples:
-  lsb-mm encode --model open_clip:lsb-tiny-test --head slr --texts queries.txt --output q.npy
-  lsb-mm encode --model runs/my-model --images photos/ --role document --output docs.npy
-  lsb-mm encode --model hf:/path/to/all-MiniLM-L6-v2 --pooling mean --texts passages.txt --output p.npy
+  lsb-mm encode --model open_clip:lsb-tiny-test --head slr --texts queries.txt --role query --output q.npy
+  lsb-mm encode --model runs/my-model --images photos/ --output docs.npy
+  lsb-mm encode --model hf:sentence-transformers/all-MiniLM-L6-v2 --head none --texts passages.txt --output p.npy
+  lsb-mm encode --model timm:convnext_tiny.fb_in1k --pretrained true --head none --images photos/ --output i.npy
 """
 
 
@@ -101,13 +102,17 @@ def _pooling_choices() -> List[str]:
 def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
     p.add_argument("--model", required=True, action="append" if multiple else "store",
                    help="a saved lsb-mm folder, a packaged encoder with real weights (minilm, effnet-lite0, "
-                        "minilm+effnet-lite0), or an encoder name: open_clip:<config>, open_clip:local-dir:/path, "
-                        "timm:<name>, hf:<folder>" + (" (repeat to compare models; also bm25 for BM25 alone, and "
+                        "minilm+effnet-lite0), or an encoder name: hf:<org>/<name>[@revision] or hf:<folder>, "
+                        "open_clip:<config> (with --pretrained <tag>), open_clip:hf-hub:<org>/<name>, "
+                        "open_clip:local-dir:/path, timm:<arch>[.<tag>] (with --pretrained true); hub names download "
+                        "into the Hugging Face cache, or come from it offline" + (" (repeat to compare models; also bm25 for BM25 alone, and "
                                                       "hybrid:<model> for a model fused with BM25, see --fusion)"
                                                       if multiple else ""))
     p.add_argument("--head", default="clr", choices=_head_choices(),
                    help="head for a new model built from an encoder name (ignored for saved folders; default: clr)")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file")
+    p.add_argument("--pretrained", default=None,
+                   help="open_clip: a pretrained tag (e.g. laion2b_s34b_b79k) or weights file; timm: true to load "
+                        "timm's weights of <arch>.<tag>")
     p.add_argument("--pooling", default=None, choices=_pooling_choices(), help="pooling of hf: text encoders")
     _add_model_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -469,14 +474,14 @@ def cmd_search(args) -> int:
     model = _load(args)
     t.append(time.perf_counter())
     if args.text is not None:
-        q = model.encode_text([args.text], role="query")
+        q = model.encode_query([args.text])
     else:
-        q = model.encode_image([args.image], role="query")
+        q = model.encode_query([args.image], modality="image")
     t.append(time.perf_counter())
     if args.hybrid is None:
         scores, ids = index.search(q, k=args.k, fingerprint=model.fingerprint())
     else:
-        ids, scores = index.search_hybrid(q, [args.text], k=args.k, fusion=args.hybrid, fingerprint=model.fingerprint())
+        scores, ids = index.search_hybrid(q, [args.text], k=args.k, fusion=args.hybrid, fingerprint=model.fingerprint())
     t.append(time.perf_counter())
     seconds = {k: round(b - a, 4) for k, a, b in zip(("index_load", "model_load", "encode", "search"), t, t[1:])}
     where = {i: n for n, i in enumerate(index.ids)}
@@ -788,8 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--texts", help="a .txt file (one text per line) or .jsonl file")
     src.add_argument("--images", help="a folder of images (searched recursively)")
     enc.add_argument("--output", required=True, help="where to write the embeddings (.npy)")
-    enc.add_argument("--role", default="query", choices=["query", "document"],
-                     help="query applies the query-side head; document the document side (plain by default)")
+    enc.add_argument("--role", default="document", choices=["query", "document"],
+                     help="document (default): what an index holds, plain unless the model fuses documents; "
+                          "query: with the query-side head (for the queries you search with)")
     enc.add_argument("--no-enhance", action="store_true", help="plain backbone embeddings, no head")
     enc.add_argument("--batch-size", type=int, default=64, help="inputs per forward pass (default: 64)")
     enc.add_argument("--workers", type=int, default=0, help="image decoding worker processes (default: 0)")

@@ -151,7 +151,7 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
             ranking, t_docs, t1 = _dense_search(model, fingerprints, task, cache,
                                                 max(ks) if hybrid is None else max(max(ks), CANDIDATES),
                                                 batch_size, factory, enhance, show_progress_bar, num_workers)
-            ids = ranking[1] if hybrid is None else fuse(ranking, _bm25_search(task, CANDIDATES), hybrid, max(ks))[0]
+            ids = ranking[1] if hybrid is None else fuse(ranking, _bm25_search(task, CANDIDATES), hybrid, max(ks))[1]
         run = {qr["_id"]: [i for i in row if i is not None] for qr, row in zip(task.queries, ids)}
         res = evaluate_run(run, task.qrels, ks)
         results["tasks"][task.name] = {**res, "corpus": len(task.corpus), "folder": os.path.abspath(folder),
@@ -209,7 +209,7 @@ def choose_fusion_weight(model, tasks: Union[str, Sequence[str]], weights: Seque
                                     show_progress_bar, 0)
         lexical = _bm25_search(task, CANDIDATES)
         for w in weights:
-            ids = fuse(dense, lexical, w, max(ks))[0]
+            ids = fuse(dense, lexical, w, max(ks))[1]
             run = {qr["_id"]: row for qr, row in zip(task.queries, ids)}
             per_w[w].append(evaluate_run(run, task.qrels, ks)["metrics"][metric])
     scores = {w: float(np.mean(v)) for w, v in per_w.items()}

@@ -3,9 +3,15 @@
 Names are ``family:identifier``:
 
 - ``open_clip:<config name>`` (e.g. ``open_clip:ViT-B-32`` with ``pretrained=<tag or file>``,
-  ``open_clip:lsb-tiny-test``), ``open_clip:local-dir:/path``;
-- ``timm:<model name>`` (``pretrained=False`` by default, ``weights=<file>`` for local weights);
-- ``hf:<local folder or cached name>`` (text encoders; ``pooling=auto|cls|mean|max``).
+  ``open_clip:lsb-tiny-test``), ``open_clip:hf-hub:<org>/<name>``, ``open_clip:local-dir:/path``;
+- ``timm:<arch>[.<tag>]`` (``pretrained=True`` for timm's weights, ``False`` by default,
+  ``weights=<file>`` for local weights);
+- ``hf:<org>/<name>[@revision]`` or ``hf:<local folder>`` (text, vision and CLIP models; a
+  sentence-transformers repository's ``modules.json`` is read; ``pooling=auto|cls|mean|max``).
+
+Hub names download into the standard Hugging Face cache, or are served from it offline
+(``HF_HUB_OFFLINE=1``); a name in neither fails with one line naming the cache and the command
+that fetches it.
 
 A path to a folder saved with ``save_pretrained`` is also accepted (same as ``load_model``).
 """
@@ -111,8 +117,8 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 
 _UNLISTED = {
-    "hf": "hf: models are local folders (or names already in the Hugging Face cache) and have no registry to list; "
-          "pass hf:<folder>",
+    "hf": "hf: models are Hugging Face hub ids or local folders and have no registry here to list; "
+          "pass hf:<org>/<name> (browse https://huggingface.co/models) or hf:<folder>",
     "dual": "dual: encoders are built from two other names, dual:<text name>|<image name>; list those families "
             "(list_models('open_clip'), list_models('timm'))",
 }

@@ -319,10 +319,10 @@ class Index:
             raise SearchIndexError("this index has no BM25 side: build it with `lsb-mm index --bm25` (Index.add_bm25)")
 
     def search_hybrid(self, queries, texts: Sequence[str], k: int = 10, fusion: Union[str, float] = "rrf",
-                      fingerprint: Optional[str] = None) -> Tuple[List[List[str]], List[List[float]]]:
+                      fingerprint: Optional[str] = None) -> Tuple[List[List[float]], List[List[str]]]:
         """Fuse the dense ranking of ``queries`` (embeddings) with BM25's of ``texts`` (the same
-        queries as text): ``fusion`` ``"rrf"`` or a dense weight in [0, 1]. Returns ``(ids, fused
-        scores)`` per query, best first."""
+        queries as text): ``fusion`` ``"rrf"`` or a dense weight in [0, 1]. Returns ``(fused scores,
+        ids)`` per query, best first: FAISS's ``(D, I)`` order, like :meth:`search`."""
         from .lexical import CANDIDATES, fuse
 
         self.check_hybrid()

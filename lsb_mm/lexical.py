@@ -31,7 +31,7 @@ _FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy",
           "ids.json")
 
 Ranking = Tuple[np.ndarray, List[List[Optional[str]]]]  # scores [n, k], ids (None: no document)
-Fused = Tuple[List[List[str]], List[List[float]]]  # ids, fused scores (best first)
+Fused = Tuple[List[List[float]], List[List[str]]]  # fused scores, ids (best first): FAISS's (D, I) order
 
 
 def _bm25s():
@@ -130,7 +130,7 @@ class BM25:
 
 def rrf(rankings: Sequence[List[List[Optional[str]]]], k: int, c: int = RRF_K) -> Fused:
     """Reciprocal-rank fusion: each document scores ``sum 1 / (c + rank)`` over the rankings that
-    hold it (rank from 1); ties keep the order of first appearance. Returns ``(ids, scores)``."""
+    hold it (rank from 1); ties keep the order of first appearance. Returns ``(scores, ids)``, FAISS's order."""
     ids, scores = [], []
     for rows in zip(*rankings):
         score: Dict[str, float] = {}
@@ -140,7 +140,7 @@ def rrf(rankings: Sequence[List[List[Optional[str]]]], k: int, c: int = RRF_K) -
         top = sorted(score, key=lambda d: -score[d])[:k]
         ids.append(top)
         scores.append([score[d] for d in top])
-    return ids, scores
+    return scores, ids
 
 
 def _minmax(scores: np.ndarray, ids: List[List[Optional[str]]]) -> List[Dict[str, float]]:
@@ -157,7 +157,7 @@ def _minmax(scores: np.ndarray, ids: List[List[Optional[str]]]) -> List[Dict[str
 
 def weighted_fusion(dense: Ranking, lexical: Ranking, weight: float, k: int) -> Fused:
     """``weight * dense + (1 - weight) * lexical`` over per-query min-max normalised scores; a
-    document missing from one side scores 0 there. Returns ``(ids, scores)``."""
+    document missing from one side scores 0 there. Returns ``(scores, ids)``, FAISS's order."""
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"fusion weight must be in [0, 1] (the dense side's share), got {weight}")
     ids, scores = [], []
@@ -166,11 +166,12 @@ def weighted_fusion(dense: Ranking, lexical: Ranking, weight: float, k: int) -> 
         top = sorted(fused, key=lambda doc: (-fused[doc], doc))[:k]
         ids.append(top)
         scores.append([fused[doc] for doc in top])
-    return ids, scores
+    return scores, ids
 
 
 def fuse(dense: Ranking, lexical: Ranking, hybrid, k: int) -> Fused:
-    """``hybrid`` ``"rrf"`` (:func:`rrf`) or a dense weight in [0, 1] (:func:`weighted_fusion`)."""
+    """``hybrid`` ``"rrf"`` (:func:`rrf`) or a dense weight in [0, 1] (:func:`weighted_fusion`);
+    ``dense`` and ``lexical`` are ``(scores, ids)`` rankings and so is the result."""
     if hybrid == "rrf":
         return rrf([dense[1], lexical[1]], k)
     if isinstance(hybrid, bool) or not isinstance(hybrid, (int, float)):

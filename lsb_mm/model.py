@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -120,12 +121,47 @@ class LSBModel(nn.Module):
         return out
 
     # -- encode API ----------------------------------------------------------------------
-    def encode_text(self, texts: str | Sequence[str], role: str = "query", batch_size: int = 64,
+    def encode_query(self, inputs: Any, *, modality: Optional[str] = None, **options: Any):
+        """Encode queries (texts or images) with the query-side head: ``encode_text`` /
+        ``encode_image`` with ``role="query"``. Strings are texts; PIL images, ``pathlib.Path``
+        objects and :class:`~lsb_mm.images.ImageBlob` are images (``modality="image"`` reads
+        strings as image paths)."""
+        return self._encode_role(inputs, "query", modality, options)
+
+    def encode_document(self, inputs: Any, *, modality: Optional[str] = None, **options: Any):
+        """Encode documents (texts or images) as an index holds them: the document side, which is
+        the plain embedding unless the model applies its head to documents (``fusion_p``)."""
+        return self._encode_role(inputs, "document", modality, options)
+
+    def _encode_role(self, inputs: Any, role: str, modality: Optional[str], options: Dict[str, Any]):
+        if "role" in options:
+            raise InputError(f"encode_{role} sets the role itself; call encode_text / encode_image to choose it")
+        kind = modality if modality is not None else _modality_of(inputs)
+        if kind == "text":
+            return self.encode_text(inputs, role=role, **options)
+        if kind == "image":
+            return self.encode_image(inputs, role=role, **options)
+        raise InputError(f"modality must be 'text' or 'image', got {modality!r}")
+
+    def similarity(self, a: Any, b: Any) -> torch.Tensor:
+        """Cosine similarity matrix ``[len(a), len(b)]`` of two embedding batches (numpy or torch,
+        ``[d]`` or ``[N, d]``), as a float32 tensor: sentence-transformers' ``model.similarity``."""
+        def as_2d(x: Any, what: str) -> torch.Tensor:
+            t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float().cpu()
+            t = t.unsqueeze(0) if t.dim() == 1 else t
+            if t.dim() != 2 or t.shape[1] != self.embed_dim:
+                raise InputError(f"similarity: {what} must be [N, {self.embed_dim}] embeddings, got shape {tuple(t.shape)}")
+            return F.normalize(t, dim=-1)
+
+        return as_2d(a, "a") @ as_2d(b, "b").T
+
+    def encode_text(self, texts: str | Sequence[str], role: str = "document", batch_size: int = 64,
                     show_progress_bar: Optional[bool] = None, convert_to: str = "numpy", enhance: bool = True):
         """Encode texts to float32, L2-normalised ``[N, d]`` (``[d]`` for a single string).
 
-        ``role="query"`` applies the query-side head, ``role="document"`` the document side
-        (plain by default); ``enhance=False`` gives the plain backbone embedding.
+        The default ``role="document"`` gives what an index holds (the plain embedding unless the
+        model applies its head to documents); ``role="query"`` applies the query-side head (or call
+        :meth:`encode_query`); ``enhance=False`` gives the plain backbone embedding.
         """
         if not self.has_text:
             raise InputError(f"{self.name}: this model has no text tower")
@@ -146,12 +182,13 @@ class LSBModel(nn.Module):
                 out[torch.as_tensor(idx)] = emb.float().cpu()
         return _convert(out[0] if single else out, convert_to)
 
-    def encode_image(self, images: ImageInput | Sequence[ImageInput], role: str = "query", batch_size: int = 64,
+    def encode_image(self, images: ImageInput | Sequence[ImageInput], role: str = "document", batch_size: int = 64,
                      show_progress_bar: Optional[bool] = None, convert_to: str = "numpy", enhance: bool = True,
                      num_workers: int = 0):
         """Encode images (file paths, PIL images in any mode, or :class:`~lsb_mm.images.ImageBlob` bytes) to float32, L2-normalised ``[N, d]``.
 
-        A missing or undecodable file raises :class:`~lsb_mm.errors.ImageLoadError` naming it.
+        ``role`` as in :meth:`encode_text` (default ``"document"``). A missing or undecodable file
+        raises :class:`~lsb_mm.errors.ImageLoadError` naming it.
         """
         if not self.has_image:
             raise InputError(f"{self.name}: this model has no image tower")
@@ -260,6 +297,34 @@ class LSBModel(nn.Module):
         h = hashlib.sha256(json.dumps(desc, sort_keys=True).encode())
         h.update(tensor_digest({k: v.detach().cpu() for k, v in parts.items()}).encode())
         return h.hexdigest()[:16]
+
+
+def _modality_of(inputs: Any) -> str:
+    """``text`` for a string or a list of strings, ``image`` for images; a mixed list is refused."""
+    from PIL import Image
+
+    from .images import ImageBlob
+
+    def kind(x: Any) -> Optional[str]:
+        if isinstance(x, str):
+            return "text"
+        if isinstance(x, (Image.Image, ImageBlob, os.PathLike)):
+            return "image"
+        return None
+
+    one = kind(inputs)
+    if one is not None:
+        return one
+    if isinstance(inputs, (list, tuple)) and inputs:
+        kinds = {kind(x) for x in inputs}
+        if kinds == {"text"} or kinds == {"image"}:
+            return kinds.pop()
+        if None in kinds:
+            bad = next(i for i, x in enumerate(inputs) if kind(x) is None)
+            raise InputError(f"inputs[{bad}] is a {type(inputs[bad]).__name__}; expected str (text) or an image "
+                             "(PIL image, pathlib.Path, ImageBlob)")
+        raise InputError("inputs mix texts and images; encode each kind in its own call")
+    raise InputError(f"expected a text, an image or a non-empty list of them, got {type(inputs).__name__}")
 
 
 def _check_role(role: str) -> None:

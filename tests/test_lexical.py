@@ -84,19 +84,19 @@ def test_bm25_folder_round_trip_and_verification(tmp_path):
 
 def test_rrf_by_hand():
     # doc x: 1/61 + 1/62; y: 1/62 + 1/61; z: 1/63; w: 1/63 -> x, y tie (x first seen), then z, w
-    ids, scores = rrf([[["x", "y", "z"]], [["y", "x", "w", None]]], k=3)
+    scores, ids = rrf([[["x", "y", "z"]], [["y", "x", "w", None]]], k=3)
     assert ids == [["x", "y", "z"]] and scores[0] == pytest.approx([1 / 61 + 1 / 62, 1 / 62 + 1 / 61, 1 / 63])
-    assert rrf([[["a", None]], [[None, None]]], k=5) == ([["a"]], [[1 / 61]])
+    assert rrf([[["a", None]], [[None, None]]], k=5) == ([[1 / 61]], [["a"]])
 
 
 def test_weighted_fusion_ends_and_middle():
     dense = (np.array([[0.9, 0.5, 0.1]]), [["a", "b", "c"]])
     lexical = (np.array([[7.0, 3.0, 0.0]]), [["c", "d", None]])
-    assert weighted_fusion(dense, lexical, 1.0, 3) == ([["a", "b", "c"]], [[1.0, 0.5, 0.0]])
+    assert weighted_fusion(dense, lexical, 1.0, 3) == ([[1.0, 0.5, 0.0]], [["a", "b", "c"]])
     # normalised: dense a 1, b .5, c 0; lexical c 1, d 0. w = 0: c first, the zeros by id
-    assert weighted_fusion(dense, lexical, 0.0, 2)[0] == [["c", "a"]]
+    assert weighted_fusion(dense, lexical, 0.0, 2)[1] == [["c", "a"]]
     # w = 0.5: a .5, b .25, c .5, d 0 -> a and c tie (by id), then b
-    assert weighted_fusion(dense, lexical, 0.5, 3) == ([["a", "c", "b"]], [[0.5, 0.5, 0.25]])
+    assert weighted_fusion(dense, lexical, 0.5, 3) == ([[0.5, 0.5, 0.25]], [["a", "c", "b"]])
     with pytest.raises(InputError, match=r"in \[0, 1\]"):
         weighted_fusion(dense, lexical, 1.5, 3)
     assert FUSION_WEIGHTS[0] == 0.0 and FUSION_WEIGHTS[-1] == 1.0 and len(FUSION_WEIGHTS) == 11
@@ -221,17 +221,17 @@ def test_index_with_a_bm25_side_saves_loads_and_fuses(tmp_path):
     with pytest.raises(SearchIndexError, match="3 texts"):
         index.add_bm25(DOCS[:3])
     index.add_bm25(DOCS)
-    ids, scores = index.search_hybrid(x[1:2], ["cat mat"], k=3)
+    scores, ids = index.search_hybrid(x[1:2], ["cat mat"], k=3)
     dense = [list(index.search(x[1:2], 4)[1][0])]  # b first (its own vector)
-    assert (ids, scores) == rrf([dense, index.bm25.search(["cat mat"], 4)[1]], 3)
+    assert (scores, ids) == rrf([dense, index.bm25.search(["cat mat"], 4)[1]], 3)
     assert "b" in ids[0] and ("a" in ids[0] or "d" in ids[0])  # both sides contribute
-    assert index.search_hybrid(x[1:2], ["cat mat"], k=2, fusion=1.0)[0] == [["b", index.search(x[1:2], 2)[1][0][1]]]
-    assert index.search_hybrid(x[1:2], ["cat mat"], k=1, fusion=0.0)[0] == [["a"]]  # BM25's best
+    assert index.search_hybrid(x[1:2], ["cat mat"], k=2, fusion=1.0)[1] == [["b", index.search(x[1:2], 2)[1][0][1]]]
+    assert index.search_hybrid(x[1:2], ["cat mat"], k=1, fusion=0.0)[1] == [["a"]]  # BM25's best
     with pytest.raises(SearchIndexError, match="cannot grow"):
         index.add(x[:1], ids=["e"])
     index.save(str(tmp_path / "ix"))
     back = Index.load(str(tmp_path / "ix"))
-    assert back.bm25 is not None and back.search_hybrid(x[1:2], ["cat mat"], k=3) == (ids, scores)
+    assert back.bm25 is not None and back.search_hybrid(x[1:2], ["cat mat"], k=3) == (scores, ids)
     with open(tmp_path / "ix" / "bm25" / "manifest.json", "a", encoding="utf-8") as f:
         f.write(" ")  # the index's manifest keeps the BM25 manifest's checksum
     with pytest.raises(SearchIndexError, match="checksum does not match"):

@@ -9,8 +9,9 @@
   (default) or ``mean`` of the patch tokens.
 - ``clip``: ``CLIPModel``, both towers with their projections (a cross-modal dual encoder).
 
-Nothing is fetched: ``HF_HUB_OFFLINE=1`` is expected, and ``trust_remote_code`` stays off unless
-asked for.
+``hf:<org>/<name>[@revision]`` is a hub id: its snapshot (downloaded into the standard cache, or
+served from it offline) is read exactly as the same local folder would be, ``modules.json``
+included. ``trust_remote_code`` stays off unless asked for.
 """
 from __future__ import annotations
 
@@ -194,18 +195,22 @@ class HFBackbone(Backbone):
 
     @classmethod
     def create(cls, name: str, trust_remote_code: bool = False, **options: Any) -> "HFBackbone":
+        from .hub import resolve
+
+        folder = resolve(f"hf:{name}", name)  # before transformers is imported: a hub miss fails in seconds
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load Hugging Face model {name!r} offline (a local folder with config.json "
-                                 f"is expected): {exc}") from exc
+            raise ModelLoadError(f"hf:{name}: cannot read the model's config.json in {folder}: {exc}") from exc
         sub = _KINDS[_hf_kind(config)]
         try:
-            return sub.build(name, config, trust_remote_code=trust_remote_code, **options)
+            backbone = sub.build(folder, config, trust_remote_code=trust_remote_code, **options)
         except TypeError as exc:  # an option this kind does not take
             raise ModelLoadError(f"hf:{name} ({sub.kind} model): {exc}") from exc
+        backbone.name = name  # the id the user gave (recorded in the saved spec), not the snapshot path
+        return backbone
 
     @classmethod
     def from_saved(cls, spec: Dict[str, Any], folder: str) -> "HFBackbone":

