@@ -16,11 +16,11 @@ _LAZY = {
     "TokenStream": ".stream", "build_head": ".heads", "LSBModel": ".model",
     "add_model_config": ".factory", "create_model": ".factory", "list_models": ".factory", "load_model": ".factory",
     "TrainConfig": ".trainer", "Trainer": ".trainer", "train": ".trainer",
-    "Index": ".index", "CorpusCache": ".evaluation", "evaluate": ".evaluation",
+    "Index": ".index", "CorpusCache": ".evaluation", "evaluate": ".evaluation", "build_index": ".pipeline",
 }
 
 __all__ = ["__version__", "TokenStream", "LSBModel", "create_model", "load_model", "list_models",
-           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "evaluate", "CorpusCache",
+           "add_model_config", "build_head", "TrainConfig", "Trainer", "train", "Index", "build_index", "evaluate", "CorpusCache",
            "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from .heads import build_head  # noqa: F401
     from .index import Index  # noqa: F401
     from .model import LSBModel  # noqa: F401
+    from .pipeline import build_index  # noqa: F401
     from .stream import TokenStream  # noqa: F401
     from .trainer import TrainConfig, Trainer, train  # noqa: F401
 

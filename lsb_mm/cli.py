@@ -13,8 +13,8 @@ from typing import List, Optional
 import numpy as np
 
 from ._version import __version__
-from .errors import InputError, LSBError, positive_int, user_message
-from .files import atomic_write, check_replaceable, iter_jsonl, iter_lines, write_text
+from .errors import InputError, LSBError, user_message
+from .files import atomic_write, iter_jsonl, iter_lines, write_text
 
 log = logging.getLogger("lsb_mm")
 
@@ -330,118 +330,19 @@ def cmd_train(args) -> int:
 
 
 def cmd_index(args) -> int:
-    if args.max_index_memory is not None and args.factory != "auto":
-        raise InputError(f"--max-index-memory applies to --factory auto (got --factory {args.factory})")
-    if args.target_recall is not None and not 0 < args.target_recall <= 1:
-        raise InputError(f"--target-recall must be in (0, 1], got {args.target_recall}")
-    if args.max_index_memory is not None:
-        from .autoindex import parse_memory
-
-        parse_memory(args.max_index_memory)
-    from .corpus import shard_slice
-    from .datasets.readers import plan_units, read_units
-    from .engine import encode_documents
-    from .images import check_images
-    from .index import Index
-
-    check_replaceable(args.output, "manifest.json", "an lsb-mm index")  # before any encoding
-    source = _index_source(args)
-    if args.engine != "memory":
-        return _index_from_shards(args, source)
-    units = plan_units(source, args.shard_size)
-    docs = read_units(units)
-    windows = [len(u) for u in units]  # encoded unit by unit, as the sharded engines do: the same bits
-    if args.shard:
-        docs = docs.subset(list(shard_slice(len(docs.ids), args.shard)))
-        windows = args.shard_size
-    skipped = []
-    if docs.kind == "image" and args.skip_bad:
-        good, skipped = check_images(docs.items)
-        keep = set(good)
-        docs = docs.subset([i for i, p in enumerate(docs.items) if p in keep])
-        windows = args.shard_size
-    model = _load(args)
-    t0 = time.perf_counter()
-    emb = encode_documents(model, docs, args.batch_size, windows, args.workers, show_progress=not args.quiet)
-    t_enc = time.perf_counter() - t0
-    index = Index.build(emb, ids=docs.ids, metadata=docs.metadata, factory=args.factory, device=args.index_device,
-                        fingerprint=model.fingerprint(), max_memory=args.max_index_memory, target_recall=args.target_recall)
-    if args.bm25:
-        index.add_bm25(_bm25_texts(docs.ids, docs.items if docs.kind == "text" else [m.get("caption") for m in docs.metadata]))
-    index.save(args.output)
-    report = None
-    if skipped:
-        report = args.output.rstrip("/") + ".skipped.jsonl"
-        write_text(report, "".join(json.dumps({"path": path, "reason": reason}) + "\n" for path, reason in skipped))
-        print(f"skipped {len(skipped)} unreadable files; see {report}", file=sys.stderr)
-    print(json.dumps({"index": args.output, "count": len(index), "kind": docs.kind, "factory": index.factory, "bm25": args.bm25,
-                      **({"build": index.build_info} if index.build_info else {}),
-                      "device": index.device, "encode_seconds": round(t_enc, 2), "skipped": len(skipped),
-                      "skipped_report": report, "fingerprint": index.fingerprint}))
-    return 0
-
-
-def _index_source(args):
-    from .datasets.readers import Source
+    from .pipeline import build_index
 
     kind = next(k for k in ("images", "corpus", "csv", "parquet", "tar") if getattr(args, k) is not None)
-    root = os.path.abspath(args.image_root) if args.image_root else None  # absolute: Ray workers run elsewhere
-    return Source(kind, os.path.abspath(getattr(args, kind)), args.csv_img_key, args.csv_caption_key, root)
-
-
-def _index_from_shards(args, source) -> int:
-    """``lsb-mm index --engine local|ray``: encode into resumable embedding shards, then build the
-    index from them a block at a time."""
-    from .datasets.readers import plan_units, read_unit
-    from .engine import run_job
-    from .index import Index
-    from .shards import EmbeddingShards
-
-    for flag, value in (("--shard", args.shard), ("--skip-bad", args.skip_bad)):
-        if value:
-            raise InputError(f"{flag} applies to --engine memory (the shards of --engine {args.engine} are its units)")
-    positive_int(args.replicas, "--replicas")
-    given = args.embeddings or args.output.rstrip("/") + ".embeddings"
-    folder = os.path.abspath(given)  # absolute: Ray workers may run in another folder
-    out = os.path.abspath(args.output)
-    if folder == out or folder.startswith(out + os.sep):
-        raise InputError(f"--embeddings {given} is inside --output {args.output}, which is replaced when the index "
-                         "is written; keep the shards beside it (the default: OUTPUT.embeddings)")
-    units = plan_units(source, args.shard_size)
-    if args.engine == "ray":  # the driver only needs the model's fingerprint: the actors hold the GPUs
-        args.device = "cpu"
-    model = _load(args)
-    fingerprint = model.fingerprint()
-    shards = EmbeddingShards.open(folder, units, fingerprint, args.embedding_dtype, overwrite=args.overwrite)
     spec = _model_spec(args)
-    if os.path.exists(spec["name"]):  # a saved model folder, found by the workers wherever they run
-        spec["name"] = os.path.abspath(spec["name"])
-    job = run_job(shards, spec, args.engine, workers=args.replicas, batch_size=args.batch_size, address=args.address,
-                  show_progress=not args.quiet, image_workers=args.workers,
-                  model=model if args.engine == "local" else None)
-    t0 = time.perf_counter()
-    rows = shards.rows()
-    kind = shards.kind()  # one kind in one index: text shards beside image shards are refused
-    ids, metadata = shards.ids_and_metadata()
-    index = Index.build(rows, ids=ids, metadata=metadata, factory=args.factory, device=args.index_device,
-                        fingerprint=fingerprint, max_memory=args.max_index_memory, target_recall=args.target_recall)
-    if args.bm25:
-        if kind == "text":  # read from the source again: its ids must still be the shards' ids
-            texts = []
-            for u in units:
-                docs = read_unit(u)
-                if docs.ids != ids[len(texts):len(texts) + len(docs.ids)]:
-                    raise InputError(f"{u.path}: its documents {u.start + 1}..{u.stop} are no longer those of shard "
-                                     f"{u.shard} (the source changed since it was encoded); rerun with --overwrite")
-                texts += docs.items
-        else:
-            texts = [m.get("caption") for m in metadata]
-        index.add_bm25(_bm25_texts(ids, texts))
-    index.save(args.output)
-    print(json.dumps({"index": args.output, "count": len(index), "factory": index.factory, "bm25": args.bm25,
-                      **({"build": index.build_info} if index.build_info else {}), "device": index.device,
-                      "embeddings": folder, "shards": len(units), "job": job,
-                      "index_seconds": round(time.perf_counter() - t0, 2), "fingerprint": index.fingerprint}))
+    index = build_index(spec.pop("name"), getattr(args, kind), args.output, kind=kind, engine=args.engine,
+                        factory=args.factory, bm25=args.bm25, max_memory=args.max_index_memory,
+                        target_recall=args.target_recall, device=args.index_device, batch_size=args.batch_size,
+                        workers=args.workers, shard_size=args.shard_size, embeddings=args.embeddings,
+                        embedding_dtype=args.embedding_dtype, replicas=args.replicas, address=args.address,
+                        overwrite=args.overwrite, shard=args.shard, skip_bad=args.skip_bad, image_root=args.image_root,
+                        csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, model_options=spec,
+                        model_device=args.device, show_progress=not args.quiet)
+    print(json.dumps(index.build_report))
     return 0
 
 
@@ -451,14 +352,6 @@ def _model_spec(args) -> dict:
     if args.pooling:
         opts["pooling"] = args.pooling
     return {"name": args.model, "head": args.head, "pretrained": args.pretrained, **opts}
-
-
-def _bm25_texts(ids, texts):
-    missing = [i for i, t in zip(ids, texts) if not t]
-    if missing:
-        raise InputError(f"--bm25 indexes each document's text (images: their caption); {len(missing)} of "
-                         f"{len(texts)} have none, e.g. {missing[0]!r}")
-    return texts
 
 
 def cmd_search(args) -> int:

@@ -1,6 +1,9 @@
-"""Small structured training sets where retrieval can be learned in a few CPU steps."""
+"""Small structured training sets where retrieval can be learned in a few CPU steps, and writers of
+the source formats (PNG bytes, WebDataset tars, Parquet in row groups)."""
+import io
 import json
 import os
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -91,3 +94,40 @@ def write_jsonl(path, records):
         for r in records:
             f.write(json.dumps(r) + "\n")
     return str(path)
+
+
+def png(color, size=(12, 10)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def write_tar(path, samples):
+    """``samples``: [(key, {ext: bytes})] in order."""
+    with tarfile.open(path, "w") as tf:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                add(tf, f"{key}.{ext}", data)
+
+
+def write_parquet(path, columns, row_group_size):
+    """A Parquet file in row groups of ``row_group_size`` rows, or of each size of a list."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(columns)
+    if isinstance(row_group_size, int):
+        pq.write_table(table, path, row_group_size=row_group_size)
+        return
+    with pq.ParquetWriter(path, table.schema) as w:
+        start = 0
+        for n in row_group_size:
+            w.write_table(table.slice(start, n), row_group_size=n)
+            start += n
+    assert pq.ParquetFile(path).metadata.num_row_groups == len(row_group_size)

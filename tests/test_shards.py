@@ -3,13 +3,12 @@
 import io
 import json
 import os
-import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import synthetic
+from synthetic import png, write_parquet, write_tar
 from lsb_mm.cli import main
 from lsb_mm.corpus import Documents
 from lsb_mm.datasets.readers import Source, Unit, plan_units, read_source, read_unit
@@ -17,43 +16,6 @@ from lsb_mm.errors import InputError
 from lsb_mm.shards import EmbeddingShards, ShardRows
 
 MODEL = "open_clip:lsb-tiny-test"
-
-
-def png(color, size=(12, 10)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, color).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tf.addfile(info, io.BytesIO(data))
-
-
-def write_tar(path, samples):
-    """``samples``: [(key, {ext: bytes})] in order."""
-    with tarfile.open(path, "w") as tf:
-        for key, parts in samples:
-            for ext, data in parts.items():
-                add(tf, f"{key}.{ext}", data)
-
-
-def write_parquet(path, columns, row_group_size):
-    """A Parquet file in row groups of ``row_group_size`` rows, or of each size of a list."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table(columns)
-    if isinstance(row_group_size, int):
-        pq.write_table(table, path, row_group_size=row_group_size)
-        return
-    with pq.ParquetWriter(path, table.schema) as w:
-        start = 0
-        for n in row_group_size:
-            w.write_table(table.slice(start, n), row_group_size=n)
-            start += n
-    assert pq.ParquetFile(path).metadata.num_row_groups == len(row_group_size)
 
 
 def texts(n, prefix="doc"):
