@@ -556,12 +556,10 @@ def cmd_serve(args) -> int:
         raise InputError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
     if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 1000:
         raise InputError(f"--max-batch must be >= 1 and --batch-wait-ms in 0..1000, got {args.max_batch}, {args.batch_wait_ms}")
-    try:
-        import uvicorn  # noqa: F401
+    from .errors import require_extra
 
-        from .serve import SearchService, create_app, serve_forever
-    except ImportError as exc:
-        raise InputError(f"lsb-mm serve needs FastAPI and uvicorn: pip install 'lsb-mm[serve]' ({exc})") from None
+    require_extra("serve", "lsb-mm serve", "fastapi", "uvicorn")
+    from .serve import SearchService, create_app, serve_forever
     if args.threads:
         import torch
 

@@ -192,10 +192,9 @@ def _stdout_to_stderr():
 
 def _run_ray(shards, todo: List[Unit], spec: Dict[str, Any], workers: int, batch_size: int, address: Optional[str],
              progress: _Progress) -> None:
-    try:
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise InputError("--engine ray needs Ray Data: pip install 'ray[data]' (or lsb-mm[scale])") from None
+    from .errors import require_extra
+
+    require_extra("scale", "--engine ray", "ray", "ray.data")
     import ray
 
     started = not ray.is_initialized()  # a Ray the caller started is theirs to stop

@@ -1,7 +1,8 @@
 """Exceptions raised for user mistakes; the CLI turns them into one clear line and exit 2."""
 from __future__ import annotations
 
-__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError", "positive_int", "user_message"]
+__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError", "MissingExtraError", "require_extra",
+           "positive_int", "user_message"]
 
 
 class LSBError(Exception):
@@ -14,6 +15,23 @@ class InputError(LSBError, ValueError):
 
 class ModelLoadError(LSBError):
     """A model name, folder or weights file cannot be turned into a model."""
+
+
+class MissingExtraError(LSBError, ImportError):
+    """A feature needs an optional extra that is not installed; the message says how to install it."""
+
+
+def require_extra(extra: str, what: str, *modules: str) -> None:
+    """Import ``modules`` (e.g. ``"fastapi"``); if one is missing, raise :class:`MissingExtraError`
+    naming ``what`` needs it and ``pip install -e '.[<extra>]'``."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise MissingExtraError(f"{what} needs the '{extra}' extra ({exc.name or name} is not installed): "
+                                    f"pip install -e '.[{extra}]' in the lsb-mm clone") from None
 
 
 class ImageLoadError(LSBError):

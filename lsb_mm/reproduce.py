@@ -467,6 +467,9 @@ ALPHA = 0.05  # significance level of the verdicts
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p-value of Welch's t-test on two ``(mean, std, n)`` rows. A row of one run counts as
     exact (a deterministic reference such as the untuned model or BM25): a one-sample test against it."""
+    from .errors import require_extra
+
+    require_extra("experiments", "Welch's t-test of the reproductions", "scipy")
     from scipy import stats
 
     diff = a[0] - b[0]

@@ -439,6 +439,9 @@ def create_app(service: SearchService, api_key: Optional[str] = None, max_body: 
     """The FastAPI app of ``service``: the endpoints above and the search page at ``/``.
     ``batching`` groups concurrent queries into one encode call (``max_batch``, ``max_wait_ms``);
     off, each query is encoded alone. ``cors_origins`` turns CORS on for those origins."""
+    from .errors import require_extra
+
+    require_extra("serve", "the search service", "fastapi")
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
