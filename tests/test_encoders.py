@@ -33,7 +33,7 @@ def test_tiny_open_clip_plain_equals_open_clip(tiny, rgb_images):
     np.testing.assert_allclose(none.encode_text(TEXTS), ref_t, atol=1e-6)
     np.testing.assert_allclose(none.encode_image(rgb_images), ref_i, atol=1e-6)
     # the trained-looking (random) head does change query embeddings
-    assert np.abs(tiny.encode_text(TEXTS) - ref_t).max() > 1e-4
+    assert np.abs(tiny.encode_query(TEXTS) - ref_t).max() > 1e-4
 
 
 def test_encode_output_contract(tiny, rgb_images):
@@ -275,7 +275,7 @@ def test_hf_clip_plain_equals_transformers(tiny_hf_clip_dir, rgb_images):
     np.testing.assert_allclose(m.encode_image(rgb_images, enhance=False), F.normalize(i, dim=-1).numpy(), atol=1e-5)
     s = m.text_stream(TEXTS)
     assert s.vocab_size == 49408 and s.content_mask.sum() < s.mask.sum()  # BOS/EOS are special
-    assert np.abs(m.encode_text(TEXTS) - m.encode_text(TEXTS, enhance=False)).max() > 1e-4
+    assert np.abs(m.encode_query(TEXTS) - m.encode_text(TEXTS, enhance=False)).max() > 1e-4
 
 
 def test_hf_vit_patch_tokens(tiny_hf_vit_dir, rgb_images):

@@ -71,7 +71,7 @@ def test_model_names_are_checked():
         lsb_mm.create_model("open_clip:clip-vit")
     with pytest.raises(lsb_mm.ModelLoadError, match="unknown timm model"):
         lsb_mm.create_model("timm:not-a-net")
-    with pytest.raises(lsb_mm.ModelLoadError, match="offline"):
+    with pytest.raises(lsb_mm.ModelLoadError, match="neither a folder nor a Hugging Face model id"):
         lsb_mm.create_model("hf:/no/such/folder")
     with pytest.raises(ValueError, match="unknown head"):
         lsb_mm.create_model("open_clip:lsb-tiny-test", head="bm25")
@@ -147,7 +147,7 @@ def test_list_models_by_family():
     assert lsb_mm.list_models("packaged") == packaged and "open_clip:lsb-tiny-test" in lsb_mm.list_models("open_clip")
     assert lsb_mm.list_models() == packaged + lsb_mm.list_models("open_clip")
     assert "timm:resnet18" in lsb_mm.list_models("timm")
-    with pytest.raises(lsb_mm.ModelLoadError, match="hf: models are local folders"):
+    with pytest.raises(lsb_mm.ModelLoadError, match="hf: models are Hugging Face hub ids or local folders"):
         lsb_mm.list_models("hf")
     with pytest.raises(lsb_mm.ModelLoadError, match=r"dual:<text name>\|<image name>"):
         lsb_mm.list_models("dual")
