@@ -267,12 +267,13 @@ class LSBModel(nn.Module):
             "head_init": self.head_init,
         }
 
-    def save_pretrained(self, folder: str) -> str:
+    def save_pretrained(self, folder: str, training: Optional[Dict[str, Any]] = None) -> str:
         """Save everything (backbone, heads, projection, scale, codebook, tokenizer and
-        preprocessing config) as JSON + safetensors, atomically. Returns the folder."""
+        preprocessing config) as JSON + safetensors, with a model card (``README.md``), atomically.
+        ``training`` is what a run recorded, for the card (``lsb-mm train`` passes it). Returns the folder."""
         from .serialization import save_model
 
-        return save_model(self, folder)
+        return save_model(self, folder, training)
 
     def fingerprint(self) -> str:
         """A short hash of the configuration and every weight: identifies the embeddings' source."""

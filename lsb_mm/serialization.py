@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -48,19 +48,25 @@ def state_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def save_model(model, folder: str) -> str:
+def save_model(model, folder: str, training: Optional[Dict[str, Any]] = None) -> str:
+    """Write ``model`` to ``folder``; ``training`` (what a run recorded: recipe, data, best
+    validation, modulation) goes into ``lsb_config.json`` and the model card."""
     from safetensors.torch import save_file
+
+    from .model_card import model_card
 
     tensors = _tensors(model)
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "lsb_mm_version": __version__,
               **model.config(), "weights": {"file": WEIGHTS_NAME, "count": len(tensors), "sha256": tensor_digest(tensors)}}
+    if training is not None:
+        config["training"] = training
     with atomic_folder(folder, CONFIG_NAME, "an lsb-mm model") as tmp:
         os.makedirs(os.path.join(tmp, BACKBONE_DIR))
         model.backbone.save_assets(os.path.join(tmp, BACKBONE_DIR))
         config["files"] = _backbone_files(tmp)
         save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
         with open(os.path.join(tmp, "README.md"), "w", encoding="utf-8") as f:
-            f.write(_model_card(config))
+            f.write(model_card(config, training))
         with open(os.path.join(tmp, CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2)
     return folder
@@ -147,12 +153,3 @@ def check_state(model, tensors: Dict[str, torch.Tensor], path: str) -> None:
         want: Tuple[int, ...] = tuple(expected[k].shape)
         if tuple(t.shape) != want:
             raise ModelLoadError(f"{path}: tensor {k!r} has shape {tuple(t.shape)}, the config implies {want}")
-
-
-def _model_card(config: Dict[str, Any]) -> str:
-    heads = {k: (config.get(k) or {}).get("kind") for k in ("text_head", "image_head") if config.get(k)}
-    return (f"# lsb-mm model\n\nBackbone: `{config['backbone'].get('family')}:{config['backbone'].get('name')}`; "
-            f"embedding dim {config.get('embed_dim')}; heads {heads}; fusion {config.get('fusion')}.\n\n"
-            "```python\nimport lsb_mm\nmodel = lsb_mm.load_model('<this folder>')\n"
-            "q = model.encode_text(['a query'], role='query')\n```\n\n"
-            f"Saved by lsb-mm {config.get('lsb_mm_version')} (format {config.get('format_version')}).\n")

@@ -460,7 +460,7 @@ class Trainer:
                 log.info("saved %s (the best on validation: %s %.4f at step %d)", final, cfg.best_metric,
                          self.best["value"], self.best["step"])
             else:
-                self.model.save_pretrained(final)
+                self.model.save_pretrained(final, training=self._training_record())
                 log.info("saved %s", final)
             self._log({"step": self.step, "final": {"from_step": self.best["step"] if cfg.keep_best and
                                                     self.best["step"] is not None else self.step, **self.best}})
@@ -639,7 +639,7 @@ class Trainer:
         if best["value"] is None or value > best["value"]:
             best.update(value=value, step=self.step, bad_evals=0)
             if self.cfg.keep_best:
-                self._save_best()
+                self._save_best(modulation)
         else:
             best["bad_evals"] += 1
             if self.cfg.patience and best["bad_evals"] >= self.cfg.patience:
@@ -659,10 +659,27 @@ class Trainer:
         finally:
             self._train_mode()
 
-    def _save_best(self) -> None:
+    def _save_best(self, modulation: Optional[Dict[str, float]] = None) -> None:
         if self.dist.is_main:
-            self.model.save_pretrained(os.path.join(self.cfg.output, BEST_DIR))
+            self.model.save_pretrained(os.path.join(self.cfg.output, BEST_DIR), training=self._training_record(modulation))
         barrier()
+
+    def _training_record(self, modulation: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+        """What the model card and ``lsb_config.json`` say of this run: the recipe, the data (files,
+        counts, checksums), the best validation so far and the modulation strength there."""
+        cfg, d = self.cfg, self.data
+        recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (str, int, float, bool))}
+        recipe.update(world_size=self.dist.world_size, global_batch=self.global_batch, total_steps=self.total_steps)
+        data = {"train": {"path": cfg.train_data, "examples": len(d),
+                          "sha256": file_sha256(cfg.train_data) if os.path.isfile(cfg.train_data) else None}}
+        if cfg.eval_data:
+            data["validation"] = {"path": cfg.eval_data, "examples": len(self.eval_data.examples) if self.eval_data else None,
+                                  "sha256": file_sha256(cfg.eval_data) if os.path.isfile(cfg.eval_data) else None}
+        elif cfg.val_fraction and self.eval_data is not None:
+            data["validation"] = {"path": f"{cfg.val_fraction:g} of {cfg.train_data}", "examples": len(self.eval_data.examples),
+                                  "sha256": None}
+        best = {k: self.best[k] for k in ("metric", "value", "step")}
+        return {"recipe": recipe, "data": data, "best": best, "modulation": modulation, "saved_step": self.step}
 
     @torch.no_grad()
     def _modulation(self, queries: List[str], batch_size: int = 256) -> Optional[Dict[str, float]]:
