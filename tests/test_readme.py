@@ -116,3 +116,22 @@ def test_readme_python_names_exist(needle):
     for part in needle.rstrip("(").split(".")[1:]:
         obj = getattr(obj, part)
     assert callable(obj)
+
+
+def test_the_ten_lines_of_python_run_as_written(tmp_path, minilm_path):
+    """The README's first Python block, as a user online would run it: the hub id resolved from a
+    Hugging Face cache that a download filled (here: filled from the packaged weights), offline."""
+    from hub_cache import fill_folder
+
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    code = text.split("<!-- quickstart:start -->", 1)[1].split("<!-- quickstart:end -->", 1)[0]
+    code = code.split("```python\n", 1)[1].rsplit("```", 1)[0]
+    assert "lsb_mm.build_index(" in code and "encode_query(" in code and "scores, ids = index.search" in code
+    fill_folder(str(tmp_path / "hf"), "sentence-transformers/all-MiniLM-L6-v2", minilm_path)
+    (tmp_path / "snippet.py").write_text(code + "print('TOP', ids[0][0], len(ids[0]))\n")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    r = subprocess.run([sys.executable, str(tmp_path / "snippet.py")], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "TOP d0 2" in r.stdout, r.stdout  # "how do I copy a file" finds cp first

@@ -1,0 +1,130 @@
+"""An API without traps: sentence-transformers v5's names (``encode_query``, ``encode_document``,
+``similarity``), the document role by default everywhere, and FAISS's ``(scores, ids)`` order from
+every search entry point."""
+import inspect
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+import synthetic
+from lsb_mm.cli import main
+from lsb_mm.errors import InputError
+
+TEXTS = ["a red car", "the cat sat on the mat", "rivers and stones"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A model whose query head moves embeddings (random head init): query != document."""
+    import lsb_mm
+
+    return lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr", head_init="random", seed=3)
+
+
+def test_the_default_role_is_the_document_role(model, rgb_images):
+    from lsb_mm import LSBModel
+
+    for method in (LSBModel.encode_text, LSBModel.encode_image):
+        assert inspect.signature(method).parameters["role"].default == "document"
+    doc, query = model.encode_document(TEXTS), model.encode_query(TEXTS)
+    assert np.abs(doc - query).max() > 1e-3  # the head does act on queries
+    np.testing.assert_array_equal(model.encode_text(TEXTS), doc)
+    np.testing.assert_array_equal(model.encode_text(TEXTS, enhance=False), doc)  # documents are plain (fusion_p off)
+    np.testing.assert_array_equal(model.encode_image(rgb_images), model.encode_document(rgb_images))
+    assert np.abs(model.encode_query(rgb_images) - model.encode_document(rgb_images)).max() > 1e-3
+
+
+def test_lsb_mm_encode_defaults_to_the_document_role(model, tmp_path, capsys):
+    model.save_pretrained(str(tmp_path / "m"))
+    (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")
+    assert main(["encode", "--model", str(tmp_path / "m"), "--texts", str(tmp_path / "t.txt"),
+                 "--output", str(tmp_path / "d.npy"), "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["role"] == "document"
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), model.encode_document(TEXTS))
+    assert main(["encode", "--model", str(tmp_path / "m"), "--texts", str(tmp_path / "t.txt"), "--role", "query",
+                 "--output", str(tmp_path / "q.npy"), "-q"]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "q.npy"), model.encode_query(TEXTS))
+
+
+def test_encode_query_and_document_take_texts_or_images(model, rgb_images, tmp_path):
+    paths = []
+    for i, im in enumerate(rgb_images[:2]):
+        paths.append(tmp_path / f"im{i}.png")
+        im.save(paths[-1])
+    from_pil = model.encode_document(rgb_images[:2])
+    np.testing.assert_allclose(model.encode_document(paths), from_pil, atol=1e-6)  # pathlib.Path: an image
+    np.testing.assert_allclose(model.encode_document([str(p) for p in paths], modality="image"), from_pil, atol=1e-6)
+    assert model.encode_query("one text").shape == (model.embed_dim,)
+    assert model.encode_document(rgb_images[0]).shape == (model.embed_dim,)
+    for bad, match in (([TEXTS[0], rgb_images[0]], "mix texts and images"), ([1, 2], r"inputs\[0\] is a int"),
+                       ([], "non-empty list"), (3.5, "expected a text, an image")):
+        with pytest.raises(InputError, match=match):
+            model.encode_query(bad)
+    with pytest.raises(InputError, match="sets the role itself"):
+        model.encode_query(TEXTS, role="document")
+    with pytest.raises(InputError, match="modality must be"):
+        model.encode_document(TEXTS, modality="audio")
+
+
+def test_similarity_is_the_cosine_matrix(model):
+    import torch
+
+    q, d = model.encode_query(TEXTS[:2]), model.encode_document(TEXTS)
+    sim = model.similarity(q, d)
+    assert isinstance(sim, torch.Tensor) and sim.shape == (2, 3)
+    np.testing.assert_allclose(sim.numpy(), q @ d.T, atol=1e-6)
+    np.testing.assert_allclose(model.similarity(torch.from_numpy(2 * q[0]), d).numpy(), q[:1] @ d.T, atol=1e-6)
+    with pytest.raises(InputError, match="embeddings"):
+        model.similarity(q[:, :5], d)
+
+
+def _ranked(scores, ids, k):
+    """``(scores, ids)``: a row of floats best first, and a row of string ids, per query (``None``
+    pads a row past the last match, as FAISS pads with -1)."""
+    scores = [list(map(float, row)) for row in scores]
+    assert len(scores) == len(ids) and all(len(s) == len(i) <= k for s, i in zip(scores, ids))
+    for s, i in zip(scores, ids):
+        i = list(i)
+        found = [x for x in i if x is not None]
+        assert s == sorted(s, reverse=True) and all(isinstance(x, str) for x in found) and i[:len(found)] == found
+
+
+def test_every_search_entry_point_returns_scores_then_ids(model, tmp_path):
+    import lsb_mm
+    from lsb_mm.lexical import BM25, fuse, rrf, weighted_fusion
+
+    docs = [{"_id": f"d{i}", "text": f"{w} and {synthetic.WORDS[i + 1]}"} for i, w in enumerate(synthetic.WORDS[:12])]
+    synthetic.write_jsonl(tmp_path / "c.jsonl", docs)
+    index = lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "ix"), bm25=True, show_progress=False)
+    q = model.encode_query(["apple river", "stone"])
+    entry_points = {
+        "Index.search": index.search(q, k=4),
+        "Index.search_hybrid rrf": index.search_hybrid(q, ["apple river", "stone"], k=4),
+        "Index.search_hybrid weighted": index.search_hybrid(q, ["apple river", "stone"], k=4, fusion=0.5),
+        "BM25.search": index.bm25.search(["apple river", "stone"], k=4),
+        "BM25.build().search": BM25.build([d["text"] for d in docs], [d["_id"] for d in docs]).search(["cloud"], k=4),
+    }
+    dense, lexical = entry_points["Index.search"], entry_points["BM25.search"]
+    entry_points["lexical.rrf"] = rrf([dense[1], lexical[1]], k=4)
+    entry_points["lexical.weighted_fusion"] = weighted_fusion(dense, lexical, 0.3, k=4)
+    entry_points["lexical.fuse"] = fuse(dense, lexical, "rrf", k=4)
+    lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "part1"), shard="1/2", show_progress=False)
+    lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "part2"), shard="2/2", show_progress=False)
+    entry_points["Index.load(shards).search"] = lsb_mm.Index.load([str(tmp_path / "part1"), str(tmp_path / "part2")]).search(q, k=4)
+    for name, (scores, ids) in entry_points.items():
+        try:
+            _ranked(scores, ids, 4)
+        except AssertionError as exc:
+            raise AssertionError(f"{name} does not return (scores, ids): {exc}") from exc
+    emb = dict(zip([d["_id"] for d in docs], model.encode_document([d["text"] for d in docs])))
+    np.testing.assert_allclose(dense[0][0], [float(q[0] @ emb[i]) for i in dense[1][0]], atol=1e-5)  # scores first
+    assert entry_points["Index.search_hybrid rrf"] == fuse(index.search(q, k=12), index.bm25.search(
+        ["apple river", "stone"], k=12), "rrf", 4)
+
+
+def test_the_readme_order_is_the_one_order(model):
+    """The README shows ``scores, ids = index.search(...)`` and the hybrid the same way."""
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert "ids, scores =" not in readme and "scores, ids = index.search" in readme
