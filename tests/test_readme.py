@@ -106,7 +106,7 @@ def test_the_dual_encoder_snippet_runs_as_written(minilm_path, tmp_path):
     assert r.stdout.split()[:2] == ["ok", "timm:tf_efficientnet_lite0"]
 
 
-@pytest.mark.parametrize("needle", ["lsb_mm.pretrained.dual_encoder", "lsb_mm.create_model("])
+@pytest.mark.parametrize("needle", ["lsb_mm.pretrained.dual_encoder", "lsb_mm.create_model(", "lsb_mm.build_index("])
 def test_readme_python_names_exist(needle):
     """The README's Python API names resolve after a plain `import lsb_mm`."""
     import lsb_mm
