@@ -132,6 +132,23 @@ def test_hf_revision_and_the_local_folder_agree(tmp_path, minilm_path, monkeypat
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("fixture", ["tiny_hf_vit_dir", "tiny_hf_clip_dir"])
+def test_hf_hub_ids_of_vision_and_clip_models_read_as_their_folders(fixture, request, tmp_path, monkeypatch, rgb_images):
+    import lsb_mm
+    import huggingface_hub.constants as hc
+
+    folder = request.getfixturevalue(fixture)
+    fill_folder(str(tmp_path / "hf"), "org/tiny-model", folder)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    by_id = lsb_mm.create_model("hf:org/tiny-model", head="none")
+    by_folder = lsb_mm.create_model("hf:" + folder, head="none")
+    np.testing.assert_array_equal(by_id.encode_document(rgb_images), by_folder.encode_document(rgb_images))
+    if by_id.has_text:
+        np.testing.assert_array_equal(by_id.encode_document(SENTENCES), by_folder.encode_document(SENTENCES))
+    assert by_id.backbone.spec()["name"] == "org/tiny-model"
+
+
 def _tiny_clip_repo(home):
     import open_clip
     from safetensors.torch import save_file

@@ -149,3 +149,28 @@ def test_a_job_killed_and_restarted_skips_finished_shards(corpus, single):
     job = complete(corpus, ray_cmd("restarted"))["job"]
     assert job["skipped_units"] == finished and job["units"] == DOCS // SHARD - job["skipped_units"]
     check_same(corpus, "restarted", single)
+
+
+RAY_OBJECT = r"""
+import json, sys
+import numpy as np
+import lsb_mm
+
+model = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr", head_init="random", seed=4)  # saved nowhere
+ray = lsb_mm.build_index(model, "names.jsonl", "ray.index", engine="ray", replicas=1, shard_size=128, batch_size=16)
+mem = lsb_mm.build_index(model, "names.jsonl", "mem.index", shard_size=128, batch_size=16)
+q = model.encode_query(["copy files", "list directory contents"])
+(s1, i1), (s2, i2) = ray.search(q, k=10), mem.search(q, k=10)
+print("RESULT " + json.dumps({"ids": ray.ids == mem.ids, "top": (i1 == i2).all().item(),
+                              "scores": float(np.abs(s1 - s2).max()), "copies": ray.build_report["job"]}))
+"""
+
+
+def test_build_index_on_ray_with_a_model_object(corpus):
+    """A model given as an object (never saved): the Ray workers load a copy saved beside the shards,
+    and the index equals the in-process one."""
+    r = subprocess.run([sys.executable, "-c", RAY_OBJECT], cwd=corpus, env=ENV, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    assert res["ids"] and res["top"] and res["scores"] < 1e-6, res
+    assert any(n.startswith("model-") for n in os.listdir(corpus / "ray.index.embeddings"))
