@@ -7,6 +7,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from .names import is_repo_id
+
 __all__ = ["model_card", "base_models"]
 
 # recipe fields of a training run shown on the card, in this order
@@ -30,8 +32,6 @@ def _encoders(spec: Dict[str, Any]) -> List[str]:
 
 def base_models(spec: Dict[str, Any]) -> List[str]:
     """Hub ids of the base encoders, where they have one (for the card's ``base_model``)."""
-    from .encoders.hub import is_repo_id
-
     out = []
     for enc in _encoders(spec):
         family, _, name = enc.partition(":")

@@ -110,7 +110,7 @@ def test_a_model_object_gives_the_index_of_its_saved_folder(tmp_path, sources, s
 
     model = lsb_mm.load_model(saved_model)
     a = lsb_mm.build_index(model, sources["corpus"], str(tmp_path / "a"), bm25=True, show_progress=False)
-    b = lsb_mm.build_index(saved_model, sources["corpus"], str(tmp_path / "b"), bm25=True, show_progress=False)
+    lsb_mm.build_index(saved_model, sources["corpus"], str(tmp_path / "b"), bm25=True, show_progress=False)
     assert a.fingerprint == model.fingerprint()
     _same(tmp_path / "a", tmp_path / "b")
     # unsaved, the index is still searchable, and in FAISS's (scores, ids) order

@@ -10,7 +10,8 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lsb_mm")
 FACADE_USERS = {"lsb_mm", "lsb_mm.__main__", "lsb_mm.cli", "lsb_mm.demo"}  # may import the package facade
-LEAVES = {"lsb_mm._version": set(), "lsb_mm.errors": set(), "lsb_mm.files": {"lsb_mm.errors"}}
+LEAVES = {"lsb_mm._version": set(), "lsb_mm.errors": set(), "lsb_mm.files": {"lsb_mm.errors"}, "lsb_mm.names": set(),
+          "lsb_mm.model_card": {"lsb_mm.names"}}
 
 
 def _modules() -> Dict[str, str]:

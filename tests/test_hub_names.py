@@ -102,7 +102,9 @@ def run_check(hf_home, case, tmp_path, timeout=600):
                           timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT "):])
+    print(f"hub check {case.get('name', case.get('repo'))}: {res}")  # shown with pytest -s: the measured cosines
+    return res
 
 
 def test_hf_hub_id_equals_sentence_transformers(tmp_path, minilm_path):

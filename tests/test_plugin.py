@@ -117,7 +117,7 @@ def test_corpus_negatives_are_an_exact_softmax_over_the_training_documents(tmp_p
     loss = float(t.compute_loss(batch).detach())
     m = t.model
     with torch.no_grad():
-        q = m.encode_text([t.data.examples[i].query for i in batch["examples"].tolist()], convert_to="torch")
+        q = m.encode_query([t.data.examples[i].query for i in batch["examples"].tolist()], convert_to="torch")
         d = m.encode_text(t.pool, role="document", convert_to="torch")
     logits = q @ d.t() / t.cfg.temperature
     targets = []

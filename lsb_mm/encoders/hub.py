@@ -8,14 +8,13 @@ id, the cache folder and how to fetch it.
 from __future__ import annotations
 
 import os
-import re
 from typing import Optional, Sequence, Tuple
 
 from ..errors import ModelLoadError
+from ..names import is_repo_id
 
 __all__ = ["is_repo_id", "split_revision", "resolve", "snapshot", "cache_folder", "hub_miss", "raise_hub_miss"]
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # what a model needs from a repository: configs, tokenizer files and weights in safetensors; other formats
 # (ONNX, OpenVINO, TF, Flax, Rust) stay on the hub. pytorch_model.bin only where no safetensors exist.
 _PATTERNS = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.safetensors")
@@ -27,11 +26,6 @@ def split_revision(ident: str) -> Tuple[str, Optional[str]]:
     if sep and not rev:
         raise ModelLoadError(f"{ident!r}: nothing after '@' (expected <org>/<name>@<revision>)")
     return repo, (rev or None)
-
-
-def is_repo_id(ident: str) -> bool:
-    """Whether ``ident`` (``org/name`` or ``name``, with an optional ``@revision``) is shaped like a hub id."""
-    return bool(_REPO_ID.match(ident.partition("@")[0])) and ".." not in ident
 
 
 def cache_folder() -> str:
