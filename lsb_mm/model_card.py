@@ -100,7 +100,7 @@ def model_card(config: Dict[str, Any], training: Optional[Dict[str, Any]] = None
         if best.get("step") is not None:
             held = "that step" if saved in (None, best["step"]) else f"step {saved}"
             lines += [f"Best validation {best.get('metric')}: **{best['value']:.4f}** at step {best['step']} "
-                      f"(of {recipe.get('total_steps', '?')}); this folder holds the model of {held}.", ""]
+                      f"(of {recipe.get('total_steps', '?')} planned); this folder holds the model of {held}.", ""]
         else:
             lines += ["No validation ran: this folder holds the model of the last step.", ""]
         mod = training.get("modulation")
