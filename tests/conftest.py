@@ -112,3 +112,15 @@ def tiny_hf_vit_dir(tmp_path_factory):
                        image_size=32, patch_size=8)).save_pretrained(folder)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def manpages_present():
+    """Skip (fail under LSB_MM_STRICT=1) without the Debian man pages."""
+    from lsb_mm.datasets import manpage_files
+    from lsb_mm.errors import InputError
+
+    try:
+        need(len(manpage_files()) > 50, "Debian manpages not installed")
+    except InputError as exc:
+        need(False, str(exc))

@@ -125,6 +125,8 @@ def test_every_search_entry_point_returns_scores_then_ids(model, tmp_path):
 
 
 def test_the_readme_order_is_the_one_order(model):
-    """The README shows ``scores, ids = index.search(...)`` and the hybrid the same way."""
-    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
-    assert "ids, scores =" not in readme and "scores, ids = index.search" in readme
+    """The README shows ``scores, ids = index.search(...)``, and no page of the docs the other order."""
+    root = pathlib.Path(__file__).parent.parent
+    assert "scores, ids = index.search" in (root / "README.md").read_text()
+    for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        assert "ids, scores =" not in page.read_text(), page

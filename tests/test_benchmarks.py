@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import need
-from test_scripts import load, manpages_present  # noqa: F401  (a fixture)
+from helpers import load
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ import pytest
 import synthetic
 from conftest import need
 
+pytestmark = pytest.mark.browser
+
 WAIT = 60  # seconds for any one thing to appear
 
 
@@ -17,7 +19,7 @@ def site(tmp_path_factory):
         import selenium  # noqa: F401
     except ImportError:
         need(False, "selenium not installed (pip install -e '.[dev]')")
-    from test_scripts import load
+    from helpers import load
 
     need(None not in load("serve_screenshot").chromium_paths(), "Debian chromium and chromium-driver not installed (scripts/setup.sh)")
     import lsb_mm
@@ -34,17 +36,33 @@ def site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(site):
-    from test_scripts import load
+def driver(site):
+    from helpers import load
 
     driver = load("serve_screenshot").chrome()  # the same headless Chromium the docs' screenshot uses
     driver.set_script_timeout(WAIT)
     try:
-        driver.get(site[1] + "/")
-        wait(driver, lambda d: d.find_elements("css selector", "#index option"))
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser(driver, site):
+    """The search page loaded afresh: each test starts from the page as a user first sees it."""
+    driver.get(site[1] + "/")
+    wait(driver, lambda d: d.find_elements("css selector", "#index option"))
+    return driver
+
+
+def text_search(browser, query):
+    """Type ``query`` into the search box and wait for its result cards."""
+    from selenium.webdriver.common.keys import Keys
+
+    box = browser.find_element("id", "q")
+    box.clear()
+    box.send_keys(query, Keys.ENTER)
+    wait(browser, lambda d: "results for" in search_status(d) and first_ids(d))
 
 
 def wait(driver, condition):
@@ -70,12 +88,7 @@ def search_status(driver):
 
 
 def test_text_query_shows_result_cards(browser):
-    from selenium.webdriver.common.keys import Keys
-
-    box = browser.find_element("id", "q")
-    box.clear()
-    box.send_keys("a red circle", Keys.ENTER)
-    wait(browser, lambda d: "results for" in search_status(d) and first_ids(d))
+    text_search(browser, "a red circle")
     cards = browser.find_elements("css selector", "li.card")
     assert len(cards) == 12 and all(c.find_element("css selector", "img") for c in cards)
     assert wait(browser, lambda d: d.find_elements("css selector", "#tokens .token")), "query tokens are listed"
@@ -93,6 +106,7 @@ def test_uploaded_image_finds_itself_first(browser, site):
 
 
 def test_more_like_this(browser):
+    text_search(browser, "a green square")
     ids = first_ids(browser)
     target = ids[3]
     card = browser.find_elements("css selector", "li.card")[3]
@@ -102,6 +116,7 @@ def test_more_like_this(browser):
 
 
 def test_dropped_image_is_searched(browser, site):
+    text_search(browser, "blue stripes")
     target = first_ids(browser)[2]
     browser.execute_async_script("""
         const [url, done] = arguments;
@@ -115,6 +130,7 @@ def test_dropped_image_is_searched(browser, site):
 
 
 def test_plain_embedding_beside_lexsembridge(browser):
+    text_search(browser, "a yellow dot")
     browser.find_element("id", "compare").click()  # re-runs the last search both ways
     wait(browser, lambda d: len(d.find_elements("css selector", "#results .column")) == 2 and first_ids(d, 1))
     heads = [h.text for h in browser.find_elements("css selector", "#results .column h2")]

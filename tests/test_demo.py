@@ -3,7 +3,7 @@ import json
 
 import lsb_mm
 from conftest import need
-from test_search_cli import cli
+from helpers import cli
 
 
 def test_demo_small(tmp_path, minilm_path):

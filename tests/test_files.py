@@ -37,7 +37,7 @@ def test_planted_symlinks_at_predictable_names_are_not_followed(tmp_path):
 
 
 def test_cli_encode_does_not_write_through_a_symlink(tmp_path):
-    from test_search_cli import cli
+    from helpers import cli
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from hub_cache import fill, fill_folder
+from helpers import fill, fill_folder
 
 SENTENCES = ["A man is playing a guitar on the stage.", "The quick brown fox jumps over the lazy dog.",
              "copy files and directories", "Stock markets fell sharply after the announcement.",

@@ -191,7 +191,7 @@ def test_tower_cache_bounds_and_refusals(tiny_hf_dir):
 
 
 def test_cli_plug_in_flags(tmp_path, data):
-    from test_search_cli import cli
+    from helpers import cli
 
     out = tmp_path / "run"
     cli("train", "--model", "open_clip:lsb-tiny-test", "--head", "llr", "--train-data", data["text"], "--output", str(out),
@@ -293,7 +293,7 @@ def test_tower_caches_are_shared_between_runs_of_one_tower(tmp_path, data, tiny_
 
 
 def test_explain_names_tokens_of_the_query(tmp_path, data, tiny_hf_dir):
-    from test_search_cli import cli
+    from helpers import cli
 
     from lsb_mm.explain import explain
 

@@ -13,6 +13,8 @@ import pytest
 
 from conftest import need
 
+pytestmark = pytest.mark.ray
+
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
 DOCS = 384
 SHARD = 32  # a multiple of the batch size: shard batches are the single-process batches

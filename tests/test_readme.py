@@ -121,7 +121,7 @@ def test_readme_python_names_exist(needle):
 def test_the_ten_lines_of_python_run_as_written(tmp_path, minilm_path):
     """The README's first Python block, as a user online would run it: the hub id resolved from a
     Hugging Face cache that a download filled (here: filled from the packaged weights), offline."""
-    from hub_cache import fill_folder
+    from helpers import fill_folder
 
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     code = text.split("<!-- quickstart:start -->", 1)[1].split("<!-- quickstart:end -->", 1)[0]
@@ -135,3 +135,43 @@ def test_the_ten_lines_of_python_run_as_written(tmp_path, minilm_path):
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "TOP d0 2" in r.stdout, r.stdout  # "how do I copy a file" finds cp first
+
+
+def _commands(marker):
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start, end = text.index(f"<!-- {marker}:start -->"), text.index(f"<!-- {marker}:end -->")
+    block = text[start:end].split("```bash\n", 1)[1].rsplit("```", 1)[0]
+    return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+@pytest.mark.slow
+def test_the_command_line_block_runs_as_written(tmp_path, minilm_path):
+    """The README's five CLI lines, as written, on small files built here (the hub id from a filled cache)."""
+    import json
+
+    from helpers import fill_folder
+
+    cmds = _commands("cli")
+    assert [c.split()[1] for c in cmds] == ["encode", "train", "index", "search", "eval"]
+    fill_folder(str(tmp_path / "hf"), "sentence-transformers/all-MiniLM-L6-v2", minilm_path)
+    passages = [f"how to {t}: use the {t.split()[-1]} tool with care, step {i}" for i, t in enumerate(TOPICS * 6)]
+    (tmp_path / "passages.txt").write_text("\n".join(passages) + "\n")
+    synthetic.write_jsonl(tmp_path / "train.jsonl", [{"query": f"{t} {i}", "pos": [p]}
+                                                     for i, (t, p) in enumerate(zip(TOPICS * 6, passages))])
+    synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"p{i}", "text": p} for i, p in enumerate(passages[:24])])
+    synthetic.write_jsonl(tmp_path / "pairs.jsonl", [{"query": t, "passage": p} for t, p in zip(TOPICS * 2, passages)])
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    setup = [sys.executable, "-m", "lsb_mm", "build-tasks", "--pairs", "pairs.jsonl", "--text-tasks", "query", "keyword",
+             "--output", "tasks"]
+    assert subprocess.run(setup, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    for cmd in cmds:
+        argv = [sys.executable, "-m", "lsb_mm", *shlex.split(cmd.split("#", 1)[0])[1:]]
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, f"{cmd}\n{r.stderr[-3000:]}"
+        if cmd.split()[1] == "search":
+            assert r.stdout.splitlines()[0].split() == ["rank", "score", "id"] and len(r.stdout.splitlines()) > 1
+    import numpy as np
+
+    assert np.load(tmp_path / "p.npy").shape == (len(passages), 384)
+    assert set(json.load(open(tmp_path / "results" / "results.json"))) == {"m/final", "BM25"}

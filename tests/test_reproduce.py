@@ -122,7 +122,7 @@ def test_tuxpaint_loader_reports_what_it_leaves_out(tmp_path):
 
 
 def test_model_options_on_the_command_line(tmp_path, image_files):
-    from test_search_cli import cli
+    from helpers import cli
 
     folder = os.path.dirname(image_files[0])
     out = tmp_path / "out" / "e.npy"

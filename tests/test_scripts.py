@@ -1,32 +1,11 @@
 """Shortened runs of the scripts in scripts/, so they cannot rot."""
-import importlib.util
 import json
 import os
 
 import pytest
 
 from conftest import need
-
-SCRIPTS = os.path.join(os.path.dirname(__file__), "..", "scripts")
-
-
-def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture
-def manpages_present():
-    from lsb_mm.datasets import manpage_files
-    from lsb_mm.errors import InputError
-
-    try:
-        need(len(manpage_files()) > 50, "Debian manpages not installed")
-    except InputError as exc:
-        need(False, str(exc))
-
+from helpers import load
 
 def test_bench_search_small(tmp_path):
     assert load("bench_search").main(["--n", "5000", "--dim", "32", "--queries", "20", "--loop-n", "500",

@@ -1,8 +1,6 @@
 """index / search / eval / build-tasks end to end, on real images (scikit-learn's digits as PNG)."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,33 +8,9 @@ from PIL import Image
 
 import lsb_mm
 from lsb_mm.evaluation import evaluate
+from helpers import cli
 
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 MODEL = "open_clip:lsb-tiny-test"
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-def cli(*args, check=True, subprocess_run=False):
-    """Run the CLI in this process (fast); ``subprocess_run`` goes through ``python -m lsb_mm``."""
-    if subprocess_run:
-        r = subprocess.run([sys.executable, "-m", "lsb_mm", *args], capture_output=True, text=True, env=ENV, timeout=600)
-    else:
-        import contextlib
-        import io
-
-        from lsb_mm.cli import main
-
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-        r = Result(code, out.getvalue(), err.getvalue())
-    if check:
-        assert r.returncode == 0, r.stderr[-3000:]
-    return r
 
 
 @pytest.fixture(scope="module")
