@@ -19,6 +19,7 @@ def stamps_and_effnet():
         need(importlib.util.find_spec(mod) is not None, f"PyPI package for {mod} not installed")
 
 
+@pytest.mark.slow
 def test_bench_memory_small(tmp_path):
     assert load("bench_memory").main(["--batch", "8", "--length", "16", "--vocab", "30522", "--hidden", "32",
                                       "--dim", "64", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)]) == 0
@@ -57,6 +58,7 @@ def test_bench_encode_effnet_rows(tmp_path, manpages_present, stamps_and_effnet)
     assert "| EfficientNet-Lite0 (Tux Paint) | image | llr |" in (tmp_path / "encode.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_cli_small(tmp_path, manpages_present, minilm_path):
     assert load("bench_cli").main(["--repeats", "1", "--docs", "20", "--out", str(tmp_path)]) == 0
     res = json.load(open(tmp_path / "cli.json"))
@@ -67,6 +69,7 @@ def test_bench_cli_small(tmp_path, manpages_present, minilm_path):
     assert "| `lsb-mm --help` |" in (tmp_path / "cli.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_serve_small(tmp_path, manpages_present):
     """Both modes against a real ``lsb-mm serve`` on loopback, on a tiny model and a short budget."""
     assert load("bench_serve").main(["--clients", "1", "3", "--seconds", "1", "--docs", "60", "--model", "open_clip:lsb-tiny-test",
@@ -97,6 +100,7 @@ def test_bench_scale_small_resumes(tmp_path, capsys):
     assert "| auto |" in (tmp_path / "scale.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_compress_small_resumes(tmp_path, capsys, manpages_present):  # noqa: F811
     argv = ["--sets", "manpages", "kde-1m", "--limit", "400", "--kde-n", "3000", "--queries", "50", "--singles", "5",
             "--factories", "Flat", "SQ8", "BFlat", "BFlat,Rescore4", "--work", str(tmp_path / "work"),
@@ -119,6 +123,7 @@ def test_bench_compress_small_resumes(tmp_path, capsys, manpages_present):  # no
     assert "## manpages: 350 vectors of dimension 384" in md and "| BFlat,Rescore4 |" in md
 
 
+@pytest.mark.slow
 def test_bench_scale_encode_runs_compare_engines(tmp_path, manpages_present):  # noqa: F811
     argv = ["--parts", "encode", "--encode-runs", "memory:1", "local:1", "--encode-docs", "64",
             "--encode-batch-size", "16", "--encode-shard-size", "32", "--work", str(tmp_path / "work"),

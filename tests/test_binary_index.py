@@ -182,6 +182,7 @@ def test_bad_binary_factories(bad):
         Index.build(low_rank(100, 16), factory=bad, device="cpu")
 
 
+@pytest.mark.slow
 def test_memory_bytes_of_float_indexes_is_what_faiss_serialises():
     import faiss
 

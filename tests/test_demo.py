@@ -1,11 +1,14 @@
 """`lsb-mm demo` on a slice of the real Tux Paint stamps, and its message when the data is missing."""
 import json
 
+import pytest
+
 import lsb_mm
 from conftest import need
 from helpers import cli
 
 
+@pytest.mark.slow
 def test_demo_small(tmp_path, minilm_path):
     from lsb_mm.datasets import load_tuxpaint
     from lsb_mm.demo import run_demo

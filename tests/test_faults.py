@@ -56,6 +56,7 @@ def rng():
     return random.Random(seed)
 
 
+@pytest.mark.slow
 def test_index_killed_anywhere_keeps_the_previous_index(tmp_path, rng):
     import lsb_mm
 
@@ -76,6 +77,7 @@ def test_index_killed_anywhere_keeps_the_previous_index(tmp_path, rng):
     assert lsb_mm.Index.load(str(tmp_path / "idx")).search(q, k=5)[1].tolist() == expected
 
 
+@pytest.mark.slow
 def test_train_killed_while_checkpointing_resumes(tmp_path, rng):
     import lsb_mm
     from lsb_mm.checkpoint import latest_checkpoint, read_state
@@ -136,6 +138,7 @@ def test_build_tasks_killed_anywhere_leaves_loadable_tasks(tmp_path, rng):
     check()
 
 
+@pytest.mark.slow
 def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path, rng):
     """``lsb-mm serve`` on a loopback port answers a steady stream of searches while ``lsb-mm index``
     rebuilding its folder is killed mid-way and ``/admin/reload`` is called after each kill: no request

@@ -95,6 +95,7 @@ def test_full_cache_computes_the_rest_each_time(rgb_images):
     np.testing.assert_allclose(out, again, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_with_a_locked_tower_uses_the_cache_and_matches_without(tmp_path):
     folder = synthetic.labelled_folder(tmp_path / "shapes", per_class=4)
     base = dict(model="timm:resnet18", head="slr", modality="image", train_data=str(folder), max_steps=6,

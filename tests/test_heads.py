@@ -168,6 +168,7 @@ def test_clr_normalises_its_vocabulary_vector_and_old_folders_keep_their_meaning
         lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr", head_options={"text": {"w_norm": "l2"}})
 
 
+@pytest.mark.slow
 def test_clr_stays_finite_over_500_plug_in_steps_at_its_lr(tmp_path):
     """At 1e-3 (above its default, the text plug-in recipe's 3e-4; see test_recipes) the normalised
     CLR learns for 500 steps with a bounded logit scale, where the paper's unnormalised w lets the

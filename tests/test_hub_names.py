@@ -107,6 +107,7 @@ def run_check(hf_home, case, tmp_path, timeout=600):
     return res
 
 
+@pytest.mark.slow
 def test_hf_hub_id_equals_sentence_transformers(tmp_path, minilm_path):
     home = tmp_path / "hf"
     fill_folder(str(home), "sentence-transformers/all-MiniLM-L6-v2", minilm_path)
@@ -170,6 +171,7 @@ def _tiny_clip_repo(home):
                                            "open_clip_model.safetensors": str(blob)})
 
 
+@pytest.mark.slow
 def test_open_clip_hf_hub_name_equals_open_clip(tmp_path):
     home = tmp_path / "hf"
     home.mkdir()
@@ -179,6 +181,7 @@ def test_open_clip_hf_hub_name_equals_open_clip(tmp_path):
     assert res["reload_equal"] and res["saved_name"] == "hf-hub:lsb-test/tiny-clip"
 
 
+@pytest.mark.slow
 def test_open_clip_pretrained_tag_equals_open_clip(tmp_path):
     """``open_clip:ViT-B-32`` with ``pretrained=laion2b_s34b_b79k``: open_clip's own registry finds
     the hub repository and file; the cache holds (random, half-precision) weights under that name."""
@@ -200,6 +203,7 @@ def test_open_clip_pretrained_tag_equals_open_clip(tmp_path):
     assert res["reload_equal"]
 
 
+@pytest.mark.slow
 def test_timm_pretrained_name_equals_timm(tmp_path):
     """``timm:tf_efficientnet_lite0.in1k`` with ``pretrained=True``: timm's repository layout
     (``timm/<arch>.<tag>/model.safetensors``) filled with the packaged EfficientNet-Lite0 weights."""
@@ -233,6 +237,7 @@ def test_timm_pretrained_name_equals_timm(tmp_path):
                                         ("open_clip:hf-hub:nobody/not-a-model", []),
                                         ("open_clip:ViT-B-32", ["--pretrained", "laion2b_s34b_b79k"]),
                                         ("timm:tf_efficientnet_lite0.in1k", ["--pretrained", "true"])])
+@pytest.mark.slow
 def test_a_model_missing_from_the_cache_is_one_line_in_seconds(tmp_path, name, extra):
     (tmp_path / "q.txt").write_text("a query\n")
     env = {**os.environ, "HF_HOME": str(tmp_path / "empty"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -29,6 +29,7 @@ def test_flat_equals_brute_force():
     assert ix.device == "cpu" and len(ix) == 3000
 
 
+@pytest.mark.slow
 def test_default_ann_recall_on_100k_random_vectors():
     x, q = unit(100_000, 64), unit(500, 64, seed=1)
     exact = Index.build(x, factory="Flat").search(q, 10)[1]
@@ -257,6 +258,7 @@ class FakeGpus:
     ("SQfp16", True), ("PCA8,Flat", True),
     ("HNSW32", False), ("PQ4", False), ("SQ8", False), ("IVF16,PQ4x4fs", False), ("IVF16,Flat,RFlat", False),
     ("HNSW16,SQ8", False), ("PCA8,HNSW16", False), ("BFlat", False), ("BIVF16,Rescore2", False), ("BHNSW16", False)])
+@pytest.mark.slow
 def test_only_index_types_faiss_runs_on_gpu_are_moved(factory, on_gpu, monkeypatch, caplog):
     gpus = FakeGpus(monkeypatch)
     x = unit(800, 16)

@@ -64,6 +64,7 @@ def test_image_modes_are_converted(model, rgb_images):
     np.testing.assert_allclose(e[4], white, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_model_names_are_checked():
     with pytest.raises(lsb_mm.ModelLoadError, match="must start with one of"):
         lsb_mm.create_model("clip-vit-base")
@@ -81,6 +82,7 @@ def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "lsb_mm", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_encode_texts_and_images(tmp_path, image_files):
     texts = tmp_path / "q.txt"
     texts.write_text("a red car\nthe cat sat\n")
@@ -103,6 +105,7 @@ def test_cli_encode_texts_and_images(tmp_path, image_files):
     assert np.load(out).shape == (5, 32)
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_2_without_traceback(tmp_path):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "bad.png").write_bytes(b"nope")

@@ -43,6 +43,7 @@ def _write_inputs(folder):
             f.write(caption + "\n")
 
 
+@pytest.mark.slow
 def test_own_data_section_runs_as_written(tmp_path, minilm_path):
     import importlib.util
 
@@ -86,6 +87,7 @@ def python_block(containing):
     return found[0]
 
 
+@pytest.mark.slow
 def test_the_dual_encoder_snippet_runs_as_written(minilm_path, tmp_path):
     """The README's dual-encoder block, pasted into a fresh interpreter (the issue: AttributeError
     on ``lsb_mm.pretrained`` after ``import lsb_mm``), builds a model that encodes both modalities."""
@@ -118,6 +120,7 @@ def test_readme_python_names_exist(needle):
     assert callable(obj)
 
 
+@pytest.mark.slow
 def test_the_ten_lines_of_python_run_as_written(tmp_path, minilm_path):
     """The README's first Python block, as a user online would run it: the hub id resolved from a
     Hugging Face cache that a download filled (here: filled from the packaged weights), offline."""

@@ -15,6 +15,7 @@ def test_bench_search_small(tmp_path):
     assert "| lsb_mm.Index (Flat) |" in (tmp_path / "search.md").read_text()
 
 
+@pytest.mark.slow
 def test_bench_encode_and_train_small(tmp_path, manpages_present):
     assert load("bench_encode").main(["--skip-minilm", "--texts", "32", "--images", "16", "--repeats", "1",
                                       "--out", str(tmp_path)]) == 0
@@ -102,6 +103,7 @@ def _check_hybrid_references(script, path, heads):
         json.dump(res, f)
 
 
+@pytest.mark.slow
 def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     """Stage 1 fine-tunes on one query per training page (validation pages left out); stage 2
     converges each head on the locked tuned tower with the sweep's recipe; runs resume from their JSONs."""
@@ -162,6 +164,7 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     assert run_script(lambda: load("repro_text").main(argv + ["--lr", "1e-4"])) == 2
 
 
+@pytest.mark.slow
 def test_repro_cross_small(tmp_path, minilm_path):
     from lsb_mm.datasets import load_tuxpaint
 
@@ -175,6 +178,7 @@ def test_repro_cross_small(tmp_path, minilm_path):
     _check_render("repro_cross", tmp_path, "repro_cross")
 
 
+@pytest.mark.slow
 def test_repro_image_small(tmp_path, minilm_path):
     from lsb_mm.datasets import load_fashion_mnist, load_tuxpaint
 
@@ -193,6 +197,7 @@ def test_repro_image_small(tmp_path, minilm_path):
     _check_render("repro_image", tmp_path, "repro_image")
 
 
+@pytest.mark.slow
 def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minilm_path):
     """The sweep chooses on validation (one JSON per run, resumable); the reproduction reads its winners."""
     sweep = ["--pages", "40", "--heads", "slr", "adapter", "--lrs", "1e-2", "--max-steps", "4", "--eval-steps", "2",
@@ -228,6 +233,7 @@ def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minil
     assert "Target **not met**" in (tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_plug_in_reproduction_with_documentation_sections_small(tmp_path, manpages_present, minilm_path, monkeypatch):
     """``--extra-docs``: documentation sections join the training side only; validation is carved
     from the man pages per seed and searched among the training documents."""
@@ -266,6 +272,7 @@ def test_plug_in_reproduction_with_documentation_sections_small(tmp_path, manpag
 
 
 @pytest.mark.parametrize("modality", ["image", "cross"])
+@pytest.mark.slow
 def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_path, modality):
     """The plug-in sweep and reproduction on the dual encoder: projections train with the heads,
     `none` is a trained row, the adapter a control, and the image head's modulation is reported."""
@@ -303,6 +310,7 @@ def test_image_and_cross_sweep_then_plug_in_reproduction_small(tmp_path, minilm_
     _check_render("repro_plugin", tmp_path, f"repro_{key}_plugin")
 
 
+@pytest.mark.slow
 def test_dual_encoder_fine_tune_after_the_plug_in_stage_small(tmp_path, minilm_path):
     """Stage 1 = the plug-in run; stage 2 starts from its model with every tower unlocked, on the
     same validation split (its step-0 score is stage 1's best), mined negatives; runs resume."""

@@ -31,6 +31,7 @@ def digits(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_index_then_search_finds_the_query_image_first(digits, tmp_path):
     lab = digits / "labelled"
     out = tmp_path / "digits.index"
@@ -65,6 +66,7 @@ def test_sharded_indexing_equals_one_index(digits, tmp_path):
     assert [h["id"] for h in one["hits"]] == [h["id"] for h in three["hits"]]
 
 
+@pytest.mark.slow
 def test_skip_bad_reports_unreadable_images(digits, tmp_path):
     import shutil
 

@@ -182,6 +182,7 @@ def test_a_model_that_did_not_build_the_index_is_refused(served):
     assert json.dumps(served[1].info())  # info is plain JSON
 
 
+@pytest.mark.slow
 def test_cli_serve_answers_on_loopback(served):
     """``lsb-mm serve`` on a free loopback port answers /health, the page and /search, then is stopped."""
     import urllib.request
@@ -370,6 +371,7 @@ def test_cli_serve_refuses_bad_settings(served, extra, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_serve_says_when_the_port_is_taken(served):
     import socket
     import subprocess

@@ -59,6 +59,7 @@ def sets(tmp_path_factory):
 
 @pytest.mark.parametrize("modality", ["text", "image", "cross"])
 @pytest.mark.parametrize("head", ["none", "slr"])
+@pytest.mark.slow
 def test_training_improves_held_out_recall(modality, head, sets, tmp_path, tiny_hf_dir):
     train_data, dev = sets[modality]
     model = f"hf:{tiny_hf_dir}" if modality == "text" else "open_clip:lsb-tiny-test"
@@ -76,6 +77,7 @@ def test_training_improves_held_out_recall(modality, head, sets, tmp_path, tiny_
     assert (m.text_head if modality == "text" else m.image_head).kind == head
 
 
+@pytest.mark.slow
 def test_cli_train_quickstart(tmp_path):
     data = synthetic.write_jsonl(tmp_path / "pairs.jsonl", synthetic.passage_queries(40, per_passage=2, dev=0)[0])
     out = tmp_path / "OUT"
@@ -96,6 +98,7 @@ def test_cli_train_quickstart(tmp_path):
         assert flag in h.stdout
 
 
+@pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
     """Cross-device negatives: 2 ranks x 4 queries give the loss and gradients of 1 process x 8."""
     data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(30, per_passage=1, dev=0, negatives=1)[0])
@@ -124,6 +127,7 @@ def test_two_process_gloo_equals_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("modality, head", [("image", "llr"), ("cross", "llr")])
+@pytest.mark.slow
 def test_two_process_image_training_ends_with_one_model(modality, head, tmp_path, sets):
     """A fresh codebook shrinks the visual vocabulary and re-creates the image head: every rank
     must end with rank 0's head (LLR's token weights start random). ``--nproc=2`` form of the flag."""
@@ -142,6 +146,7 @@ def test_two_process_image_training_ends_with_one_model(modality, head, tmp_path
     assert model.visual_words.vocab_size < 1024 and model.fingerprint() == prints[0][0]
 
 
+@pytest.mark.slow
 def test_bad_settings_exit_2_before_any_process_starts(tmp_path):
     data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(20, per_passage=1, dev=0)[0])
     base = ["--model", "open_clip:lsb-tiny-test", "--train-data", data, "--max-steps", "1", "--batch-size", "4"]
@@ -161,6 +166,7 @@ def _cli_train(args, out):
     return [sys.executable, "-m", "lsb_mm", "train", *args, "--output", str(out), "-q"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_exact(tmp_path, tiny_hf_dir):
     """Dropout on (tiny BERT, --train all), hard negatives sampled: resume must restore RNG and data position."""
     data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(120, per_passage=2, dev=0, negatives=3)[0])
