@@ -98,7 +98,8 @@ def build_index(model: Any, source: Any, output: Optional[str] = None, *, kind: 
         bm25: index each document's text (an image's caption) with BM25 too, for ``search_hybrid``.
         device: where the index lives: ``auto`` (all GPUs FAISS sees), ``cpu`` or ``gpu``.
         shard: ``"i/n"``, index only that slice of the documents (memory engine).
-        skip_bad: skip unreadable images (memory engine), listed in ``build_report["skipped"]``.
+        skip_bad: skip unreadable images (memory engine), listed in ``OUTPUT.skipped.jsonl`` (without an
+            output, in ``build_report["skipped_files"]``); ``build_report["skipped"]`` counts them.
         show_progress: progress bars (default: when stderr is a terminal).
     """
     from .autoindex import parse_memory
@@ -193,13 +194,16 @@ def _in_memory(model, src, factory, bm25, max_memory, target_recall, device, bat
     if bm25:
         index.add_bm25(_bm25_texts(docs.ids, docs.items if docs.kind == "text" else [m.get("caption") for m in docs.metadata]))
     report_path = None
-    if skipped:
-        report_path = (output.rstrip("/") if output else "index") + ".skipped.jsonl"
+    if skipped and output is not None:  # beside the index; without an output, only in build_report
+        report_path = output.rstrip("/") + ".skipped.jsonl"
         write_text(report_path, "".join(json.dumps({"path": p, "reason": r}) + "\n" for p, r in skipped))
         print(f"skipped {len(skipped)} unreadable files; see {report_path}", file=sys.stderr)
+    elif skipped:
+        print(f"skipped {len(skipped)} unreadable files; see build_report['skipped_files']", file=sys.stderr)
     return index, {"count": len(index), "kind": docs.kind, "factory": index.factory, "bm25": bm25,
                    **({"build": index.build_info} if index.build_info else {}), "device": index.device,
                    "encode_seconds": round(t_enc, 2), "skipped": len(skipped), "skipped_report": report_path,
+                   **({} if output is not None else {"skipped_files": [{"path": p, "reason": r} for p, r in skipped]}),
                    "fingerprint": index.fingerprint}
 
 

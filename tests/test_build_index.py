@@ -131,3 +131,18 @@ def test_build_index_refuses_bad_arguments_before_encoding(tmp_path, sources, sa
     with pytest.raises(InputError, match="model must be"):
         lsb_mm.build_index(3, sources["corpus"])
     assert not os.path.exists("e")
+
+
+def test_skip_bad_without_an_output_reports_in_python_and_writes_nothing(tmp_path, sources, saved_model, monkeypatch):
+    import shutil
+
+    import lsb_mm
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(sources["images"], imgs)
+    (imgs / "broken.png").write_bytes(b"not an image")
+    monkeypatch.chdir(tmp_path)
+    index = lsb_mm.build_index(saved_model, imgs, skip_bad=True, show_progress=False)
+    report = index.build_report
+    assert report["skipped"] == 1 and report["skipped_files"][0]["path"].endswith("broken.png")
+    assert len(index) == 6 and sorted(os.listdir(tmp_path)) == ["imgs"]
