@@ -341,7 +341,7 @@ def cmd_index(args) -> int:
                         embedding_dtype=args.embedding_dtype, replicas=args.replicas, address=args.address,
                         overwrite=args.overwrite, shard=args.shard, skip_bad=args.skip_bad, image_root=args.image_root,
                         csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, model_options=spec,
-                        model_device=args.device, show_progress=not args.quiet)
+                        model_device=args.device, show_progress_bar=not args.quiet)
     print(json.dumps(index.build_report))
     return 0
 

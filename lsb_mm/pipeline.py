@@ -80,7 +80,7 @@ def build_index(model: Any, source: Any, output: Optional[str] = None, *, kind: 
                 address: Optional[str] = None, overwrite: bool = False, shard: Optional[str] = None,
                 skip_bad: bool = False, image_root: Optional[str] = None, csv_img_key: str = "filepath",
                 csv_caption_key: str = "caption", model_options: Optional[Dict[str, Any]] = None,
-                model_device: str = "auto", show_progress: Optional[bool] = None):
+                model_device: str = "auto", show_progress_bar: Optional[bool] = None):
     """Encode the documents of ``source`` (``role="document"``) and index them; returns the
     :class:`~lsb_mm.Index`, saved to ``output`` when given. ``index.build_report`` says what ran.
     Each argument is the ``lsb-mm index`` flag of the same name (errors name the flag).
@@ -100,7 +100,7 @@ def build_index(model: Any, source: Any, output: Optional[str] = None, *, kind: 
         shard: ``"i/n"``, index only that slice of the documents (memory engine).
         skip_bad: skip unreadable images (memory engine), listed in ``OUTPUT.skipped.jsonl`` (without an
             output, in ``build_report["skipped_files"]``); ``build_report["skipped"]`` counts them.
-        show_progress: progress bars (default: when stderr is a terminal).
+        show_progress_bar: progress bars, as in ``encode_document`` (default: when stderr is a terminal).
     """
     from .autoindex import parse_memory
 
@@ -115,8 +115,7 @@ def build_index(model: Any, source: Any, output: Optional[str] = None, *, kind: 
     positive_int(batch_size, "--batch-size")
     if output is not None:
         check_replaceable(output, "manifest.json", "an lsb-mm index")  # before any encoding
-    if show_progress is None:
-        show_progress = sys.stderr.isatty()
+    show_progress = sys.stderr.isatty() if show_progress_bar is None else bool(show_progress_bar)
     src = source_of(source, kind, image_root=image_root, csv_img_key=csv_img_key, csv_caption_key=csv_caption_key)
     if engine == "memory":
         index, report = _in_memory(model, src, factory, bm25, max_memory, target_recall, device, batch_size, workers,

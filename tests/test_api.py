@@ -97,7 +97,7 @@ def test_every_search_entry_point_returns_scores_then_ids(model, tmp_path):
 
     docs = [{"_id": f"d{i}", "text": f"{w} and {synthetic.WORDS[i + 1]}"} for i, w in enumerate(synthetic.WORDS[:12])]
     synthetic.write_jsonl(tmp_path / "c.jsonl", docs)
-    index = lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "ix"), bm25=True, show_progress=False)
+    index = lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "ix"), bm25=True, show_progress_bar=False)
     q = model.encode_query(["apple river", "stone"])
     entry_points = {
         "Index.search": index.search(q, k=4),
@@ -110,8 +110,8 @@ def test_every_search_entry_point_returns_scores_then_ids(model, tmp_path):
     entry_points["lexical.rrf"] = rrf([dense[1], lexical[1]], k=4)
     entry_points["lexical.weighted_fusion"] = weighted_fusion(dense, lexical, 0.3, k=4)
     entry_points["lexical.fuse"] = fuse(dense, lexical, "rrf", k=4)
-    lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "part1"), shard="1/2", show_progress=False)
-    lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "part2"), shard="2/2", show_progress=False)
+    lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "part1"), shard="1/2", show_progress_bar=False)
+    lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "part2"), shard="2/2", show_progress_bar=False)
     entry_points["Index.load(shards).search"] = lsb_mm.Index.load([str(tmp_path / "part1"), str(tmp_path / "part2")]).search(q, k=4)
     for name, (scores, ids) in entry_points.items():
         try:

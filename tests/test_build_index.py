@@ -83,7 +83,7 @@ def test_build_index_equals_lsb_mm_index(tmp_path, sources, saved_model, name, f
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     index = lsb_mm.build_index(saved_model, src, str(tmp_path / "py"), bm25=True, engine=engine, shard_size=4,
-                               show_progress=False, image_root=extra[1] if extra else None)
+                               show_progress_bar=False, image_root=extra[1] if extra else None)
     assert index.build_report["count"] == report["count"] == len(index)
     _same(tmp_path / "cli", tmp_path / "py")
 
@@ -109,12 +109,12 @@ def test_a_model_object_gives_the_index_of_its_saved_folder(tmp_path, sources, s
     import lsb_mm
 
     model = lsb_mm.load_model(saved_model)
-    a = lsb_mm.build_index(model, sources["corpus"], str(tmp_path / "a"), bm25=True, show_progress=False)
-    lsb_mm.build_index(saved_model, sources["corpus"], str(tmp_path / "b"), bm25=True, show_progress=False)
+    a = lsb_mm.build_index(model, sources["corpus"], str(tmp_path / "a"), bm25=True, show_progress_bar=False)
+    lsb_mm.build_index(saved_model, sources["corpus"], str(tmp_path / "b"), bm25=True, show_progress_bar=False)
     assert a.fingerprint == model.fingerprint()
     _same(tmp_path / "a", tmp_path / "b")
     # unsaved, the index is still searchable, and in FAISS's (scores, ids) order
-    c = lsb_mm.build_index(model, sources["corpus"], show_progress=False)
+    c = lsb_mm.build_index(model, sources["corpus"], show_progress_bar=False)
     scores, ids = c.search(model.encode_query(["apple river"]), k=3, fingerprint=model.fingerprint())
     assert scores.shape == (1, 3) and isinstance(ids[0][0], str) and c.build_report["index"] is None
 
@@ -142,7 +142,7 @@ def test_skip_bad_without_an_output_reports_in_python_and_writes_nothing(tmp_pat
     shutil.copytree(sources["images"], imgs)
     (imgs / "broken.png").write_bytes(b"not an image")
     monkeypatch.chdir(tmp_path)
-    index = lsb_mm.build_index(saved_model, imgs, skip_bad=True, show_progress=False)
+    index = lsb_mm.build_index(saved_model, imgs, skip_bad=True, show_progress_bar=False)
     report = index.build_report
     assert report["skipped"] == 1 and report["skipped_files"][0]["path"].endswith("broken.png")
     assert len(index) == 6 and sorted(os.listdir(tmp_path)) == ["imgs"]
