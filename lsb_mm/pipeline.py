@@ -50,12 +50,12 @@ def source_of(source: Any, kind: Optional[str] = None, *, image_root: Optional[s
 
 
 def _kind_of(path: str) -> str:
-    if any(c in path for c in "*?["):
-        ext = {os.path.splitext(p)[1].lower() for p in glob.glob(path)} or {os.path.splitext(path)[1].lower()}
-        if len(ext) == 1 and _EXT_KIND.get(ext.pop()) in ("parquet", "tar"):
-            return _EXT_KIND[os.path.splitext(path)[1].lower()] if path.lower().endswith((".parquet", ".tar")) \
-                else _kind_of(glob.glob(path)[0])
-        raise InputError(f"source {path}: a glob must name .parquet or .tar files")
+    if any(c in path for c in "*?["):  # a glob: what it matches (or, matching nothing yet, its own extension)
+        exts = {os.path.splitext(p)[1].lower() for p in glob.glob(path)} or {os.path.splitext(path)[1].lower()}
+        kinds = {_EXT_KIND.get(e) for e in exts}
+        if len(kinds) == 1 and kinds <= {"parquet", "tar"}:
+            return kinds.pop()
+        raise InputError(f"source {path}: a glob must name .parquet or .tar files (it matches {sorted(exts)})")
     if os.path.isfile(path):
         kind = _EXT_KIND.get(os.path.splitext(path)[1].lower())
         if kind is None:

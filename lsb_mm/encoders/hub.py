@@ -59,7 +59,7 @@ def hub_miss(exc: BaseException) -> bool:
         if isinstance(exc, kinds):
             return True
         text = str(exc)
-        if "offline mode" in text.lower() or "couldn't connect to" in text.lower() or "does not appear to have a file" in text:
+        if "offline mode" in text.lower() or "couldn't connect to" in text.lower():
             return True
         exc = exc.__cause__ or exc.__context__
     return False
