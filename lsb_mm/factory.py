@@ -55,7 +55,7 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
     ``adapter`` is the linear control).
 
     ``head_options`` holds per-tower head settings, e.g. ``{"text": {"w_norm": "none"}}`` for the
-    paper's unnormalised CLR. ``pretrained`` is open_clip's tag / weights file or timm's bool; other keyword options go to
+    paper's unnormalised CLR. ``device="auto"`` is CUDA when available. ``pretrained`` is open_clip's tag / weights file or timm's bool; other keyword options go to
     the backbone (e.g. ``pooling="mean"`` for ``hf:``, ``weights=`` or ``img_size=`` for
     ``timm:``). Random initialisation is seeded by ``seed`` without touching the global RNG.
     """
@@ -83,7 +83,14 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
         model = LSBModel(backbone, head=head, text_head=text_head, image_head=image_head, vocab_size=vocab_size,
                          fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed, head_options=head_options)
     model.name = given
-    return model.to(device).eval()
+    return model.to(_device(device)).eval()
+
+
+def _device(device: str | torch.device) -> str | torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else the CPU; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> LSBModel:
@@ -113,7 +120,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
                          head_options={side: head_options(c) for side, c in (("text", th), ("image", ih)) if c})
     check_state(model, tensors, os.path.join(folder, config["weights"].get("file", WEIGHTS_NAME)))
     model.load_state_dict(tensors, strict=True)
-    return model.to(device).eval()
+    return model.to(_device(device)).eval()
 
 
 _UNLISTED = {

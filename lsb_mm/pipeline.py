@@ -149,11 +149,7 @@ def _model(model: Any, options: Optional[Dict[str, Any]], device: str):
     spec = {"name": os.fspath(model), **(options or {})}
     if os.path.exists(spec["name"]):  # a saved model folder, found by the workers wherever they run
         spec["name"] = os.path.abspath(spec["name"])
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return create_model(**spec, device=device), spec
+    return create_model(**spec, device=device), spec  # "auto": CUDA when available
 
 
 def _bm25_texts(ids: Sequence[str], texts: Sequence[Optional[str]]) -> List[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -538,7 +539,7 @@ class Trainer:
                 "world_size": self.dist.world_size, "global_batch": self.global_batch, "total_steps": self.total_steps,
                 "trainable_parameters": sum(p.numel() for p in self.params), "device": str(self.device),
                 "defaults_from": getattr(cfg, "defaults_from", None),
-                "train_file": file_sha256(cfg.train_data) if os.path.isfile(cfg.train_data) else None,
+                "train_file": self._data_record["train"]["sha256"],
                 "precision": str(self.autocast_dtype or "fp32"), "config": dataclasses.asdict(cfg),
                 "tower_cache": {k: {"inputs": len(c), "gib": round(c.nbytes / (1 << 30), 4), "hidden": c.keeps_hidden,
                                     "disk_gib": round(c.disk_bytes / (1 << 30), 4),
@@ -667,10 +668,17 @@ class Trainer:
     def _training_record(self, modulation: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
         """What the model card and ``lsb_config.json`` say of this run: the recipe, the data (files,
         counts, checksums), the best validation so far and the modulation strength there."""
-        cfg, d = self.cfg, self.data
+        cfg = self.cfg
         recipe = {k: v for k, v in dataclasses.asdict(cfg).items() if isinstance(v, (str, int, float, bool))}
         recipe.update(world_size=self.dist.world_size, global_batch=self.global_batch, total_steps=self.total_steps)
-        data = {"train": {"path": cfg.train_data, "examples": len(d),
+        best = {k: self.best[k] for k in ("metric", "value", "step")}
+        return {"recipe": recipe, "data": self._data_record, "best": best, "modulation": modulation, "saved_step": self.step}
+
+    @functools.cached_property
+    def _data_record(self) -> Dict[str, Any]:
+        """The training and validation files with their counts and sha256, hashed once per run."""
+        cfg = self.cfg
+        data = {"train": {"path": cfg.train_data, "examples": len(self.data),
                           "sha256": file_sha256(cfg.train_data) if os.path.isfile(cfg.train_data) else None}}
         if cfg.eval_data:
             data["validation"] = {"path": cfg.eval_data, "examples": len(self.eval_data.examples) if self.eval_data else None,
@@ -678,8 +686,7 @@ class Trainer:
         elif cfg.val_fraction and self.eval_data is not None:
             data["validation"] = {"path": f"{cfg.val_fraction:g} of {cfg.train_data}", "examples": len(self.eval_data.examples),
                                   "sha256": None}
-        best = {k: self.best[k] for k in ("metric", "value", "step")}
-        return {"recipe": recipe, "data": data, "best": best, "modulation": modulation, "saved_step": self.step}
+        return data
 
     @torch.no_grad()
     def _modulation(self, queries: List[str], batch_size: int = 256) -> Optional[Dict[str, float]]:

@@ -112,14 +112,9 @@ def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
 
 
 def _load(args):
-    import torch
-
     from ..factory import create_model
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return create_model(**_model_spec(args), device=device)
+    return create_model(**_model_spec(args), device=args.device)  # "auto": CUDA when available
 
 
 def _model_spec(args) -> dict:

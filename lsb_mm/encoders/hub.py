@@ -40,10 +40,10 @@ def cache_folder() -> str:
 
 
 def _offline() -> bool:
+    """Whether the hub itself is in offline mode (what decided that nothing was fetched)."""
     from huggingface_hub import constants
 
-    flag = os.environ.get("HF_HUB_OFFLINE")
-    return flag.upper() in ("1", "ON", "YES", "TRUE") if flag is not None else bool(constants.HF_HUB_OFFLINE)
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def hub_miss(exc: BaseException) -> bool:
