@@ -8,15 +8,17 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
-from .errors import ImageLoadError, InputError, LSBError, ModelLoadError
+from lsb_mm._version import __version__
+from lsb_mm.errors import ImageLoadError, InputError, LSBError, ModelLoadError
 
 # public name -> the module that defines it
 _LAZY = {
-    "TokenStream": ".stream", "build_head": ".heads", "LSBModel": ".model",
-    "add_model_config": ".factory", "create_model": ".factory", "list_models": ".factory", "load_model": ".factory",
-    "TrainConfig": ".trainer", "Trainer": ".trainer", "train": ".trainer",
-    "Index": ".index", "CorpusCache": ".evaluation", "evaluate": ".evaluation", "build_index": ".pipeline",
+    "TokenStream": ".models.stream", "build_head": ".models.heads", "LSBModel": ".models.model",
+    "add_model_config": ".models.factory", "create_model": ".models.factory", "list_models": ".models.factory",
+    "load_model": ".models.factory",
+    "TrainConfig": ".training.config", "Trainer": ".training.trainer", "train": ".training.trainer",
+    "Index": ".retrieval.index", "build_index": ".retrieval.pipeline",
+    "CorpusCache": ".evaluation.evaluate", "evaluate": ".evaluation.evaluate",
 }
 
 __all__ = ["__version__", "TokenStream", "LSBModel", "create_model", "load_model", "list_models",
@@ -24,23 +26,33 @@ __all__ = ["__version__", "TokenStream", "LSBModel", "create_model", "load_model
            "LSBError", "InputError", "ModelLoadError", "ImageLoadError"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
-    from .evaluation import CorpusCache, evaluate  # noqa: F401
-    from .factory import add_model_config, create_model, list_models, load_model  # noqa: F401
-    from .heads import build_head  # noqa: F401
-    from .index import Index  # noqa: F401
-    from .model import LSBModel  # noqa: F401
-    from .pipeline import build_index  # noqa: F401
-    from .stream import TokenStream  # noqa: F401
-    from .trainer import TrainConfig, Trainer, train  # noqa: F401
+    from lsb_mm.evaluation.evaluate import CorpusCache, evaluate  # noqa: F401
+    from lsb_mm.models.factory import add_model_config, create_model, list_models, load_model  # noqa: F401
+    from lsb_mm.models.heads import build_head  # noqa: F401
+    from lsb_mm.retrieval.index import Index  # noqa: F401
+    from lsb_mm.models.model import LSBModel  # noqa: F401
+    from lsb_mm.retrieval.pipeline import build_index  # noqa: F401
+    from lsb_mm.models.stream import TokenStream  # noqa: F401
+    from lsb_mm.training.config import TrainConfig  # noqa: F401
+    from lsb_mm.training.trainer import Trainer, train  # noqa: F401
+
+
+# a module the README once named at its old place -> its place now (a DeprecationWarning says so)
+_MOVED = {"pretrained": "lsb_mm.models.pretrained"}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import warnings
+
+        warnings.warn(f"lsb_mm.{name} is now {_MOVED[name]}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(_MOVED[name])
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value  # later look-ups skip this hook
         return value
     if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f".{name}", __name__)  # a submodule: lsb_mm.pretrained, lsb_mm.lexical ...
+        return importlib.import_module(f".{name}", __name__)  # a subpackage: lsb_mm.models, lsb_mm.retrieval ...
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,3 +1,3 @@
-from .cli import main
+from lsb_mm.cli import main
 
 raise SystemExit(main())

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
-from .errors import InputError
+from lsb_mm.errors import InputError
 
 __all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file_sha256", "iter_jsonl", "write_jsonl",
            "read_json"]

@@ -1,6 +1,6 @@
 """Names the command line offers before anything heavy is imported (``lsb-mm --help`` loads no torch).
 
-``HEAD_KINDS`` are the built-in heads of the registry :data:`lsb_mm.heads.HEADS` (a test keeps the
+``HEAD_KINDS`` are the built-in heads of the registry :data:`lsb_mm.models.heads.HEADS` (a test keeps the
 two equal); ``POOLINGS`` are the pooling modes of ``hf:`` text encoders; :func:`is_repo_id` tells a
 Hugging Face hub id from a path."""
 from __future__ import annotations

@@ -9,7 +9,7 @@ autofaiss pins numpy < 2 and pulls faiss-cpu, so it lives in its own virtual env
 For each (n, d, budget) of the grid: autofaiss's first index key
 (``autofaiss.external.optimize.get_optimal_index_keys_v2``) with its own size estimate
 (``IndexMetadata.estimated_index_size_in_bytes``), and lsb-mm's choice
-(``lsb_mm.autoindex.choose_factory``) with ours (``estimate_memory``). Only ``lsb_mm.autoindex``
+(``lsb_mm.retrieval.autoindex.choose_factory``) with ours (``estimate_memory``). Only ``lsb_mm.retrieval.autoindex``
 is imported from lsb-mm (numpy only). Writes ``<out>/autofaiss_choices.json`` and ``.md``;
 ``tests/test_autoindex.py`` checks the recorded rows against lsb-mm's current choices.
 """
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     from autofaiss.external.metadata import IndexMetadata
     from autofaiss.external.optimize import get_optimal_index_keys_v2
 
-    from lsb_mm.autoindex import choose_factory, parse_memory
+    from lsb_mm.retrieval.autoindex import choose_factory, parse_memory
     from lsb_mm.errors import InputError
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

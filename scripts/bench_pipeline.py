@@ -31,8 +31,8 @@ import torch  # noqa: E402
 
 import lsb_mm  # noqa: E402
 from bench_encode import EFFNET, interleaved_rates, tux_stamps  # noqa: E402
-from lsb_mm.benchmarking import machine_info, write_benchmark  # noqa: E402
-from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
+from lsb_mm_experiments.benchmarking import machine_info, write_benchmark  # noqa: E402
+from lsb_mm.models.pretrained import efficientnet_lite0_weights  # noqa: E402
 
 
 def stage_ms(paths: Sequence[str], transform, threads: int) -> Dict[str, float]:
@@ -40,7 +40,7 @@ def stage_ms(paths: Sequence[str], transform, threads: int) -> Dict[str, float]:
     (``encode_image`` and DataLoader workers preprocess on 1): decode, RGB, each transform step."""
     from PIL import Image
 
-    from lsb_mm.images import to_rgb
+    from lsb_mm.data.images import to_rgb
 
     steps = list(getattr(transform, "transforms", [transform]))  # a torchvision Compose: time each step
     names = ["decode (PIL open + load)", "to RGB (alpha onto white)"] + [f"transform: {type(t).__name__}" for t in steps]
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--head", default="none")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args(argv)
-    from lsb_mm.images import load_image
+    from lsb_mm.data.images import load_image
 
     paths = tux_stamps(args.images)
     model = lsb_mm.create_model(EFFNET, head=args.head, weights=efficientnet_lite0_weights(), head_init="random")

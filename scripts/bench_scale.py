@@ -49,8 +49,8 @@ def mixture(n: int, d: int, clusters: int, seed: int, spread: float = 0.6) -> np
 
 
 def measure(factory: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, target: float, budget: str) -> Dict[str, Any]:
-    from lsb_mm.autoindex import choose_factory, parse_memory, recall_at, tune_search
-    from lsb_mm.index import Index
+    from lsb_mm.retrieval.autoindex import choose_factory, parse_memory, recall_at, tune_search
+    from lsb_mm.retrieval.index import Index
 
     t0 = time.perf_counter()
     auto = None
@@ -96,7 +96,7 @@ def render(rows: List[Dict[str, Any]], settings: Dict[str, Any]) -> List[str]:
         tuned = f"{t['param']} {t['value']}" if t["param"] else "exact"
         lines.append(f"| {r['factory']} | {r['built']} | {r['build_seconds']} | {r['memory_bytes'] / 2 ** 20:.1f} | "
                      f"{r['bytes_per_vector']} | {tuned} | {r['recall_at_10']} | {'yes' if t['met'] else 'no'} | {r['qps']} |")
-    from lsb_mm.autoindex import parse_memory
+    from lsb_mm.retrieval.autoindex import parse_memory
 
     autos = [r for r in rows if r["factory"].startswith("auto")]
     if autos:
@@ -180,8 +180,8 @@ def render_encode(enc: dict) -> list:
 def main(argv=None) -> int:
     import faiss
 
-    from lsb_mm.autoindex import exact_neighbours
-    from lsb_mm.benchmarking import save_row, saved_row, write_benchmark
+    from lsb_mm.retrieval.autoindex import exact_neighbours
+    from lsb_mm_experiments.benchmarking import save_row, saved_row, write_benchmark
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", nargs="+", default=["index", "encode"], choices=["index", "encode"],

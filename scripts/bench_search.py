@@ -54,8 +54,8 @@ def sig(seconds: float) -> float:
 def main(argv=None) -> int:
     import faiss
 
-    from lsb_mm.benchmarking import machine_info, write_benchmark
-    from lsb_mm.index import Index
+    from lsb_mm_experiments.benchmarking import machine_info, write_benchmark
+    from lsb_mm.retrieval.index import Index
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1_000_000)

@@ -78,7 +78,7 @@ def batch_stats(url: str) -> Dict[str, int]:
 
 def run_mode(serve_args: List[str], batching: bool, clients: List[int], seconds: float, queries: List[str],
              k: int) -> List[Dict[str, Any]]:
-    from lsb_mm.serve import running_server
+    from lsb_mm.serving.service import running_server
 
     rows = []
     with running_server(serve_args + ([] if batching else ["--no-batching"])) as url:
@@ -123,7 +123,7 @@ def render(payload: Dict[str, Any]) -> List[str]:
 
 
 def main(argv=None) -> int:
-    from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark
+    from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         return render_saved(args.render, render)
     if min(args.clients) < 1 or args.seconds <= 0 or args.docs < 1:
         ap.error("--clients, --seconds and --docs must be positive")
-    from lsb_mm.datasets import load_manpages
+    from lsb_mm_experiments.datasets import load_manpages
 
     lines = [p.name_line for p in load_manpages(limit=args.docs)]
     if not lines:

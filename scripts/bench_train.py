@@ -24,14 +24,14 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from lsb_mm.benchmarking import machine_info, write_benchmark  # noqa: E402
-from lsb_mm.trainer import TrainConfig, Trainer  # noqa: E402
+from lsb_mm_experiments.benchmarking import machine_info, write_benchmark  # noqa: E402
+from lsb_mm.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 HEADS = ["none", "slr", "llr", "clr"]
 
 
 def write_pairs(path: str, n: int) -> str:
-    from lsb_mm.datasets import load_manpages
+    from lsb_mm_experiments.datasets import load_manpages
 
     with open(path, "w") as f:
         for p in load_manpages(limit=n):

@@ -20,7 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm.errors import LSBError  # noqa: E402
-from lsb_mm.gallery import write_gallery  # noqa: E402
+from lsb_mm.evaluation.gallery import write_gallery  # noqa: E402
 
 
 def build(args) -> dict:

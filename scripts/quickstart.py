@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 
 import lsb_mm  # noqa: E402
-from lsb_mm.datasets import load_manpages  # noqa: E402
+from lsb_mm_experiments.datasets import load_manpages  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -24,11 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
-from lsb_mm.pretrained import dual_encoder  # noqa: E402
-from lsb_mm.datasets.image_experiment import build_cross_experiment  # noqa: E402
-from lsb_mm.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
+from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
+from lsb_mm.models.encoders import ImageFeatureCache  # noqa: E402
+from lsb_mm.models.pretrained import dual_encoder  # noqa: E402
+from lsb_mm_experiments.datasets.image_experiment import build_cross_experiment  # noqa: E402
+from lsb_mm_experiments.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "recall@10", "ndcg@10", "mrr@10")
 
@@ -52,7 +52,7 @@ def add_lit_args(ap: argparse.ArgumentParser, epochs: int, batch_size: int, img_
 
 
 def lit_config(args, modality: str, train_file: str, work: str, **extra):
-    """``config(head, seed)`` for :func:`lsb_mm.reproduce.run_grid`: the dual encoder, towers locked."""
+    """``config(head, seed)`` for :func:`lsb_mm_experiments.reproduce.run_grid`: the dual encoder, towers locked."""
     name, options = dual_encoder(args.img_size, args.embed_dim)
 
     def config(head: str, seed: int) -> lsb_mm.TrainConfig:

@@ -27,11 +27,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
-from lsb_mm.pretrained import efficientnet_lite0_weights  # noqa: E402
-from lsb_mm.datasets.image_experiment import IMAGE_DATASETS, IMAGE_SIZE, build_image_experiment  # noqa: E402
-from lsb_mm.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
+from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
+from lsb_mm.models.encoders import ImageFeatureCache  # noqa: E402
+from lsb_mm.models.pretrained import efficientnet_lite0_weights  # noqa: E402
+from lsb_mm_experiments.datasets.image_experiment import IMAGE_DATASETS, IMAGE_SIZE, build_image_experiment  # noqa: E402
+from lsb_mm_experiments.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_cross import add_lit_args, describe, lit_config  # noqa: E402

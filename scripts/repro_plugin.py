@@ -13,7 +13,7 @@ the dual encoder's projections train, so ``none`` is the projection trained alon
 row trains the projection with its head. Every head row is compared with ``none`` / ``untuned``
 and with ``adapter``, a residual linear query map trained the same way (is it the lexical signal,
 or any adaptation at all?). Data and split: those of ``scripts/sweep_heads.py``
-(:func:`lsb_mm.reproduce.plugin_experiment`). Each run: ``--train heads``, corpus negatives, the
+(:func:`lsb_mm_experiments.reproduce.plugin_experiment`). Each run: ``--train heads``, corpus negatives, the
 row's lr / temperature / weight decay from the sweep's winner (``--recipe``, default
 ``results/sweep_<key>.json``), a validation split carved from the training data (seeded by the
 run's seed), evaluation every ``--eval-steps`` with early stopping; the best model on validation
@@ -35,11 +35,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.encoders import ImageFeatureCache  # noqa: E402
-from lsb_mm.evaluation import CorpusCache  # noqa: E402
+from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
+from lsb_mm.models.encoders import ImageFeatureCache  # noqa: E402
+from lsb_mm.evaluation.evaluate import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
-from lsb_mm.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key, head_tables,  # noqa: E402
+from lsb_mm_experiments.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key, head_tables,  # noqa: E402
                               machine_line, plugin_config, plugin_experiment, plugin_train_files, plugin_references, query_modulation, read_run_record,
                               summarize, fusion_note, text_references, update_references, validation_record)
 

@@ -36,11 +36,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 import lsb_mm  # noqa: E402
-from lsb_mm.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.pretrained import text_model_or_minilm  # noqa: E402
-from lsb_mm.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
-from lsb_mm.datasets.splits import split_jsonl_by_document  # noqa: E402
-from lsb_mm.reproduce import (run_script, head_tables, machine_line, plugin_config, run_grid, summarize,  # noqa: E402
+from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
+from lsb_mm.models.pretrained import text_model_or_minilm  # noqa: E402
+from lsb_mm_experiments.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
+from lsb_mm.data.splits import split_jsonl_by_document  # noqa: E402
+from lsb_mm_experiments.reproduce import (run_script, head_tables, machine_line, plugin_config, run_grid, summarize,  # noqa: E402
                               fusion_note, text_references, update_references)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -19,8 +19,8 @@ import json
 import os
 import statistics
 
-from lsb_mm.benchmarking import write_benchmark
-from lsb_mm.reproduce import ALPHA, compare
+from lsb_mm_experiments.benchmarking import write_benchmark
+from lsb_mm_experiments.reproduce import ALPHA, compare
 
 HEADS = ("slr", "llr", "clr")
 TARGET = 0.020

@@ -117,7 +117,7 @@ def tiny_hf_vit_dir(tmp_path_factory):
 @pytest.fixture
 def manpages_present():
     """Skip (fail under LSB_MM_STRICT=1) without the Debian man pages."""
-    from lsb_mm.datasets import manpage_files
+    from lsb_mm_experiments.datasets import manpage_files
     from lsb_mm.errors import InputError
 
     try:

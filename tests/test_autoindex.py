@@ -1,9 +1,9 @@
-"""``factory="auto"`` (lsb_mm.autoindex): the ladder from Flat to IVF-PQ by size and memory budget,
+"""``factory="auto"`` (lsb_mm.retrieval.autoindex): the ladder from Flat to IVF-PQ by size and memory budget,
 memory estimates against what FAISS actually holds, and search tuning to a target recall."""
 import numpy as np
 import pytest
 
-from lsb_mm.autoindex import choose_factory, estimate_memory, exact_neighbours, parse_memory, recall_at, tune_search
+from lsb_mm.retrieval.autoindex import choose_factory, estimate_memory, exact_neighbours, parse_memory, recall_at, tune_search
 from lsb_mm.errors import InputError
 
 

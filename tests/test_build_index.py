@@ -90,7 +90,7 @@ def test_build_index_equals_lsb_mm_index(tmp_path, sources, saved_model, name, f
 
 def test_the_source_kind_is_told_from_the_path(sources):
     from lsb_mm.errors import InputError
-    from lsb_mm.pipeline import source_of
+    from lsb_mm.retrieval.pipeline import source_of
 
     kinds = {name: source_of(path).kind for name, path in sources.items()}
     assert kinds == {"corpus": "corpus", "beir": "corpus", "images": "images", "csv": "csv", "parquet": "parquet",

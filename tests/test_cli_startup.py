@@ -33,7 +33,7 @@ def test_the_package_facade_loads_on_first_use():
     code = ("import sys, lsb_mm; before = 'torch' in sys.modules; f = lsb_mm.create_model; "
             "print(before, 'torch' in sys.modules, f.__module__, 'TrainConfig' in dir(lsb_mm))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "True", "lsb_mm.factory", "True"]
+    assert out == ["False", "True", "lsb_mm.models.factory", "True"]
     import lsb_mm
 
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
@@ -42,10 +42,10 @@ def test_the_package_facade_loads_on_first_use():
 
 
 def test_the_cli_names_match_the_registries():
-    from lsb_mm.encoders import hf_backbone
-    from lsb_mm.heads import HEADS
+    from lsb_mm.models.encoders import hf_backbone
+    from lsb_mm.models.heads import HEADS
     from lsb_mm.names import HEAD_KINDS, POOLINGS
 
-    builtin = {k for k, cls in HEADS.items() if cls.__module__ == "lsb_mm.heads"}
+    builtin = {k for k, cls in HEADS.items() if cls.__module__ == "lsb_mm.models.heads"}
     assert set(HEAD_KINDS) == builtin
     assert hf_backbone.POOLINGS is POOLINGS

@@ -10,8 +10,8 @@ from helpers import cli
 
 @pytest.mark.slow
 def test_demo_small(tmp_path, minilm_path):
-    from lsb_mm.datasets import load_tuxpaint
-    from lsb_mm.demo import run_demo
+    from lsb_mm_experiments.datasets import load_tuxpaint
+    from lsb_mm_experiments.demo import run_demo
 
     try:
         load_tuxpaint()
@@ -33,7 +33,7 @@ def test_demo_small(tmp_path, minilm_path):
     mods = res["modulation"]["LexSemBridge (llr)"]
     assert set(mods) == {"caption2image", "snippet-30-random"} and all(m["max_over_min"] >= 1 for m in mods.values())
     assert res["modulation"]["baseline (none)"] == {} and "Modulation of LexSemBridge (llr)" in (out / "results.md").read_text()
-    from lsb_mm.recipes import PLUGIN
+    from lsb_mm.training.recipes import PLUGIN
 
     for label, head in (("baseline (none)", "none"), ("LexSemBridge (llr)", "llr")):  # the swept plug-in recipes
         for modality in ("cross", "image"):
@@ -59,7 +59,7 @@ def test_demo_never_deletes_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "file").write_text("x")
     r = cli("demo", "--output", str(tmp_path / "file"), check=False)
     assert r.returncode == 2 and "is a file" in r.stderr
-    from lsb_mm.demo import MARKER, _fresh_output
+    from lsb_mm_experiments.demo import MARKER, _fresh_output
 
     old = tmp_path / "old_demo"
     old.mkdir()

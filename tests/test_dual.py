@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import lsb_mm
-from lsb_mm.trainer import TrainConfig, train
+from lsb_mm.training.trainer import TrainConfig, train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402

@@ -122,7 +122,7 @@ def test_timm_cnn_and_vit_plain_equal_timm(rgb_images):
 
 
 def test_real_minilm_matches_sentence_transformers(minilm_path):
-    from lsb_mm.datasets import load_manpages
+    from lsb_mm_experiments.datasets import load_manpages
 
     try:
         pages = load_manpages(limit=150)

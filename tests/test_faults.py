@@ -80,7 +80,7 @@ def test_index_killed_anywhere_keeps_the_previous_index(tmp_path, rng):
 @pytest.mark.slow
 def test_train_killed_while_checkpointing_resumes(tmp_path, rng):
     import lsb_mm
-    from lsb_mm.checkpoint import latest_checkpoint, read_state
+    from lsb_mm.training.checkpoint import latest_checkpoint, read_state
 
     synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(60, per_passage=1, dev=0)[0])
     args = ["train", "--model", MODEL, "--head", "slr", "--train-data", "d.jsonl", "--batch-size", "4",
@@ -108,8 +108,8 @@ def test_train_killed_while_checkpointing_resumes(tmp_path, rng):
 
 
 def test_build_tasks_killed_anywhere_leaves_loadable_tasks(tmp_path, rng):
-    from lsb_mm.datasets.tasks import read_task
-    from lsb_mm.evaluation import find_tasks
+    from lsb_mm.data.tasks import read_task
+    from lsb_mm.evaluation.evaluate import find_tasks
     from lsb_mm.files import iter_jsonl
 
     synthetic.write_jsonl(tmp_path / "pairs.jsonl", [{"query": f"how to do thing {i}",
@@ -148,7 +148,7 @@ def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path,
     import urllib.request
 
     import lsb_mm
-    from lsb_mm.serve import running_server
+    from lsb_mm.serving.service import running_server
 
     synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
                                                       for i in range(300)])

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import lsb_mm
-from lsb_mm.encoders import ImageFeatureCache
-from lsb_mm.trainer import TrainConfig, train
+from lsb_mm.models.encoders import ImageFeatureCache
+from lsb_mm.training.trainer import TrainConfig, train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402
@@ -107,7 +107,7 @@ def test_training_with_a_locked_tower_uses_the_cache_and_matches_without(tmp_pat
         final = train(cfg, feature_cache=cache if gb else None)
         runs[name] = (lsb_mm.load_model(final), [json.loads(x)["loss"] for x in open(tmp_path / name / "train_log.jsonl")
                                                  if "loss" in json.loads(x)])
-    from lsb_mm.images import list_image_files
+    from lsb_mm.data.images import list_image_files
 
     n_images = len(list_image_files(str(folder)))
     assert cache.stats()["misses"] == len(cache) <= n_images and cache.stats()["hits"] > 0  # each image computed once

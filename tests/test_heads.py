@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lsb_mm.heads import build_head
-from lsb_mm.stream import TokenStream
+from lsb_mm.models.heads import build_head
+from lsb_mm.models.stream import TokenStream
 
 
 def random_stream(B=4, L=16, V=500, H=24, d=12, seed=0, with_lm=False):
@@ -110,8 +110,8 @@ def test_unknown_head_is_refused():
 
 MEMORY_SCRIPT = textwrap.dedent("""
     import resource, sys, torch
-    from lsb_mm.heads import build_head
-    from lsb_mm.stream import TokenStream
+    from lsb_mm.models.heads import build_head
+    from lsb_mm.models.stream import TokenStream
     torch.set_num_threads(1)
     kind = sys.argv[1]
     B, L, V, H, d = 16, 64, 250_000, 32, 64
@@ -180,7 +180,7 @@ def test_clr_stays_finite_over_500_plug_in_steps_at_its_lr(tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     import synthetic
 
-    from lsb_mm.trainer import Trainer, TrainConfig
+    from lsb_mm.training.trainer import Trainer, TrainConfig
 
     text, _ = synthetic.passage_queries(60, per_passage=3, dev=0, seed=4)
     data = synthetic.write_jsonl(tmp_path / "d.jsonl", text)

@@ -412,7 +412,7 @@ def test_loose_qrels_are_reported(world, tmp_path, caplog):
 
 
 def test_float_and_signed_tiffs_are_scaled_not_blackened(tmp_path):
-    from lsb_mm.images import load_image
+    from lsb_mm.data.images import load_image
 
     ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
     Image.fromarray(ramp, mode="F").save(tmp_path / "unit.tif")

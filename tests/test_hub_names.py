@@ -120,7 +120,7 @@ def test_hf_hub_id_equals_sentence_transformers(tmp_path, minilm_path):
 def test_hf_revision_and_the_local_folder_agree(tmp_path, minilm_path, monkeypatch):
     """``hf:org/name@rev`` picks that snapshot; the snapshot reads exactly as the same local folder."""
     import lsb_mm
-    from lsb_mm.encoders.hub import resolve, split_revision
+    from lsb_mm.models.encoders.hub import resolve, split_revision
 
     home = tmp_path / "hf"
     snap = fill_folder(str(home), "sentence-transformers/all-MiniLM-L6-v2", minilm_path, commit="f" * 40)
@@ -156,7 +156,7 @@ def _tiny_clip_repo(home):
     import open_clip
     from safetensors.torch import save_file
 
-    from lsb_mm.encoders.open_clip_backbone import register_lsb_configs
+    from lsb_mm.models.encoders.open_clip_backbone import register_lsb_configs
 
     register_lsb_configs()
     torch.manual_seed(3)
@@ -211,9 +211,9 @@ def test_timm_pretrained_name_equals_timm(tmp_path):
 
     import timm
     from conftest import need
-    from lsb_mm.encoders.timm_backbone import load_state_dict_file
-    from lsb_mm.encoders.weight_maps import detect_and_convert
-    from lsb_mm.pretrained import efficientnet_lite0_weights
+    from lsb_mm.models.encoders.timm_backbone import load_state_dict_file
+    from lsb_mm.models.encoders.weight_maps import detect_and_convert
+    from lsb_mm.models.pretrained import efficientnet_lite0_weights
 
     try:
         weights = efficientnet_lite0_weights()

@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from lsb_mm.index import DEFAULT_ANN, Index, SearchIndexError
+from lsb_mm.retrieval.index import DEFAULT_ANN, Index, SearchIndexError
 
 
 def unit(n, d, seed=0):
@@ -262,7 +262,7 @@ class FakeGpus:
 def test_only_index_types_faiss_runs_on_gpu_are_moved(factory, on_gpu, monkeypatch, caplog):
     gpus = FakeGpus(monkeypatch)
     x = unit(800, 16)
-    with caplog.at_level("WARNING", logger="lsb_mm.index"):
+    with caplog.at_level("WARNING", logger="lsb_mm.retrieval.index"):
         ix = Index.build(x, factory=factory)  # device="auto", the default
     assert (ix.device == "gpu x2") == on_gpu and bool(gpus.moved) == on_gpu
     assert ("stays on the CPU" in caplog.text) == (not on_gpu)
@@ -278,7 +278,7 @@ def test_gpu_move_failure_and_shards_honour_device(monkeypatch, tmp_path, caplog
     Index.build(x[:300], ids=[f"a{i}" for i in range(300)], device="cpu").save(tmp_path / "flat")
     Index.build(x[300:], ids=[f"b{i}" for i in range(300)], factory="HNSW32", device="cpu").save(tmp_path / "hnsw")
     gpus = FakeGpus(monkeypatch)
-    with caplog.at_level("WARNING", logger="lsb_mm.index"):
+    with caplog.at_level("WARNING", logger="lsb_mm.retrieval.index"):
         both = Index.load([tmp_path / "flat", tmp_path / "hnsw"])
     assert gpus.moved == ["IndexFlatIP"] and both.device == "cpu + gpu x2" and "HNSW" in caplog.text
     assert both.search(x[[0, 400]], 1)[1][:, 0].tolist() == ["a0", "b100"]
@@ -287,7 +287,7 @@ def test_gpu_move_failure_and_shards_honour_device(monkeypatch, tmp_path, caplog
     with pytest.raises(SearchIndexError, match="no GPU implementation"):
         Index.load([tmp_path / "flat", tmp_path / "hnsw"], device="gpu")
     failing = FakeGpus(monkeypatch, fail=True)
-    with caplog.at_level("WARNING", logger="lsb_mm.index"):
+    with caplog.at_level("WARNING", logger="lsb_mm.retrieval.index"):
         assert Index.build(x, factory="Flat").device == "cpu"  # auto: a failed move keeps the CPU index
     assert "could not move" in caplog.text and failing.moved == []
     with pytest.raises(SearchIndexError, match="could not move"):

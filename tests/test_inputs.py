@@ -159,10 +159,10 @@ def test_list_models_by_family():
 
 
 def test_cli_choices_come_from_the_registries(monkeypatch):
-    """A head registered with lsb_mm.heads.register_head is a choice of every command that takes --head."""
-    from lsb_mm import heads
+    """A head registered with lsb_mm.models.heads.register_head is a choice of every command that takes --head."""
+    from lsb_mm.models import heads
     from lsb_mm.cli import build_parser
-    from lsb_mm.encoders.hf_backbone import POOLINGS
+    from lsb_mm.models.encoders.hf_backbone import POOLINGS
 
     monkeypatch.setitem(heads.HEADS, "xyz", heads.HEADS["slr"])
     parser = build_parser()

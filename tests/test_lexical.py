@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lsb_mm.errors import InputError
-from lsb_mm.lexical import BM25, FUSION_WEIGHTS, rrf, weighted_fusion
+from lsb_mm.retrieval.lexical import BM25, FUSION_WEIGHTS, rrf, weighted_fusion
 
 DOCS = ["the cat sat on the mat", "a dog ran far away", "cats and dogs play together", "mat cleaning tips"]
 IDS = ["a", "b", "c", "d"]
@@ -104,7 +104,7 @@ def test_weighted_fusion_ends_and_middle():
 
 @pytest.fixture
 def text_task(tmp_path):
-    from lsb_mm.datasets.tasks import text_tasks
+    from lsb_mm.data.tasks import text_tasks
 
     words = ["socket", "pipe", "signal", "thread", "memory", "file", "clock", "mutex", "device", "timer"]
     pairs = [(f"{w} call", f"the {w} interface: " + " ".join(f"{w}{j}" for j in range(12))) for w in words]
@@ -113,9 +113,9 @@ def text_task(tmp_path):
 
 def test_evaluate_bm25_and_hybrid(text_task, tiny_hf_dir):
     import lsb_mm
-    from lsb_mm.datasets.tasks import read_task
-    from lsb_mm.evaluation import choose_fusion_weight
-    from lsb_mm.metrics import evaluate_run
+    from lsb_mm.data.tasks import read_task
+    from lsb_mm.evaluation.evaluate import choose_fusion_weight
+    from lsb_mm.evaluation.metrics import evaluate_run
 
     bm = lsb_mm.evaluate("bm25", text_task)
     assert bm["model"] == "BM25" and set(bm["tasks"]) == {"query", "keyword"}
@@ -138,7 +138,7 @@ def test_evaluate_bm25_and_hybrid(text_task, tiny_hf_dir):
 
 def test_evaluate_refuses_what_bm25_cannot_do(text_task, tiny_hf_dir, tmp_path, rgb_images):
     import lsb_mm
-    from lsb_mm.datasets.tasks import write_task
+    from lsb_mm.data.tasks import write_task
 
     with pytest.raises(InputError, match="must be 'bm25'"):
         lsb_mm.evaluate("tfidf", text_task)
@@ -210,7 +210,7 @@ def test_eval_cli_refuses_bad_fusion_and_labels(text_task, tiny_hf_dir, tmp_path
 
 
 def test_index_with_a_bm25_side_saves_loads_and_fuses(tmp_path):
-    from lsb_mm.index import Index, SearchIndexError
+    from lsb_mm.retrieval.index import Index, SearchIndexError
 
     rs = np.random.default_rng(0)
     x = rs.standard_normal((4, 8)).astype(np.float32)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lsb_mm.metrics import evaluate_run
+from lsb_mm.evaluation.metrics import evaluate_run
 
 from conftest import need
 
@@ -68,8 +68,8 @@ def test_query_with_empty_run_counts_as_zero():
 def test_training_logs_use_the_same_recall_as_evaluation():
     """Held-out metrics in the trainer's log follow metrics.py (Recall@k divides by all positives),
     not a 'capped' recall that divides by min(#positives, k)."""
-    from lsb_mm.datasets.training_data import TrainData, TrainExample
-    from lsb_mm.trainer import retrieval_metrics
+    from lsb_mm.data.training_data import TrainData, TrainExample
+    from lsb_mm.training.trainer import retrieval_metrics
 
     passages = ["p0", "p1", "p2", "p3", "p4", "p5"]
     vec = {p: np.eye(6, dtype=np.float32)[i] for i, p in enumerate(passages)}

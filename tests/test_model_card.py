@@ -46,7 +46,7 @@ def test_a_trained_model_card_says_what_the_run_recorded(tmp_path):
 
 def test_an_untrained_save_has_a_card_and_hub_base_models(tmp_path, minilm_path):
     import lsb_mm
-    from lsb_mm.model_card import base_models
+    from lsb_mm.models.model_card import base_models
 
     lsb_mm.create_model(MODEL, head="clr").save_pretrained(str(tmp_path / "m"))
     meta, text = _card(tmp_path / "m")

@@ -27,8 +27,8 @@ def run(capsys, *argv):
 
 
 def test_split_writes_tasks_training_and_validation(pairs_file, tmp_path, capsys):
-    from lsb_mm.datasets.tasks import read_task
-    from lsb_mm.datasets.training_data import load_train_data
+    from lsb_mm.data.tasks import read_task
+    from lsb_mm.data.training_data import load_train_data
     from lsb_mm.files import iter_jsonl
 
     out = tmp_path / "own"
@@ -55,7 +55,7 @@ def test_split_writes_tasks_training_and_validation(pairs_file, tmp_path, capsys
 
 
 def test_passages_are_cut_to_the_window(pairs_file, tmp_path, capsys, tiny_hf_dir):
-    from lsb_mm.datasets.tasks import read_task
+    from lsb_mm.data.tasks import read_task
 
     rep, err = run(capsys, "build-tasks", "--pairs", str(pairs_file), "--max-tokens", "12", "--text-tasks", "query",
                    "pop-8", "pop-16", "--output", str(tmp_path / "words"))
@@ -98,8 +98,8 @@ def test_split_needs_one_pairs_or_captions_source(tmp_path, capsys, pairs_file):
 
 def test_caption_folder_split(tmp_path, capsys):
     import synthetic
-    from lsb_mm.datasets.tasks import read_task
-    from lsb_mm.datasets.training_data import load_train_data
+    from lsb_mm.data.tasks import read_task
+    from lsb_mm.data.training_data import load_train_data
     from lsb_mm.files import iter_jsonl
 
     items = synthetic.caption_items(tmp_path / "caps", 20, seed=0)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import lsb_mm
-from lsb_mm.encoders.tower_cache import TowerCache
+from lsb_mm.training.tower_cache import TowerCache
 from lsb_mm.errors import InputError
-from lsb_mm.trainer import TrainConfig, Trainer, train
+from lsb_mm.training.trainer import TrainConfig, Trainer, train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402
@@ -207,8 +207,8 @@ def test_cli_plug_in_flags(tmp_path, data):
 
 
 def test_validation_split_keeps_documents_apart():
-    from lsb_mm.datasets.training_data import TrainData, TrainExample
-    from lsb_mm.trainer import split_validation
+    from lsb_mm.data.training_data import TrainData, TrainExample
+    from lsb_mm.training.trainer import split_validation
 
     ex = [TrainExample(f"q{i}", [f"d{i // 3}"], [f"d{(i // 3 + 1) % 20}"], f"x:{i}") for i in range(60)]
     data = TrainData(ex, "text", "jsonl")
@@ -223,7 +223,7 @@ def test_validation_split_keeps_documents_apart():
 
 def test_explicit_validation_can_search_among_the_training_documents(tmp_path, data, tiny_hf_dir):
     """--eval-distractors: held-out queries meet every training document, as a carved validation's do."""
-    from lsb_mm.datasets.splits import split_jsonl_by_document
+    from lsb_mm.data.splits import split_jsonl_by_document
 
     (train_part, held), = split_jsonl_by_document([data["text"]], str(tmp_path / "split"), 0.25, seed=0)
     kw = dict(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=train_part,
@@ -295,7 +295,7 @@ def test_tower_caches_are_shared_between_runs_of_one_tower(tmp_path, data, tiny_
 def test_explain_names_tokens_of_the_query(tmp_path, data, tiny_hf_dir):
     from helpers import cli
 
-    from lsb_mm.explain import explain
+    from lsb_mm.models.explain import explain
 
     out = tmp_path / "slr"
     final = train(TrainConfig(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", train_data=data["text"],

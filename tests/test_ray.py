@@ -26,7 +26,7 @@ def corpus(tmp_path_factory):
         import ray.data  # noqa: F401
     except ImportError:
         need(False, "Ray Data not installed (pip install 'ray[data]')")
-    from lsb_mm.datasets.manpages import load_manpages
+    from lsb_mm_experiments.datasets.manpages import load_manpages
 
     pages = load_manpages(limit=DOCS)
     need(len(pages) == DOCS, "Debian package manpages (man-page NAME lines) not installed")
@@ -99,7 +99,7 @@ def wait_for(cond, timeout=300.0):
 
 def check_same(corpus, name, single):
     import lsb_mm
-    from lsb_mm.shards import EmbeddingShards
+    from lsb_mm.scale.shards import EmbeddingShards
 
     ix, vectors = single
     other = lsb_mm.Index.load(str(corpus / name), device="cpu")

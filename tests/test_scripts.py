@@ -70,8 +70,8 @@ def _check_hybrid_references(script, path, heads):
     training-page tasks); ``--update-references`` re-computes the reference rows of an older result
     on its rebuilt tasks, keeps the head rows, and refuses tasks that no longer reproduce it."""
     from lsb_mm.errors import InputError
-    from lsb_mm.lexical import FUSION_WEIGHTS
-    from lsb_mm.reproduce import HYBRID_REFERENCES
+    from lsb_mm.retrieval.lexical import FUSION_WEIGHTS
+    from lsb_mm_experiments.reproduce import HYBRID_REFERENCES
 
     res = json.load(open(path))
     assert res["references"] == ["untuned", "BM25", *HYBRID_REFERENCES]
@@ -152,21 +152,21 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     assert load("repro_text").main(argv) == 0
     assert os.path.getmtime(tmp_path / "w" / "runs" / "slr-seed0" / "final" / "lsb_config.json") == stage1
     assert (tmp_path / "w" / "runs" / "slr-seed0-converged" / "final").is_dir()
-    from lsb_mm.reproduce import finished_run
-    from lsb_mm.trainer import TrainConfig
+    from lsb_mm_experiments.reproduce import finished_run
+    from lsb_mm.training.trainer import TrainConfig
 
     saved = json.load(open(tmp_path / "w" / "runs" / "slr-seed0" / "run_info.json"))["config"]
     assert finished_run(TrainConfig(**saved)) == str(tmp_path / "w" / "runs" / "slr-seed0" / "final")
     assert finished_run(TrainConfig(**{**saved, "lr": saved["lr"] * 2})) is None  # other settings: trained again
     # a finished run's record is not mixed with runs of other settings: a clear refusal, exit status 2
-    from lsb_mm.reproduce import run_script
+    from lsb_mm_experiments.reproduce import run_script
 
     assert run_script(lambda: load("repro_text").main(argv + ["--lr", "1e-4"])) == 2
 
 
 @pytest.mark.slow
 def test_repro_cross_small(tmp_path, minilm_path):
-    from lsb_mm.datasets import load_tuxpaint
+    from lsb_mm_experiments.datasets import load_tuxpaint
 
     _need_data(load_tuxpaint)
     assert load("repro_cross").main(["--limit", "50", "--seeds", "0", "--max-steps", "1", "--batch-size", "8", "--heads", "none", "llr",
@@ -180,7 +180,7 @@ def test_repro_cross_small(tmp_path, minilm_path):
 
 @pytest.mark.slow
 def test_repro_image_small(tmp_path, minilm_path):
-    from lsb_mm.datasets import load_fashion_mnist, load_tuxpaint
+    from lsb_mm_experiments.datasets import load_fashion_mnist, load_tuxpaint
 
     _need_data(load_tuxpaint)
     _need_data(load_fashion_mnist)
@@ -237,7 +237,7 @@ def test_sweep_then_plug_in_reproduction_small(tmp_path, manpages_present, minil
 def test_plug_in_reproduction_with_documentation_sections_small(tmp_path, manpages_present, minilm_path, monkeypatch):
     """``--extra-docs``: documentation sections join the training side only; validation is carved
     from the man pages per seed and searched among the training documents."""
-    from lsb_mm.datasets import sphinx_docs
+    from lsb_mm_experiments.datasets import sphinx_docs
     from lsb_mm.errors import InputError
 
     root = tmp_path / "pydoc" / "html"

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import lsb_mm
-from lsb_mm.evaluation import evaluate
+from lsb_mm.evaluation.evaluate import evaluate
 from helpers import cli
 
 MODEL = "open_clip:lsb-tiny-test"
@@ -150,7 +150,7 @@ def test_eval_follows_the_cut_offs_asked_for(digits, tmp_path):
     for bad in (["0"], ["-3", "5"]):
         r = cli("eval", "--model", MODEL, "--tasks", str(tasks), "--output", str(out), "--k", *bad, check=False)
         assert r.returncode == 2 and "cut-offs k must be a positive integer, got" in r.stderr and "Traceback" not in r.stderr
-    from lsb_mm.reports import markdown_table
+    from lsb_mm.evaluation.reports import markdown_table
 
     with pytest.raises(ValueError, match="different cut-offs"):
         markdown_table([runs[0], {**runs[1], "primary": "ndcg@10"}])
@@ -158,7 +158,7 @@ def test_eval_follows_the_cut_offs_asked_for(digits, tmp_path):
 
 
 def test_corpus_cache_encodes_each_corpus_once_per_model(digits, tmp_path):
-    from lsb_mm.evaluation import CorpusCache
+    from lsb_mm.evaluation.evaluate import CorpusCache
 
     tasks = tmp_path / "tasks"
     cli("build-tasks", "--labelled", str(digits / "labelled"), "--image-tasks", "class", "--output", str(tasks))

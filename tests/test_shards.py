@@ -10,10 +10,10 @@ import pytest
 import synthetic
 from synthetic import png, write_parquet, write_tar
 from lsb_mm.cli import main
-from lsb_mm.corpus import Documents
-from lsb_mm.datasets.readers import Source, Unit, plan_units, read_source, read_unit
+from lsb_mm.data.documents import Documents
+from lsb_mm.data.readers import Source, Unit, plan_units, read_source, read_unit
 from lsb_mm.errors import InputError
-from lsb_mm.shards import EmbeddingShards, ShardRows
+from lsb_mm.scale.shards import EmbeddingShards, ShardRows
 
 MODEL = "open_clip:lsb-tiny-test"
 
@@ -125,7 +125,7 @@ def test_bad_sources_name_the_file(case, tmp_path):
     elif case == "parquet shrank":  # planned, then the file was replaced by a shorter one
         write_parquet(p.with_suffix(".parquet"), {"_id": [f"r{i}" for i in range(10)], "text": ["t"] * 10}, 10)
         unit = plan_units(Source("parquet", str(p.with_suffix(".parquet"))), 10)[0]
-        from lsb_mm.datasets.readers import clear_cache, read_unit
+        from lsb_mm.data.readers import clear_cache, read_unit
         write_parquet(p.with_suffix(".parquet"), {"_id": ["r0"], "text": ["t"]}, 1)
         clear_cache()
         with pytest.raises(InputError, match=r"x\.parquet: has 1 rows, the job planned 10"):

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from lsb_mm.datasets.tasks import cross_tasks, image_tasks, keywords, read_task, text_tasks
+from lsb_mm.data.tasks import cross_tasks, image_tasks, keywords, read_task, text_tasks
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import lsb_mm
 from lsb_mm.errors import InputError
-from lsb_mm.trainer import TrainConfig, Trainer, train
+from lsb_mm.training.trainer import TrainConfig, Trainer, train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402
@@ -263,7 +263,7 @@ def test_csv_and_caption_folder_and_labelled_folder(tmp_path):
     for caption, path in items:
         with open(os.path.splitext(path)[0] + ".txt", "w") as f:
             f.write(caption + "\nsecond line ignored\n")
-    from lsb_mm.datasets.training_data import load_train_data
+    from lsb_mm.data.training_data import load_train_data
 
     folder = load_train_data(str(tmp_path / "caps"), "cross")
     assert folder.fmt == "captions" and len(folder) == 12 and folder.examples[0].query == items[0][0]
@@ -285,8 +285,8 @@ def test_one_caption_folder_layout_for_every_command(tmp_path, capsys):
     import shutil
 
     from lsb_mm.cli import main
-    from lsb_mm.datasets.tasks import read_task
-    from lsb_mm.datasets.training_data import load_train_data
+    from lsb_mm.data.tasks import read_task
+    from lsb_mm.data.training_data import load_train_data
 
     items = synthetic.caption_items(tmp_path / "flat", 12, seed=0)
     nested = tmp_path / "nested"

@@ -32,8 +32,8 @@ def _pixels(model, photos):
 def test_logits_match_the_reference_implementation(reference):
     import timm
 
-    from lsb_mm.encoders.timm_backbone import load_state_dict_file
-    from lsb_mm.encoders.weight_maps import efficientnet_lite_to_timm
+    from lsb_mm.models.encoders.timm_backbone import load_state_dict_file
+    from lsb_mm.models.encoders.weight_maps import efficientnet_lite_to_timm
 
     path, ref, photos = reference
     m = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
@@ -62,7 +62,7 @@ def test_wrong_checkpoint_is_refused(reference, tmp_path):
     from safetensors.torch import save_file
 
     path, _, _ = reference
-    from lsb_mm.encoders.timm_backbone import load_state_dict_file
+    from lsb_mm.models.encoders.timm_backbone import load_state_dict_file
 
     sd = load_state_dict_file(path)
     with pytest.raises(lsb_mm.ModelLoadError, match="blocks|does not fit"):

@@ -7,8 +7,8 @@ import os
 import sys
 from typing import List
 
-from ..errors import InputError
-from ..files import iter_jsonl, iter_lines
+from lsb_mm.errors import InputError
+from lsb_mm.files import iter_jsonl, iter_lines
 
 
 EPILOG = """examples:
@@ -46,7 +46,7 @@ def _model_option(text: str):
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    from ..factory import reserved_options
+    from lsb_mm.models.factory import reserved_options
 
     if key in reserved_options():
         raise argparse.ArgumentTypeError(f"{key!r} is not a backbone option: it has its own flag or setting (--{key.replace('_', '-')})")
@@ -76,18 +76,18 @@ def _add_model_option(p) -> None:
 
 
 def _head_choices(with_none: bool = True) -> List[str]:
-    """Head kinds: the built-in ones, and every head registered with ``lsb_mm.heads.register_head``
+    """Head kinds: the built-in ones, and every head registered with ``lsb_mm.models.heads.register_head``
     when that registry is loaded (the parser does not load it: ``--help`` imports no torch)."""
-    from ..names import HEAD_KINDS
+    from lsb_mm.names import HEAD_KINDS
 
-    heads = sys.modules.get(f"{__package__.rpartition('.')[0]}.heads")  # lsb_mm.heads, if loaded
+    heads = sys.modules.get("lsb_mm.models.heads")  # if loaded
     kinds = set(HEAD_KINDS) | set(heads.HEADS if heads is not None else ())
     return sorted(k for k in kinds if with_none or k != "none")
 
 
 def _pooling_choices() -> List[str]:
     """Pooling modes of ``hf:`` text encoders (``auto``: the folder's sentence-transformers setting, else cls)."""
-    from ..names import POOLINGS
+    from lsb_mm.names import POOLINGS
 
     return ["auto", *POOLINGS]
 
@@ -112,7 +112,7 @@ def _add_model_args(p: argparse.ArgumentParser, multiple: bool = False) -> None:
 
 
 def _load(args):
-    from ..factory import create_model
+    from lsb_mm.models.factory import create_model
 
     return create_model(**_model_spec(args), device=args.device)  # "auto": CUDA when available
 

@@ -8,13 +8,13 @@ import time
 
 import numpy as np
 
-from ..errors import InputError
-from ..files import atomic_write, write_text
-from .common import (EPILOG, _add_model_args, _load, _read_texts)
+from lsb_mm.errors import InputError
+from lsb_mm.files import atomic_write, write_text
+from lsb_mm.cli.common import (EPILOG, _add_model_args, _load, _read_texts)
 
 
 def cmd_encode(args) -> int:
-    from ..images import list_image_files
+    from lsb_mm.data.images import list_image_files
 
     if os.path.isdir(args.output):
         raise InputError(f"--output {args.output} is a folder; give the path of the .npy file to write")

@@ -6,13 +6,13 @@ import json
 import os
 import sys
 
-from ..errors import InputError
-from .common import (_add_model_args, _load)
+from lsb_mm.errors import InputError
+from lsb_mm.cli.common import (_add_model_args, _load)
 
 
 def _eval_label(name: str, taken: set) -> str:
     """A row label: ``BM25``, a saved folder's last two path parts (``run/final``), else the name."""
-    from ..serialization import CONFIG_NAME
+    from lsb_mm.models.serialization import CONFIG_NAME
 
     plain = name[len("hybrid:"):] if name.startswith("hybrid:") else name
     if os.path.isfile(os.path.join(plain, CONFIG_NAME)):
@@ -27,7 +27,7 @@ def _eval_label(name: str, taken: set) -> str:
 
 def _fusion(args, model, name: str):
     """The ``hybrid`` argument of :func:`lsb_mm.evaluate` for ``hybrid:<model>`` and a note on it."""
-    from ..evaluation import choose_fusion_weight, find_tasks
+    from lsb_mm.evaluation.evaluate import choose_fusion_weight, find_tasks
 
     if args.fusion == "rrf":
         return "rrf", None
@@ -40,9 +40,9 @@ def _fusion(args, model, name: str):
 
 
 def cmd_eval(args) -> int:
-    from ..evaluation import CorpusCache, check_ks, evaluate, find_tasks
-    from ..reports import write_reports
-    from ..serialization import CONFIG_NAME
+    from lsb_mm.evaluation.evaluate import CorpusCache, check_ks, evaluate, find_tasks
+    from lsb_mm.evaluation.reports import write_reports
+    from lsb_mm.models.serialization import CONFIG_NAME
 
     check_ks(args.k)
     names = list(args.model)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (_add_model_args, _model_spec)
+from lsb_mm.cli.common import (_add_model_args, _model_spec)
 
 
 def cmd_index(args) -> int:
-    from ..pipeline import build_index
+    from lsb_mm.retrieval.pipeline import build_index
 
     kind = next(k for k in ("images", "corpus", "csv", "parquet", "tar") if getattr(args, k) is not None)
     spec = _model_spec(args)

@@ -8,10 +8,10 @@ import os
 import sys
 from typing import List, Optional
 
-from .._version import __version__
-from ..errors import LSBError, user_message
-from . import encode, evaluate, index, misc, search, serve, tasks, train
-from .common import EPILOG
+from lsb_mm._version import __version__
+from lsb_mm.errors import LSBError, user_message
+from lsb_mm.cli import encode, evaluate, index, misc, search, serve, tasks, train
+from lsb_mm.cli.common import EPILOG
 
 
 def build_parser() -> argparse.ArgumentParser:

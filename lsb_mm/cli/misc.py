@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import (_head_choices)
+from lsb_mm.cli.common import (_head_choices)
 
 
 def cmd_recipes(args) -> int:
-    from ..recipes import FINE_TUNE, PLUGIN
+    from lsb_mm.training.recipes import FINE_TUNE, PLUGIN
 
     rows = [{"modality": m, "head": h, "train": "heads", **r} for (m, h), r in sorted(PLUGIN.items())]
     rows.append({"modality": "any", "head": "any", "train": "all (or no swept recipe)", **FINE_TUNE, "source": "fine-tune default"})
@@ -23,7 +23,7 @@ def cmd_recipes(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..demo import run_demo
+    from lsb_mm_experiments.demo import run_demo
 
     run_demo(args.output, head=args.head, max_steps=args.max_steps, limit=args.limit, stamps_root=args.stamps, seed=args.seed)
     return 0

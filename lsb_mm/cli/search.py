@@ -5,13 +5,13 @@ import argparse
 import json
 import time
 
-from ..errors import InputError
-from .common import (_add_model_args, _fusion_arg, _load)
+from lsb_mm.errors import InputError
+from lsb_mm.cli.common import (_add_model_args, _fusion_arg, _load)
 
 
 def cmd_search(args) -> int:
     t = [time.perf_counter()]
-    from ..index import Index
+    from lsb_mm.retrieval.index import Index
 
     if args.hybrid is not None and args.text is None:
         raise InputError("--hybrid fuses BM25 over the query's text: give --text")
@@ -53,7 +53,7 @@ def cmd_search(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from ..explain import explain
+    from lsb_mm.models.explain import explain
 
     model = _load(args)
     res = explain(model, text=args.text, image=args.image, top=args.top, dims=args.dims)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..errors import InputError
-from .common import (_add_model_args, _load)
+from lsb_mm.errors import InputError
+from lsb_mm.cli.common import (_add_model_args, _load)
 
 
 def cmd_serve(args) -> int:
@@ -24,10 +24,10 @@ def cmd_serve(args) -> int:
         raise InputError(f"--threads must be >= 0 (0: torch's choice), got {args.threads}")
     if args.max_batch < 1 or not 0 <= args.batch_wait_ms <= 1000:
         raise InputError(f"--max-batch must be >= 1 and --batch-wait-ms in 0..1000, got {args.max_batch}, {args.batch_wait_ms}")
-    from ..errors import require_extra
+    from lsb_mm.errors import require_extra
 
     require_extra("serve", "lsb-mm serve", "fastapi", "uvicorn")
-    from ..serve import SearchService, create_app, serve_forever
+    from lsb_mm.serving.service import SearchService, create_app, serve_forever
     if args.threads:
         import torch
 

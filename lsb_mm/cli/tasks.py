@@ -7,15 +7,15 @@ import os
 import sys
 from typing import List
 
-from ..errors import InputError
-from ..files import iter_jsonl
-from .common import (_load)
+from lsb_mm.errors import InputError
+from lsb_mm.files import iter_jsonl
+from lsb_mm.cli.common import (_load)
 
 
 def _cut_to_window(args, pairs):
     """Pairs with passages cut to ``--max-tokens`` (tokens of ``--model``'s tokenizer, else words) or to
     ``--model``'s window; says how many were cut."""
-    from ..datasets.text_experiment import cut_passages
+    from lsb_mm.data.task_split import cut_passages
 
     tokenize = window = None
     if args.model:
@@ -36,7 +36,7 @@ def _cut_to_window(args, pairs):
 
 
 def cmd_build_tasks(args) -> int:
-    from ..datasets import tasks as T
+    from lsb_mm.data import tasks as T
 
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise InputError(f"--output {args.output} is a file; give a folder for the tasks")
@@ -52,7 +52,7 @@ def cmd_build_tasks(args) -> int:
 def _refuse_undecodable(paths: List[str], what: str) -> None:
     """Tasks are built only from images that decode (each is decoded once here), so that a bad file
     is named now, not as a failure of a later ``eval``."""
-    from ..images import check_images
+    from lsb_mm.data.images import check_images
 
     bad = check_images(paths)[1]
     if bad:
@@ -60,8 +60,8 @@ def _refuse_undecodable(paths: List[str], what: str) -> None:
 
 
 def _build_tasks(args) -> int:
-    from ..datasets import tasks as T
-    from ..datasets.text_experiment import build_caption_split, build_text_split, usable_kinds
+    from lsb_mm.data import tasks as T
+    from lsb_mm.data.task_split import build_caption_split, build_text_split, usable_kinds
 
     made: List[str] = []
     report: dict = {}
@@ -98,7 +98,7 @@ def _build_tasks(args) -> int:
         made += T.image_tasks(args.labelled, args.output, kinds=args.image_tasks, position=args.position, seed=args.seed,
                               max_per_class=args.max_per_class)
     if args.captions:
-        from ..corpus import read_documents
+        from lsb_mm.data.documents import read_documents
 
         docs = read_documents(images=args.captions)
         items = [(m["caption"], p) for p, m in zip(docs.items, docs.metadata) if "caption" in m]

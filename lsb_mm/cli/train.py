@@ -7,8 +7,8 @@ import os
 import sys
 from typing import List
 
-from ..errors import InputError
-from .common import (_add_model_option, _head_choices, _pooling_choices)
+from lsb_mm.errors import InputError
+from lsb_mm.cli.common import (_add_model_option, _head_choices, _pooling_choices)
 
 
 TRAIN_EPILOG = """data formats (--train-data, --eval-data):
@@ -31,8 +31,8 @@ OUTPUT/checkpoint-NNNNNN, the step log to OUTPUT/train_log.jsonl, run settings t
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from ..recipes import FINE_TUNE
-    from ..train_config import TrainConfig
+    from lsb_mm.training.recipes import FINE_TUNE
+    from lsb_mm.training.config import TrainConfig
 
     d = TrainConfig(model="", train_data="", output="")
     g = p.add_argument_group("model")
@@ -157,7 +157,7 @@ def _without_nproc(argv: List[str]) -> List[str]:
 def cmd_train(args) -> int:
     import dataclasses
 
-    from ..trainer import TrainConfig, train
+    from lsb_mm.training.trainer import TrainConfig, train
 
     if args.nproc < 1:
         raise InputError(f"--nproc must be >= 1, got {args.nproc}")

@@ -1,0 +1,1 @@
+"""Scoring retrieval: evaluate over BEIR task folders, the metrics, and reports / galleries for people."""

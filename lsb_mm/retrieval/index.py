@@ -1,0 +1,603 @@
+"""FAISS searcher: build from embeddings with an index-factory string, search in batches, persist.
+
+* inner product on L2-normalised vectors (cosine), string ids of any kind, optional metadata;
+* ``device="auto"`` puts the index on every GPU FAISS sees (sharded) when FAISS has a GPU
+  implementation of its type (Flat, IVF-Flat, IVF-SQ, IVF-PQ, SQfp16; also behind OPQ / PCA),
+  else keeps it on the CPU and says so; ``device="gpu"`` insists (an error otherwise);
+* ``save(folder)`` writes ``manifest.json`` (dimension, metric, factory, count, model fingerprint,
+  library versions, checksum) + ``index.faiss`` + ``ids.jsonl`` (+ ``metadata.jsonl``),
+  atomically; ``Index.load(folder)`` validates all of it; ``Index.load([f1, f2, ...])`` searches
+  several shards together (``faiss.IndexShards``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from lsb_mm._version import __version__
+from lsb_mm.retrieval.binary import BinaryCodes, is_binary_factory
+from lsb_mm.errors import InputError, positive_int
+from lsb_mm.files import atomic_folder, file_sha256, iter_jsonl, read_json, write_jsonl
+
+__all__ = ["Index", "DEFAULT_ANN", "SearchIndexError"]
+
+log = logging.getLogger(__name__)
+FORMAT = "lsb-mm-index"
+FORMAT_VERSION = 2  # 2: every file checksummed and the model fingerprint recorded (null: none), both required
+BM25_MANIFEST = "bm25/manifest.json"  # the optional lexical side's manifest (its checksum is in the index's)
+BINARY_CODES = "codes.npy"  # a binary index's packed bits, kept for rescoring (lsb_mm.retrieval.binary)
+BINARY_PARAMS = "binary_params.npy"  # its per-dimension thresholds and the mean values below / above them
+DEFAULT_ANN = "HNSW32"
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 256
+
+
+class SearchIndexError(InputError):
+    """A query or an index folder that does not fit (dimension, model, files)."""
+
+
+def _as_matrix(x, what: str, dim: Optional[int] = None, check_norm: bool = True) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().float().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise SearchIndexError(f"{what} must be a non-empty [N, d] matrix, got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise SearchIndexError(f"{what} have dimension {x.shape[1]}, the index holds dimension {dim}")
+    if not np.isfinite(x).all():
+        raise SearchIndexError(f"{what} contain NaN or infinite values")
+    if check_norm:
+        norms = np.linalg.norm(x, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1) > 1e-3)
+        if bad.size:
+            raise SearchIndexError(f"{what} must be L2-normalised (row {bad[0]} has norm {norms[bad[0]]:.4f}); "
+                              "encode with lsb-mm (it normalises) or pass normalize=True")
+    return np.ascontiguousarray(x)
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
+def _gpu_count() -> int:
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+DEVICES = ("auto", "cpu", "gpu")
+
+
+def gpu_unsupported(index) -> Optional[str]:
+    """Why FAISS cannot move ``index`` to a GPU (the CPU type's name), or None when it can.
+
+    FAISS clones IndexFlat, IndexIVFFlat, IndexIVFScalarQuantizer, IndexIVFPQ and an fp16
+    IndexScalarQuantizer to the GPU, also inside IndexPreTransform (OPQ, PCA ...) and IndexIDMap;
+    HNSW, plain PQ / SQ8, fast-scan, refine and the rest run on the CPU only.
+    """
+    import faiss
+
+    if isinstance(index, BinaryCodes):
+        return f"binary {type(index.index).__name__}"
+    idx = faiss.downcast_index(index)
+    while isinstance(idx, (faiss.IndexPreTransform, faiss.IndexIDMap)):
+        idx = faiss.downcast_index(idx.index)
+    name = type(idx).__name__
+    if isinstance(idx, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer, faiss.IndexIVFPQ)):
+        return None
+    if isinstance(idx, faiss.IndexScalarQuantizer) and idx.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
+        return None
+    return name
+
+
+def place_index(index, device: str, what: str) -> Tuple[Any, str]:
+    """``(index, where)``: ``index`` moved to every GPU when ``device`` asks for it and FAISS can
+    (see :func:`gpu_unsupported`), else the CPU index itself; ``what`` names it in messages."""
+    import faiss
+
+    if device not in DEVICES:
+        raise SearchIndexError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
+    ngpu = _gpu_count() if device != "cpu" else 0
+    if device == "gpu" and ngpu == 0:
+        raise SearchIndexError("device='gpu' but FAISS sees no GPU (faiss.get_num_gpus() == 0)")
+    if ngpu == 0:
+        return index, "cpu"
+    why = gpu_unsupported(index)
+    if why is not None:
+        if device == "gpu":
+            raise SearchIndexError(f"device='gpu': FAISS has no GPU implementation of {why} (index {what}); "
+                                   "use device='auto' (keeps it on the CPU) or a Flat / IVF factory")
+        log.warning("index %s stays on the CPU: FAISS runs %s on the CPU only", what, why)
+        return index, "cpu"
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = True
+    try:
+        return faiss.index_cpu_to_all_gpus(index, co=co), f"gpu x{ngpu}"
+    except RuntimeError as exc:
+        if device == "gpu":
+            raise SearchIndexError(f"device='gpu': FAISS could not move index {what} to the GPUs: {exc}") from exc
+        log.warning("index %s stays on the CPU: FAISS could not move it to the GPUs: %s", what, exc)
+        return index, "cpu"
+
+
+TRAIN_PER_LIST = 64  # training vectors per inverted list (a random sample of the corpus beyond that)
+TRAIN_MAX = 262_144  # training vectors of a factory without inverted lists (FAISS's PQ uses 65,536 at most)
+
+
+class Index:
+    """A FAISS index with string ids, metadata and a manifest. Build with :meth:`build`."""
+
+    def __init__(self, index, dim: int, factory: str, ids: List[str], metadata: Optional[List[Dict[str, Any]]] = None,
+                 fingerprint: Optional[str] = None, device: str = "cpu"):
+        self._index, self.dim, self.factory = index, int(dim), factory
+        self.ids, self.metadata, self.fingerprint, self.device = list(ids), metadata, fingerprint, device
+        self.metric = "ip"
+        self._id_set = set(self.ids)
+        self._lookup: Optional[np.ndarray] = None  # ids as an object array (+ None for missing), built once
+        self.bm25 = None  # an optional lexical side (lsb_mm.retrieval.lexical.BM25) over the same ids: add_bm25
+        self._shards: Optional[list] = None
+        self._warned_unchecked = False  # the "no fingerprint to check" warning, once per index
+        self.build_info: Dict[str, Any] = {}  # factory "auto": the choice and the search tuning
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def build(cls, embeddings, ids: Optional[Sequence[Any]] = None, metadata: Optional[Sequence[Dict[str, Any]]] = None,
+              factory: str = "Flat", device: str = "auto", fingerprint: Optional[str] = None,
+              normalize: bool = False, max_memory: Union[int, str, None] = None,
+              target_recall: Optional[float] = None, tune_queries: int = 1000, seed: int = 0) -> "Index":
+        """Index ``embeddings [N, d]`` (L2-normalised; ``normalize=True`` does it) with a FAISS
+        index-factory string (``Flat``, ``HNSW32``, ``IVF1024,Flat``, ``IVF256,PQ16`` ...),
+        training the index first when the factory needs it.
+
+        ``factory="auto"`` chooses one from N, d and ``max_memory`` (bytes, or ``"4G"``; see
+        :func:`lsb_mm.retrieval.autoindex.choose_factory`). With ``target_recall`` (default 0.95 for ``auto``)
+        ``nprobe`` / ``efSearch`` is set to the smallest value whose Recall@10 against exact search
+        reaches it on ``tune_queries`` of the vectors drawn as queries; ``build_info`` records both.
+        """
+        import faiss
+
+        from lsb_mm.retrieval.autoindex import choose_factory, exact_neighbours, parse_memory, tune_search
+
+        from lsb_mm.scale.shards import ShardRows
+
+        if isinstance(embeddings, ShardRows):  # streamed from embedding shards, a block at a time
+            x = embeddings
+            if len(x) == 0:
+                raise SearchIndexError("embeddings must be a non-empty [N, d] matrix, got no rows")
+        else:
+            m = _as_matrix(embeddings, "embeddings", check_norm=not normalize)
+            x = ShardRows([_normalize(m) if normalize else m])
+        n, d = x.shape
+        ids = None if ids is None else list(ids)
+        metadata = None if metadata is None else list(metadata)
+        for what, given in (("ids", ids), ("metadata rows", metadata)):
+            if given is not None and len(given) != n:
+                raise SearchIndexError(f"{len(given)} {what} for {n} embeddings")
+        build_info: Dict[str, Any] = {}
+        if factory == "auto":
+            choice = choose_factory(n, d, None if max_memory is None else parse_memory(max_memory))
+            factory, build_info["auto"] = choice.factory, choice.to_dict()
+            log.info("factory auto: %s (%s)", choice.factory, choice.reason)
+            target_recall = 0.95 if target_recall is None else target_recall
+        if not isinstance(factory, str) or "IDMap" in factory:
+            raise SearchIndexError(f"index factory {factory!r}: give a FAISS factory string without IDMap "
+                                   "(lsb_mm.Index keeps its own ids)")
+        try:
+            index = BinaryCodes(d, factory) if is_binary_factory(factory) else \
+                faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        except (RuntimeError, InputError) as exc:
+            raise SearchIndexError(f"FAISS cannot build index factory {factory!r} for dimension {d}: {exc}") from exc
+        _tune_new(index)
+        self = cls(index, d, factory, [], None, fingerprint, "cpu")
+        if not index.is_trained:
+            try:  # inverted lists learn from 64 vectors per list at most (FAISS would take up to 256)
+                nlist = index.nlist if isinstance(index, BinaryCodes) else faiss.extract_index_ivf(index).nlist
+            except RuntimeError:
+                nlist = 0
+            limit = TRAIN_PER_LIST * nlist if nlist else TRAIN_MAX  # codes without lists (SQ8, PQ..) learn from a sample too
+            if n > limit:
+                train = x.take(np.sort(np.random.default_rng(seed).choice(n, limit, replace=False)))
+            else:
+                train = x[:]
+            log.info("training %s on %d of %d vectors", factory, train.shape[0], n)
+            try:
+                index.train(train)
+            except RuntimeError as exc:
+                raise SearchIndexError(f"training {factory!r} on {n} vectors failed: {exc}") from exc
+            del train
+        if target_recall is not None:
+            positive_int(tune_queries, "tune_queries", SearchIndexError)
+        else:
+            self._to_device(device)
+        for start, block in x.chunks():  # tuned on the CPU index, then moved
+            end = start + block.shape[0]
+            self.add(block, None if ids is None else ids[start:end], None if metadata is None else metadata[start:end])
+        if target_recall is None:
+            self.build_info = build_info
+            return self
+        rs = np.random.default_rng(seed)
+        rows = np.sort(rs.choice(n, size=min(tune_queries, n), replace=False))
+        k = min(10, n)
+        queries = x.take(rows)
+        build_info["tuning"] = tune_search(index, queries, exact_neighbours(x, queries, k), target_recall, k=k)
+        build_info["tuning"]["queries"] = len(rows)
+        t = build_info["tuning"]
+        if not t["met"]:
+            log.warning("index %s reaches Recall@%d %.3f at best (%s %s), short of the target %.3f: give more "
+                        "memory (a longer code) or a different factory", factory, k, t["recall"], t["param"], t["value"],
+                        target_recall)
+        self.build_info = build_info
+        self._to_device(device)
+        return self
+
+    def _to_device(self, device: str) -> None:
+        self._index, self.device = place_index(self._index, device, self.factory)
+        log.info("index %s on %s", self.factory, self.device)
+
+    def add(self, embeddings, ids: Optional[Sequence[Any]] = None, metadata: Optional[Sequence[Dict[str, Any]]] = None) -> None:
+        """Append vectors with their ids (default: their running numbers as strings) and metadata."""
+        x = _as_matrix(embeddings, "embeddings", self.dim)
+        n0 = len(self.ids)
+        new_ids = [str(n0 + i) for i in range(x.shape[0])] if ids is None else [str(i) for i in ids]
+        if len(new_ids) != x.shape[0]:
+            raise SearchIndexError(f"{len(new_ids)} ids for {x.shape[0]} embeddings")
+        dup = [i for i in new_ids if i in self._id_set]
+        if dup or len(set(new_ids)) != len(new_ids):
+            raise SearchIndexError(f"duplicate id {(dup or [i for i in new_ids if new_ids.count(i) > 1])[0]!r}; ids must be unique")
+        if metadata is not None and len(metadata) != x.shape[0]:
+            raise SearchIndexError(f"{len(metadata)} metadata rows for {x.shape[0]} embeddings")
+        if self.bm25 is not None:
+            raise SearchIndexError("this index has a BM25 side, which cannot grow: add every vector first, then add_bm25")
+        if (metadata is None) != (self.metadata is None) and n0:
+            raise SearchIndexError("give metadata for every batch added, or for none")
+        self._index.add(x)
+        self._lookup = None
+        self.ids.extend(new_ids)
+        self._id_set.update(new_ids)
+        if metadata is not None:
+            if self.metadata is None:
+                self.metadata = []
+            self.metadata.extend(dict(m) for m in metadata)
+
+    # -- search ------------------------------------------------------------------------------
+    def search(self, queries, k: int = 10, fingerprint: Optional[str] = None, batch_size: int = 4096,
+               ) -> Tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` of each query: ``(scores [Q, k] float32, ids [Q, k] object)``.
+
+        ``k`` is capped at the index size (``min(k, len(index))`` columns); slots an approximate
+        index cannot fill hold score ``-inf`` and id ``None``. ``fingerprint`` (the query model's
+        :meth:`~lsb_mm.LSBModel.fingerprint`) is checked against the index's.
+        """
+        if fingerprint is not None and self.fingerprint is None and not self._warned_unchecked:
+            self._warned_unchecked = True
+            log.warning("this index records no model fingerprint (built without one): the query model cannot be "
+                        "checked against the model that built it")
+        if fingerprint is not None and self.fingerprint is not None and fingerprint != self.fingerprint:
+            raise SearchIndexError(f"the queries come from model {fingerprint}, the index was built from model "
+                              f"{self.fingerprint}; encode with the same model (or rebuild the index)")
+        k = min(positive_int(k, "k", SearchIndexError), len(self))
+        q = _as_matrix(queries, "queries", self.dim, check_norm=False)
+        scores = np.empty((q.shape[0], k), dtype=np.float32)
+        labels = np.empty((q.shape[0], k), dtype=np.int64)
+        for s in range(0, q.shape[0], batch_size):
+            scores[s:s + batch_size], labels[s:s + batch_size] = self._index.search(q[s:s + batch_size], k)
+        if self._lookup is None:
+            self._lookup = np.asarray(self.ids + [None], dtype=object)
+        ids = self._lookup[np.where(labels < 0, len(self.ids), labels)]
+        scores[labels < 0] = -np.inf
+        return scores, ids
+
+    def add_bm25(self, texts: Sequence[str]) -> None:
+        """Index ``texts`` (one per vector, in order: the documents' texts or captions) with BM25
+        beside the vectors; :meth:`search_hybrid` then fuses both rankings, :meth:`save` keeps it."""
+        from lsb_mm.retrieval.lexical import BM25
+
+        texts = list(texts)
+        if len(texts) != len(self.ids):
+            raise SearchIndexError(f"{len(texts)} texts for the BM25 side of an index of {len(self.ids)} vectors")
+        if self._shards is not None:
+            raise SearchIndexError("a set of shards has no single BM25 side; build it on each shard before saving")
+        self.bm25 = BM25.build(texts, self.ids)
+
+    def check_hybrid(self) -> None:
+        """Raise :class:`SearchIndexError` saying why :meth:`search_hybrid` cannot run, if it cannot."""
+        if self._shards is not None:
+            raise SearchIndexError("hybrid search over several shards is not supported (BM25 statistics are per "
+                                   "shard): search one index folder")
+        if self.bm25 is None:
+            raise SearchIndexError("this index has no BM25 side: build it with `lsb-mm index --bm25` (Index.add_bm25)")
+
+    def search_hybrid(self, queries, texts: Sequence[str], k: int = 10, fusion: Union[str, float] = "rrf",
+                      fingerprint: Optional[str] = None) -> Tuple[List[List[float]], List[List[str]]]:
+        """Fuse the dense ranking of ``queries`` (embeddings) with BM25's of ``texts`` (the same
+        queries as text): ``fusion`` ``"rrf"`` or a dense weight in [0, 1]. Returns ``(fused scores,
+        ids)`` per query, best first: FAISS's ``(D, I)`` order, like :meth:`search`."""
+        from lsb_mm.retrieval.lexical import CANDIDATES, fuse
+
+        self.check_hybrid()
+        texts = list(texts)
+        k = min(positive_int(k, "k", SearchIndexError), len(self))
+        depth = min(max(k, CANDIDATES), len(self))
+        scores, ids = self.search(queries, k=depth, fingerprint=fingerprint)
+        if len(texts) != len(ids):
+            raise SearchIndexError(f"{len(texts)} query texts for {len(ids)} query embeddings")
+        return fuse((scores, [list(r) for r in ids]), self.bm25.search(texts, k=depth), fusion, k)
+
+    def set_search_params(self, **params: Any) -> None:
+        """FAISS search parameters, e.g. ``nprobe=32`` (IVF) or ``efSearch=256`` (HNSW)."""
+        import faiss
+
+        if isinstance(self._index, BinaryCodes):
+            for name, value in params.items():
+                try:
+                    self._index.set_param(name, value)
+                except InputError as exc:
+                    raise SearchIndexError(str(exc)) from None
+            return
+        ps = faiss.GpuParameterSpace() if "gpu" in self.device else faiss.ParameterSpace()
+        for name, value in params.items():
+            try:
+                ps.set_index_parameter(self._index, name, value)
+            except RuntimeError as exc:
+                raise SearchIndexError(f"index {self.factory!r} has no search parameter {name!r}: {exc}") from exc
+
+    @property
+    def nprobe(self) -> int:
+        import faiss
+
+        if isinstance(self._index, BinaryCodes):
+            return self._binary_param("nprobe")
+        return int(faiss.extract_index_ivf(self._cpu_view()).nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        self.set_search_params(nprobe=int(value))
+
+    @property
+    def ef_search(self) -> int:
+        if isinstance(self._index, BinaryCodes):
+            return self._binary_param("efSearch")
+        return int(_hnsw(self._cpu_view()).efSearch)
+
+    @ef_search.setter
+    def ef_search(self, value: int) -> None:
+        self.set_search_params(efSearch=int(value))
+
+    def _binary_param(self, name: str) -> int:
+        try:
+            return self._index.get_param(name)
+        except InputError as exc:
+            raise SearchIndexError(str(exc)) from None
+
+    def _cpu_view(self):
+        import faiss
+
+        idx = self._index
+        if isinstance(idx, faiss.IndexShards) or "gpu" in self.device:
+            raise SearchIndexError("read the parameter on a single CPU index; set it with set_search_params")
+        return idx
+
+    def memory_bytes(self) -> int:
+        """Bytes the vector index holds (its serialised FAISS form; binary inverted lists add the
+        copy of their codes kept for rescoring); ids, metadata and BM25 are not counted."""
+        import faiss
+
+        if isinstance(self._index, BinaryCodes):
+            return self._index.memory_bytes()
+        shards = self._shards if self._shards is not None else [self._index]
+        cpu = [faiss.index_gpu_to_cpu(s) if "gpu" in self.device else s for s in shards]
+        return int(sum(faiss.serialize_index(c).nbytes for c in cpu))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"Index({self.factory!r}, n={len(self)}, dim={self.dim}, device={self.device!r}, model={self.fingerprint})"
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, folder: str) -> str:
+        """Write the index folder atomically (a crash never leaves a folder that loads)."""
+        import faiss
+
+        cpu = faiss.index_gpu_to_cpu(self._index) if self.device.startswith("gpu") else self._index
+        if isinstance(cpu, faiss.IndexShards):
+            raise SearchIndexError("a set of loaded shards is saved shard by shard; build one index to save it whole")
+        with atomic_folder(folder, "manifest.json", "an lsb-mm index") as tmp:
+            if isinstance(cpu, BinaryCodes):
+                cpu.write(os.path.join(tmp, "index.faiss"), os.path.join(tmp, BINARY_CODES), os.path.join(tmp, BINARY_PARAMS))
+            else:
+                faiss.write_index(cpu, os.path.join(tmp, "index.faiss"))
+            write_jsonl(os.path.join(tmp, "ids.jsonl"), self.ids)
+            if self.metadata is not None:
+                write_jsonl(os.path.join(tmp, "metadata.jsonl"), self.metadata)
+            files = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if self.metadata is not None else []) + \
+                ([BINARY_CODES, BINARY_PARAMS] if isinstance(cpu, BinaryCodes) else [])
+            if self.bm25 is not None:  # verified on load by its own manifest, whose checksum is kept here
+                self.bm25.save(os.path.join(tmp, "bm25"))
+                files.append(BM25_MANIFEST)
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
+                        "factory": self.factory, "count": len(self.ids), "fingerprint": self.fingerprint,
+                        "metadata": self.metadata is not None, "bm25": self.bm25 is not None, "index_sha256": file_sha256(os.path.join(tmp, "index.faiss")),
+                        "sha256": {name: file_sha256(os.path.join(tmp, name)) for name in files},
+                        **({"build": self.build_info} if self.build_info else {}),
+                        "versions": {"lsb_mm": __version__, "faiss": faiss.__version__, "numpy": np.__version__}}
+            with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
+                json.dump(manifest, f, indent=2)
+        return folder
+
+    @classmethod
+    def load(cls, folders: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]], device: str = "auto") -> "Index":
+        """Load one index folder, or several shards searched together as one index."""
+        import faiss
+
+        if isinstance(folders, (str, os.PathLike)):
+            parts = [_read_folder(os.fspath(folders))]
+        else:
+            parts = [_read_folder(os.fspath(f)) for f in folders]
+            if not parts:
+                raise SearchIndexError("Index.load got an empty list of folders")
+        first = parts[0][0]
+        for man, _, _, _, path in parts[1:]:
+            for key in ("dim", "metric", "fingerprint"):
+                if man[key] != first[key]:
+                    raise SearchIndexError(f"shard {path} has {key} {man[key]!r}, the first shard {first[key]!r}")
+        binary = [p[4] for p in parts if isinstance(p[1], BinaryCodes)]
+        if binary and len(parts) > 1:
+            raise SearchIndexError(f"{binary[0]} is a binary index: FAISS cannot search binary indexes as shards of "
+                                   "one index; load it on its own, or build one index over every vector")
+        ids = [i for p in parts for i in p[2]]
+        if len(set(ids)) != len(ids):
+            raise SearchIndexError("the shards share ids; each id must live in one shard")
+        metas = [p[3] for p in parts]
+        metadata = None if any(m is None for m in metas) else [m for ms in metas for m in ms]
+        if len(parts) == 1:
+            self = cls(parts[0][1], first["dim"], first["factory"], ids, metadata, first["fingerprint"], "cpu")
+            self.build_info = first["build"] if isinstance(first.get("build"), dict) else {}
+            if first.get("bm25"):
+                self.bm25 = _read_bm25(parts[0][4], ids)
+            self._to_device(device)
+            return self
+        placed = [place_index(p[1], device, f"{p[0]['factory']} ({p[4]})") for p in parts]
+        index = faiss.IndexShards(first["dim"], True, True)  # threaded, successive ids
+        for shard, _ in placed:
+            index.add_shard(shard)
+        factories = sorted({p[0]["factory"] for p in parts})
+        where = sorted({w for _, w in placed})
+        self = cls(index, first["dim"], f"Shards({len(parts)} x {' + '.join(factories)})", ids, metadata,
+                   first["fingerprint"], where[0] if len(where) == 1 else " + ".join(where))
+        self._shards = [shard for shard, _ in placed]  # the shard objects must outlive their wrappers
+        log.info("index %s on %s", self.factory, self.device)
+        return self
+
+
+def _hnsw(index):
+    import faiss
+
+    base = index
+    if isinstance(base, faiss.IndexIDMap):
+        base = faiss.downcast_index(base.index)
+    base = faiss.downcast_index(base)
+    if not hasattr(base, "hnsw"):
+        raise SearchIndexError("this index has no HNSW graph")
+    return base.hnsw
+
+
+def _tune_new(index) -> None:
+    """Sensible defaults for a fresh index: HNSW efConstruction / efSearch, IVF nprobe."""
+    import faiss
+
+    idx = index.index if isinstance(index, BinaryCodes) else faiss.downcast_index(index)
+    if hasattr(idx, "hnsw"):
+        idx.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        idx.hnsw.efSearch = HNSW_EF_SEARCH
+    try:
+        ivf = (idx if index.nlist else None) if isinstance(index, BinaryCodes) else faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        ivf.nprobe = max(1, min(ivf.nlist, ivf.nlist // 16))
+
+
+_MANIFEST_FIELDS = {"dim": int, "count": int, "factory": str, "metric": str}
+_METRICS = {"ip": 0}  # manifest name -> faiss.METRIC_* value (lsb-mm searches by inner product only)
+
+
+def _read_bm25(folder: str, ids: List[str]):
+    from lsb_mm.retrieval.lexical import BM25
+
+    try:
+        bm25 = BM25.load(os.path.join(folder, "bm25"))
+    except InputError as exc:
+        raise SearchIndexError(f"the BM25 side of index {folder}: {exc}") from None
+    if bm25.ids != ids:
+        raise SearchIndexError(f"{folder}/bm25: its ids differ from the index's ids.jsonl")
+    return bm25
+
+
+def _read_folder(folder: str):
+    import faiss
+
+    path = os.path.join(folder, "manifest.json")
+    if not os.path.isdir(folder):
+        raise SearchIndexError(f"index folder {folder} does not exist")
+    man = read_json(path, SearchIndexError, f"{folder} is not a complete lsb-mm index: manifest.json is missing")
+    if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("format_version"), int) \
+            or isinstance(man.get("format_version"), bool) \
+            or not 1 <= man["format_version"] <= FORMAT_VERSION:
+        got = (man.get("format"), man.get("format_version")) if isinstance(man, dict) else (None, None)
+        raise SearchIndexError(f"{path}: format {got[0]!r} version {got[1]!r} is not supported by lsb-mm {__version__} "
+                               f"(expected {FORMAT!r} 1..{FORMAT_VERSION})")
+    for key, typ in _MANIFEST_FIELDS.items():
+        if not isinstance(man.get(key), typ) or isinstance(man.get(key), bool):
+            raise SearchIndexError(f"{path}: field {key!r} is {man.get(key)!r}; expected a {typ.__name__}")
+    if man["metric"] not in _METRICS:
+        raise SearchIndexError(f"{path}: metric {man['metric']!r} unknown; expected one of {sorted(_METRICS)}")
+    if man["format_version"] >= 2:
+        if "fingerprint" not in man or not isinstance(man["fingerprint"], (str, type(None))):
+            raise SearchIndexError(f"{path}: field 'fingerprint' must be the model's fingerprint (or null for an index "
+                                   f"built without one), got {man.get('fingerprint', '<missing>')!r}")
+        if "sha256" not in man:
+            raise SearchIndexError(f"{path}: field 'sha256' (the checksum of every file) is missing")
+    else:
+        log.warning("%s: written by an older lsb-mm that checksummed index.faiss only; ids and metadata are not "
+                    "verified (rebuild the index to verify them)", folder)
+    man.setdefault("fingerprint", None)
+    ipath = os.path.join(folder, "index.faiss")
+    if not os.path.isfile(ipath):
+        raise SearchIndexError(f"{folder}: index.faiss is missing")
+    binary = is_binary_factory(man["factory"])
+    names = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if man.get("metadata") else []) + \
+        ([BM25_MANIFEST] if man.get("bm25") else []) + ([BINARY_CODES, BINARY_PARAMS] if binary else [])
+    if "sha256" in man:  # every file has its checksum
+        sums = man["sha256"]
+        if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in names):
+            raise SearchIndexError(f"{path}: field 'sha256' must give the checksum of each of {names}")
+    else:  # manifests written before lsb-mm checksummed every file: the index only
+        sums, names = {"index.faiss": man.get("index_sha256")}, ["index.faiss"]
+    for name in names:
+        fpath = os.path.join(folder, name)
+        if os.path.isfile(fpath) and file_sha256(fpath) != sums[name]:
+            raise SearchIndexError(f"{fpath}: checksum does not match manifest.json (file changed or corrupt)")
+    try:
+        if binary:
+            index = BinaryCodes.read(ipath, os.path.join(folder, BINARY_CODES), os.path.join(folder, BINARY_PARAMS),
+                                     man["dim"], man["factory"])
+        else:
+            index = faiss.read_index(ipath)
+    except (RuntimeError, ValueError, OSError, InputError) as exc:
+        raise SearchIndexError(f"{ipath}: FAISS cannot read it: {exc}") from exc
+    if index.metric_type != _METRICS[man["metric"]]:
+        raise SearchIndexError(f"{ipath}: FAISS metric {index.metric_type} differs from manifest.json's {man['metric']!r}")
+    ids = _read_jsonl(os.path.join(folder, "ids.jsonl"))
+    if not all(isinstance(i, str) for i in ids):
+        bad = next(n for n, i in enumerate(ids, 1) if not isinstance(i, str))
+        raise SearchIndexError(f"{folder}/ids.jsonl:{bad}: expected a JSON string id")
+    metadata = _read_jsonl(os.path.join(folder, "metadata.jsonl")) if man.get("metadata") else None
+    if metadata is not None and not all(isinstance(m, dict) for m in metadata):
+        bad = next(n for n, m in enumerate(metadata, 1) if not isinstance(m, dict))
+        raise SearchIndexError(f"{folder}/metadata.jsonl:{bad}: expected a JSON object")
+    if index.d != man["dim"] or index.ntotal != man["count"] or len(ids) != man["count"] or \
+            (metadata is not None and len(metadata) != man["count"]):
+        raise SearchIndexError(f"{folder}: the files disagree with manifest.json (dim {index.d} vs {man['dim']}, "
+                               f"vectors {index.ntotal}, ids {len(ids)}, expected {man['count']})")
+    return man, index, ids, metadata, folder
+
+
+def _read_jsonl(path: str) -> List[Any]:
+    if not os.path.isfile(path):
+        raise SearchIndexError(f"{path} is missing")
+    try:
+        return [value for _, value in iter_jsonl(path)]
+    except InputError as exc:
+        raise SearchIndexError(str(exc)) from None

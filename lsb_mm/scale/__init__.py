@@ -1,0 +1,1 @@
+"""Beyond one process: the local / Ray embedding engine and the embedding shards it writes."""
