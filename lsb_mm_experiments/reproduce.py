@@ -136,13 +136,13 @@ def read_run_record(path: str, cfg) -> Optional[Dict[str, Any]]:
 
 
 def settings_differ(saved: Dict[str, Any], cfg) -> List[str]:
-    """The result-relevant settings (:data:`lsb_mm.training.trainer.RESUME_FIXED`, the head, the visual
+    """The result-relevant settings (:data:`lsb_mm.training.config.RESUME_FIXED`, the head, the visual
     vocabulary, fusion, pooling) in which a saved config (``dataclasses.asdict`` of a
     :class:`~lsb_mm.TrainConfig`, as JSON) differs from ``cfg``; a key an older run did not record
     counts as its default."""
     import json
 
-    from lsb_mm.training.trainer import RESUME_FIXED, TrainConfig
+    from lsb_mm.training.config import RESUME_FIXED, TrainConfig
 
     now = json.loads(json.dumps(dataclasses.asdict(cfg)))
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
@@ -158,7 +158,7 @@ def finished_run(cfg) -> Optional[str]:
 
     from lsb_mm.files import iter_jsonl
     from lsb_mm.models.serialization import CONFIG_NAME
-    from lsb_mm.training.trainer import FINAL_DIR, LOG_NAME
+    from lsb_mm.training.run_folder import FINAL_DIR, LOG_NAME
 
     final, info = os.path.join(cfg.output, FINAL_DIR), os.path.join(cfg.output, "run_info.json")
     log_path = os.path.join(cfg.output, LOG_NAME)
@@ -219,7 +219,7 @@ def plugin_config(args, head: str, train_file: str, output: str, lr: float, temp
     ``patience``, ``val_fraction`` and, for image / cross, ``vocab_size``; cross is symmetric. With
     ``eval_data`` (a validation JSONL) nothing is carved from the training data; its queries search
     among the training documents too, as a carved validation's do."""
-    from lsb_mm.training.trainer import TrainConfig
+    from lsb_mm.training.config import TrainConfig
 
     extra = {} if modality == "text" else {"vocab_size": args.vocab_size, "symmetric": modality == "cross"}
     return TrainConfig(model=args.model, overwrite=True, model_options=dict(getattr(args, "model_options", None) or {}), head=head,

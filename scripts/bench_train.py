@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from lsb_mm_experiments.benchmarking import machine_info, write_benchmark  # noqa: E402
-from lsb_mm.training.trainer import TrainConfig, Trainer  # noqa: E402
+from lsb_mm.training.config import TrainConfig  # noqa: E402
+from lsb_mm.training.trainer import Trainer  # noqa: E402
 
 HEADS = ["none", "slr", "llr", "clr"]
 

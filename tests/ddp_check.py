@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from lsb_mm.training.distributed import all_reduce_grads, all_reduce_mean
-from lsb_mm.training.trainer import TrainConfig, Trainer
+from lsb_mm.training.config import TrainConfig
+from lsb_mm.training.trainer import Trainer
 
 
 def main(data: str, out: str, per_rank: int) -> None:

@@ -9,7 +9,8 @@ import torch
 
 import lsb_mm
 from lsb_mm.models.encoders import ImageFeatureCache
-from lsb_mm.training.trainer import TrainConfig, train
+from lsb_mm.training.config import TrainConfig
+from lsb_mm.training.trainer import train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402

@@ -180,7 +180,8 @@ def test_clr_stays_finite_over_500_plug_in_steps_at_its_lr(tmp_path):
     sys.path.insert(0, os.path.dirname(__file__))
     import synthetic
 
-    from lsb_mm.training.trainer import Trainer, TrainConfig
+    from lsb_mm.training.config import TrainConfig
+    from lsb_mm.training.trainer import Trainer
 
     text, _ = synthetic.passage_queries(60, per_passage=3, dev=0, seed=4)
     data = synthetic.write_jsonl(tmp_path / "d.jsonl", text)

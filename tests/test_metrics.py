@@ -69,7 +69,7 @@ def test_training_logs_use_the_same_recall_as_evaluation():
     """Held-out metrics in the trainer's log follow metrics.py (Recall@k divides by all positives),
     not a 'capped' recall that divides by min(#positives, k)."""
     from lsb_mm.data.training_data import TrainData, TrainExample
-    from lsb_mm.training.trainer import retrieval_metrics
+    from lsb_mm.training.validation import retrieval_metrics
 
     passages = ["p0", "p1", "p2", "p3", "p4", "p5"]
     vec = {p: np.eye(6, dtype=np.float32)[i] for i, p in enumerate(passages)}

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import lsb_mm
 from lsb_mm.training.tower_cache import TowerCache
 from lsb_mm.errors import InputError
-from lsb_mm.training.trainer import TrainConfig, Trainer, train
+from lsb_mm.training.config import TrainConfig
+from lsb_mm.training.trainer import Trainer, train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402
@@ -208,7 +209,7 @@ def test_cli_plug_in_flags(tmp_path, data):
 
 def test_validation_split_keeps_documents_apart():
     from lsb_mm.data.training_data import TrainData, TrainExample
-    from lsb_mm.training.trainer import split_validation
+    from lsb_mm.training.validation import split_validation
 
     ex = [TrainExample(f"q{i}", [f"d{i // 3}"], [f"d{(i // 3 + 1) % 20}"], f"x:{i}") for i in range(60)]
     data = TrainData(ex, "text", "jsonl")

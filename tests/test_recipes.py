@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lsb_mm.training.recipes import FINE_TUNE, PLUGIN, recipe_for
-from lsb_mm.training.trainer import TrainConfig
+from lsb_mm.training.config import TrainConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

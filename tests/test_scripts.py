@@ -153,7 +153,7 @@ def test_repro_text_small(tmp_path, manpages_present, minilm_path):
     assert os.path.getmtime(tmp_path / "w" / "runs" / "slr-seed0" / "final" / "lsb_config.json") == stage1
     assert (tmp_path / "w" / "runs" / "slr-seed0-converged" / "final").is_dir()
     from lsb_mm_experiments.reproduce import finished_run
-    from lsb_mm.training.trainer import TrainConfig
+    from lsb_mm.training.config import TrainConfig
 
     saved = json.load(open(tmp_path / "w" / "runs" / "slr-seed0" / "run_info.json"))["config"]
     assert finished_run(TrainConfig(**saved)) == str(tmp_path / "w" / "runs" / "slr-seed0" / "final")

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 import lsb_mm
 from lsb_mm.errors import InputError
-from lsb_mm.training.trainer import TrainConfig, Trainer, train
+from lsb_mm.training.config import TrainConfig
+from lsb_mm.training.trainer import Trainer, train
 
 sys.path.insert(0, os.path.dirname(__file__))
 import synthetic  # noqa: E402
@@ -315,9 +316,9 @@ def test_mining_symmetric_accumulation_and_locks(tmp_path, sets):
     assert any(p.requires_grad for n, p in t.model.named_parameters() if n.startswith("backbone.model.transformer."))
     visual_before = {n: p.detach().clone() for n, p in t.model.named_parameters() if n.startswith("backbone.model.visual.")}
     t.train()
-    assert len(t.mined) == len(t.data) and all(len(v) == 5 for v in t.mined.values())
+    assert len(t.batches.mined) == len(t.data) and all(len(v) == 5 for v in t.batches.mined.values())
     for i, ex in enumerate(t.data.examples):
-        assert not set(t.mined[i]) & set(ex.pos)
+        assert not set(t.batches.mined[i]) & set(ex.pos)
     after = dict(t.model.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in visual_before.items())  # the locked tower did not move
     batch = t.micro_batch(0, 0)

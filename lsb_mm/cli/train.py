@@ -157,7 +157,8 @@ def _without_nproc(argv: List[str]) -> List[str]:
 def cmd_train(args) -> int:
     import dataclasses
 
-    from lsb_mm.training.trainer import TrainConfig, train
+    from lsb_mm.training.config import TrainConfig
+    from lsb_mm.training.trainer import train
 
     if args.nproc < 1:
         raise InputError(f"--nproc must be >= 1, got {args.nproc}")

@@ -21,7 +21,7 @@ from lsb_mm.errors import InputError, positive_int
 from lsb_mm.files import write_text
 from lsb_mm.retrieval.index import Index
 from lsb_mm.retrieval.lexical import BM25, CANDIDATES, FUSION_WEIGHTS, fuse
-from lsb_mm.evaluation.metrics import PRIMARY, evaluate_run
+from lsb_mm.evaluation.metrics import PRIMARY, evaluate_ranking
 
 __all__ = ["evaluate", "choose_fusion_weight", "find_tasks", "encode_records", "CorpusCache", "primary_metric", "check_ks"]
 
@@ -152,8 +152,7 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
                                                 max(ks) if hybrid is None else max(max(ks), CANDIDATES),
                                                 batch_size, factory, enhance, show_progress_bar, num_workers)
             ids = ranking[1] if hybrid is None else fuse(ranking, _bm25_search(task, CANDIDATES), hybrid, max(ks))[1]
-        run = {qr["_id"]: [i for i in row if i is not None] for qr, row in zip(task.queries, ids)}
-        res = evaluate_run(run, task.qrels, ks)
+        res = evaluate_ranking([qr["_id"] for qr in task.queries], ids, task.qrels, ks)
         results["tasks"][task.name] = {**res, "corpus": len(task.corpus), "folder": os.path.abspath(folder),
                                        "seconds": {"documents": round(t_docs, 3), "queries_and_search": round(time.perf_counter() - t1, 3)}}
         log.info("%s %s: %s=%.4f", results["model"], task.name, primary, res["metrics"][primary])
@@ -210,8 +209,7 @@ def choose_fusion_weight(model, tasks: Union[str, Sequence[str]], weights: Seque
         lexical = _bm25_search(task, CANDIDATES)
         for w in weights:
             ids = fuse(dense, lexical, w, max(ks))[1]
-            run = {qr["_id"]: row for qr, row in zip(task.queries, ids)}
-            per_w[w].append(evaluate_run(run, task.qrels, ks)["metrics"][metric])
+            per_w[w].append(evaluate_ranking([qr["_id"] for qr in task.queries], ids, task.qrels, ks)["metrics"][metric])
     scores = {w: float(np.mean(v)) for w, v in per_w.items()}
     best = max(weights, key=lambda w: (scores[w], -w))
     return {"weight": best, "metric": metric, "scores": scores, "tasks": [os.path.abspath(f) for f in folders]}

@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["evaluate_run", "METRICS", "PRIMARY"]
+__all__ = ["evaluate_run", "evaluate_ranking", "METRICS", "PRIMARY"]
 
 METRICS = ("ndcg", "mrr", "recall", "map", "success")
 PRIMARY = "ndcg@10"
@@ -56,3 +56,11 @@ def evaluate_run(run: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[s
     if per_query:
         out["per_query"] = per
     return out
+
+
+def evaluate_ranking(query_ids: Sequence[str], ranked: Iterable[Sequence], qrels: Mapping[str, Mapping[str, float]],
+                     ks: Sequence[int]) -> Dict[str, object]:
+    """:func:`evaluate_run` of search results: row ``i`` of ``ranked`` holds the document ids found
+    for ``query_ids[i]``, best first (a ``None`` pad, FAISS's "fewer than k", is dropped)."""
+    run = {q: [d for d in row if d is not None] for q, row in zip(query_ids, ranked)}
+    return evaluate_run(run, qrels, ks)

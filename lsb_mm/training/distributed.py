@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable, List, Tuple
+from typing import Any, Iterable, List, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "gather_with_grad", "all_reduce_grads", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "gather_with_grad", "all_reduce_grads", "all_reduce_mean", "barrier",
+           "gather_objects"]
 
 
 @dataclass
@@ -110,3 +111,12 @@ def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def gather_objects(obj: Any, info: DistInfo) -> List[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` in a single process)."""
+    if not info.enabled:
+        return [obj]
+    out: List[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

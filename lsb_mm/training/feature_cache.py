@@ -21,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
 from lsb_mm.files import tensor_digest
 from lsb_mm.models.encoders.base import Backbone, ImageFeatures
 
-__all__ = ["ImageFeatureCache", "image_tower_frozen"]
+__all__ = ["ImageFeatureCache", "image_tower_frozen", "serve_locked_images"]
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +142,17 @@ class ImageFeatureCache:
                 return
             self.rows[key] = tuple(t.detach().clone() for t in row)  # own storage: not a view of the batch
             self.nbytes += size
+
+
+@contextlib.contextmanager
+def serve_locked_images(model, kinds, cache: Optional[ImageFeatureCache], max_gb: float
+                        ) -> Iterator[Optional[ImageFeatureCache]]:
+    """Inside the block, ``model``'s locked image tower reads its features from ``cache`` (a new
+    one of ``max_gb`` when None and ``max_gb`` > 0); yields the cache in use, or ``cache`` unused
+    when no image side is in ``kinds``, the tower trains, or there is no cache."""
+    if "image" not in kinds or not image_tower_frozen(model) or (cache is None and max_gb <= 0):
+        yield cache
+        return
+    cache = ImageFeatureCache(max_gb) if cache is None else cache
+    with cache.attach(model):
+        yield cache

@@ -33,7 +33,7 @@ import torch
 from lsb_mm.errors import InputError
 from lsb_mm.models.encoders.base import Backbone, ImageFeatures, TextFeatures
 
-__all__ = ["TowerCache", "DiskRows", "tower_of_kind", "tower_frozen", "tower_digest"]
+__all__ = ["TowerCache", "DiskRows", "tower_of_kind", "tower_frozen", "tower_digest", "tower_caches_for_run"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,20 @@ class TowerCache:
         except KeyError as exc:
             raise KeyError(f"tower cache ({self.kind}): {exc.args[0]!r} was not cached") from None
 
+    def plain_embeddings(self, model, items: Sequence[str], device: Union[str, torch.device]) -> torch.Tensor:
+        """Normalised plain embeddings ``[N, d]`` of ``items`` (documents: no token positions), with
+        gradient through what sits above the tower (e.g. a dual encoder's projection)."""
+        rows = torch.as_tensor(self.rows(items), dtype=torch.long)
+        pooled, summary = self.pooled[rows].to(device), self.summary[rows].to(device)
+        empty = pooled.new_zeros(len(rows), 0, self.hidden_dim)
+        bb = model.backbone
+        if self.kind == "text":
+            none = torch.zeros(len(rows), 0, dtype=torch.long, device=device)
+            done = bb.finish_text(TextFeatures(ids=none, mask=none.bool(), hidden=empty, pooled=pooled, summary=summary))
+        else:
+            done = bb.finish_image(ImageFeatures(hidden=empty, pooled=pooled, summary=summary))
+        return torch.nn.functional.normalize(done.pooled, dim=-1)
+
     def features(self, rows: Sequence[int], device: Union[str, torch.device] = "cpu") -> Union[TextFeatures, ImageFeatures]:
         """The tower's features of ``rows`` as one padded batch (what ``text_tower().text_features``
         or ``image_tower().image_features`` returns, up to padding the heads never read)."""
@@ -285,3 +299,30 @@ class TowerCache:
         log.info("tower cache (%s): %d inputs, %.3f GiB in memory, %.3f GiB on disk, %.1f s", kind, len(items),
                  out.nbytes / (1 << 30), out.disk_bytes / (1 << 30), out.build_seconds)
         return out
+
+
+def tower_caches_for_run(model, inputs: Dict[str, List[str]], max_gb: float, shared: Dict[str, "TowerCache"],
+                         **build_options) -> Dict[str, "TowerCache"]:
+    """One cache per kind of ``inputs`` (``{"text": [...], "image": [...]}``) within ``max_gb`` in all.
+    A cache in ``shared`` (e.g. from an earlier run of a sweep) is used when it serves the run: it
+    covers the inputs, holds hidden states where a head reads them (LLR, visual words) and was built
+    from the same tower; else that is an error. ``build_options`` go to :meth:`TowerCache.build`."""
+    out: Dict[str, TowerCache] = {}
+    for kind, items in inputs.items():
+        head = model.text_head if kind == "text" else model.image_head
+        keep = kind == "image" or (head is not None and head.kind == "llr")  # only LLR reads text hidden states
+        given = shared.get(kind)
+        if given is not None:
+            if not given.covers(items) or (keep and not given.keeps_hidden) or \
+                    given.tower_digest != tower_digest(model, kind):
+                raise InputError(f"the {kind} tower cache given to the trainer does not serve this run (other "
+                                 "inputs, other tower weights, or no hidden states for LLR); build it from this "
+                                 "run's data or let the trainer build its own")
+            out[kind] = given
+            continue
+        cache = TowerCache.build(model, kind, items, keep_hidden=keep, max_gb=max_gb, **build_options)
+        max_gb -= cache.nbytes / (1 << 30)
+        out[kind] = cache
+        log.info("tower cache %s: %d inputs, %.3f GiB in %.1f s", kind, len(cache), cache.nbytes / (1 << 30),
+                 cache.build_seconds)
+    return out
