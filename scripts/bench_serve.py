@@ -78,7 +78,7 @@ def batch_stats(url: str) -> Dict[str, int]:
 
 def run_mode(serve_args: List[str], batching: bool, clients: List[int], seconds: float, queries: List[str],
              k: int) -> List[Dict[str, Any]]:
-    from lsb_mm.serving.service import running_server
+    from lsb_mm.serving.background import running_server
 
     rows = []
     with running_server(serve_args + ([] if batching else ["--no-batching"])) as url:

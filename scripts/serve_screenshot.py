@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from lsb_mm.serving.service import running_server
+    from lsb_mm.serving.background import running_server
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True)

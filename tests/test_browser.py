@@ -24,7 +24,7 @@ def site(tmp_path_factory):
     need(None not in load("serve_screenshot").chromium_paths(), "Debian chromium and chromium-driver not installed (scripts/setup.sh)")
     import lsb_mm
     from lsb_mm.cli import main
-    from lsb_mm.serving.service import running_server
+    from lsb_mm.serving.background import running_server
 
     w = tmp_path_factory.mktemp("browser")
     lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr").save_pretrained(str(w / "m"))

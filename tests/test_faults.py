@@ -148,7 +148,7 @@ def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path,
     import urllib.request
 
     import lsb_mm
-    from lsb_mm.serving.service import running_server
+    from lsb_mm.serving.background import running_server
 
     synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
                                                       for i in range(300)])

@@ -1,4 +1,4 @@
-"""The search service (lsb_mm.serving.service) through FastAPI's TestClient: every endpoint, and every class
+"""The search service (lsb_mm.serving) through FastAPI's TestClient: every endpoint, and every class
 of bad request answered with a 4xx JSON message (never a 500)."""
 import base64
 import io
@@ -40,7 +40,7 @@ def served(tmp_path_factory):
 def client(served):
     from fastapi.testclient import TestClient
 
-    from lsb_mm.serving.service import create_app
+    from lsb_mm.serving.app import create_app
 
     return TestClient(create_app(served[1], max_body=1 << 20), raise_server_exceptions=False)
 
@@ -151,7 +151,7 @@ def test_items_only_by_id(client, url, status, message):
 def test_api_key(served):
     from fastapi.testclient import TestClient
 
-    from lsb_mm.serving.service import create_app
+    from lsb_mm.serving.app import create_app
 
     c = TestClient(create_app(served[1], api_key="s3cret"))
     assert c.get("/health").status_code == 200  # liveness stays open
@@ -163,7 +163,7 @@ def test_api_key(served):
 def test_cors_is_off_unless_asked(served):
     from fastapi.testclient import TestClient
 
-    from lsb_mm.serving.service import create_app
+    from lsb_mm.serving.app import create_app
 
     origin = {"Origin": "http://elsewhere.example"}
     assert "access-control-allow-origin" not in TestClient(create_app(served[1])).get("/health", headers=origin).headers
@@ -187,7 +187,7 @@ def test_cli_serve_answers_on_loopback(served):
     """``lsb-mm serve`` on a free loopback port answers /health, the page and /search, then is stopped."""
     import urllib.request
 
-    from lsb_mm.serving.service import running_server
+    from lsb_mm.serving.background import running_server
 
     w, _ = served
     with running_server(["--model", str(w / "m"), "--index", f"text={w / 'text.index'}"],
@@ -246,7 +246,7 @@ def test_batching_groups_concurrent_queries_and_answers_each_right(served):
 
     import numpy as np
 
-    from lsb_mm.serving.service import Batcher
+    from lsb_mm.serving.batcher import Batcher
 
     _, service = served
     qs = [service.query("text", text=f"document {i % 5} about things", k=3) for i in range(12)]
@@ -288,7 +288,7 @@ def test_a_query_that_fails_in_a_batch_fails_alone(served, monkeypatch):
 def test_batching_off_answers_one_at_a_time(served):
     from fastapi.testclient import TestClient
 
-    from lsb_mm.serving.service import create_app
+    from lsb_mm.serving.app import create_app
 
     c = TestClient(create_app(served[1], batching=False))
     r = c.post("/search", json={"index": "text", "text": "rivers", "k": 2}).json()
@@ -298,7 +298,7 @@ def test_batching_off_answers_one_at_a_time(served):
 def test_a_chunked_body_over_the_limit_is_refused(served):
     from fastapi.testclient import TestClient
 
-    from lsb_mm.serving.service import create_app
+    from lsb_mm.serving.app import create_app
 
     c = TestClient(create_app(served[1], max_body=4096))
 
@@ -321,7 +321,8 @@ def test_reload_swaps_a_rebuilt_folder_and_a_failed_one_keeps_the_old(served, tm
     from fastapi.testclient import TestClient
 
     from lsb_mm.cli import main
-    from lsb_mm.serving.service import SearchService, create_app
+    from lsb_mm.serving.app import create_app
+    from lsb_mm.serving.service import SearchService
 
     w, service = served
     folder = tmp_path / "live.index"
@@ -349,7 +350,7 @@ def test_reload_swaps_a_rebuilt_folder_and_a_failed_one_keeps_the_old(served, tm
 def test_api_key_guards_data_and_admin_but_not_the_page(served):
     from fastapi.testclient import TestClient
 
-    from lsb_mm.serving.service import create_app
+    from lsb_mm.serving.app import create_app
 
     c = TestClient(create_app(served[1], api_key="k"))
     assert c.get("/").status_code == 200 and c.get("/openapi.json").status_code == 200

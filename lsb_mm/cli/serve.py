@@ -27,7 +27,8 @@ def cmd_serve(args) -> int:
     from lsb_mm.errors import require_extra
 
     require_extra("serve", "lsb-mm serve", "fastapi", "uvicorn")
-    from lsb_mm.serving.service import SearchService, create_app, serve_forever
+    from lsb_mm.serving.app import create_app, serve_forever
+    from lsb_mm.serving.service import SearchService
     if args.threads:
         import torch
 
