@@ -1,7 +1,7 @@
 """Exceptions raised for user mistakes; the CLI turns them into one clear line and exit 2."""
 from __future__ import annotations
 
-__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError", "MissingExtraError", "require_extra",
+__all__ = ["LSBError", "ModelLoadError", "ImageLoadError", "InputError", "SearchIndexError", "MissingExtraError", "require_extra",
            "positive_int", "user_message"]
 
 
@@ -11,6 +11,10 @@ class LSBError(Exception):
 
 class InputError(LSBError, ValueError):
     """An argument or an input item is not what was expected."""
+
+
+class SearchIndexError(InputError):
+    """A query or an index folder that does not fit (dimension, model, files)."""
 
 
 class ModelLoadError(LSBError):

@@ -1,10 +1,12 @@
-"""Safe file writing and reading, shared by every layer (a leaf: imports nothing of lsb-mm but errors).
+"""Safe file writing and reading, shared by every layer (a leaf: imports nothing of lsb-mm but errors and the version).
 
 - :class:`atomic_folder`: build a folder under a temporary sibling name, then swap it into place;
 - :func:`atomic_write`: a file created exclusively in its target folder (``tempfile.mkstemp``, so a
   symlink planted at a predictable name is never followed), renamed over the target on success;
 - :func:`tensor_digest` / :func:`file_sha256`: checksums of tensors and of files;
-- :func:`iter_jsonl` / :func:`write_jsonl`: JSONL with errors that name ``file:line``.
+- :func:`iter_jsonl` / :func:`write_jsonl`: JSONL with errors that name ``file:line``;
+- :func:`write_manifest` / :func:`read_manifest` / :func:`verify_checksums`: the checksummed
+  manifest of every lsb-mm folder format (index, BM25, embedding shards).
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ import shutil
 import tempfile
 from typing import IO, Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
 
+from lsb_mm._version import __version__
 from lsb_mm.errors import InputError
 
 __all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file_sha256", "iter_jsonl", "write_jsonl",
-           "read_json"]
+           "read_json", "checksums", "write_manifest", "read_manifest", "verify_checksums"]
 
 
 def check_replaceable(folder: str, marker: str, kind: str) -> None:
@@ -194,3 +197,46 @@ def read_json(path: str, error: type = InputError, missing: Optional[str] = None
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path} is not valid JSON: {exc}") from exc
+
+
+def checksums(folder: str, names: Iterable[str]) -> Dict[str, str]:
+    """``{name: SHA-256}`` of the files ``names`` under ``folder``."""
+    return {name: file_sha256(os.path.join(folder, name)) for name in names}
+
+
+def write_manifest(path: str, fmt: str, version: int, fields: Dict[str, Any], files: Iterable[str] = ()) -> Dict[str, Any]:
+    """Write ``{"format", "format_version", **fields, "sha256": {file: checksum}}`` to ``path``, the
+    checksums of ``files`` beside it (call it last, inside the folder's :class:`atomic_folder`)."""
+    manifest = {"format": fmt, "format_version": version, **fields,
+                "sha256": checksums(os.path.dirname(path), files)}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    return manifest
+
+
+def read_manifest(path: str, fmt: str, versions: Tuple[int, int], error: type = InputError,
+                  missing: Optional[str] = None) -> Dict[str, Any]:
+    """The manifest at ``path``: a JSON object of format ``fmt`` and an integer ``format_version``
+    within ``versions`` (lowest, highest), else ``error`` naming the file and what it holds."""
+    man = read_json(path, error, missing)
+    got = (man.get("format"), man.get("format_version")) if isinstance(man, dict) else (None, None)
+    if got[0] != fmt or not isinstance(got[1], int) or isinstance(got[1], bool) or not versions[0] <= got[1] <= versions[1]:
+        span = f"{versions[0]}" if versions[0] == versions[1] else f"{versions[0]}..{versions[1]}"
+        raise error(f"{path}: format {got[0]!r} version {got[1]!r} is not supported by lsb-mm {__version__} "
+                    f"(expected {fmt!r} version {span})")
+    return man
+
+
+def verify_checksums(folder: str, sums: Any, names: Iterable[str], source: str, error: type = InputError,
+                     hint: str = "") -> None:
+    """Every file of ``names`` under ``folder`` exists and has the SHA-256 that ``sums`` (a manifest's
+    ``{name: checksum}``, read from ``source``) records, else ``error`` naming the file."""
+    names = list(names)
+    if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in names):
+        raise error(f"{source}: field 'sha256' must give the checksum of each of {names}")
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise error(f"{path} is missing")
+        if file_sha256(path) != sums[name]:
+            raise error(f"{path}: checksum does not match {os.path.basename(source)} (file changed or corrupt){hint}")

@@ -219,7 +219,7 @@ CASES: List[Case] = [
     Case("index/ids not UTF-8", lambda w: (write(str(w / "idx" / "ids.jsonl"), b'"d\xff"\n'), SEARCH)[-1],
          r"idx/ids.jsonl: checksum does not match"),
     Case("index/bm25 side edited", lambda w: (write(str(w / "idx" / "bm25" / "ids.json"), b'["x"]'),
-                                              SEARCH + ["--hybrid", "rrf"])[-1], r"the BM25 side of index idx: .*ids.json: its SHA-256 does not match"),
+                                              SEARCH + ["--hybrid", "rrf"])[-1], r"the BM25 side of index idx: .*ids.json: checksum does not match"),
     # -- model folders --------------------------------------------------------------------------------
     Case("model/backbone file removed", lambda w: (os.remove(next((w / MODEL / "backbone").iterdir())),
                                                    ["encode", "--model", MODEL, "--texts", "texts.txt", "--output", "e.npy"])[-1],

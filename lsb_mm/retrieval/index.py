@@ -11,33 +11,25 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from lsb_mm._version import __version__
 from lsb_mm.retrieval.binary import BinaryCodes, is_binary_factory
 from lsb_mm.errors import InputError, positive_int
-from lsb_mm.files import atomic_folder, file_sha256, iter_jsonl, read_json, write_jsonl
+from lsb_mm.errors import SearchIndexError
+from lsb_mm.files import atomic_folder
+from lsb_mm.retrieval.gpu import place_index
+from lsb_mm.retrieval.index_folder import read_bm25, read_folder, write_folder
 
 __all__ = ["Index", "DEFAULT_ANN", "SearchIndexError"]
 
 log = logging.getLogger(__name__)
-FORMAT = "lsb-mm-index"
-FORMAT_VERSION = 2  # 2: every file checksummed and the model fingerprint recorded (null: none), both required
-BM25_MANIFEST = "bm25/manifest.json"  # the optional lexical side's manifest (its checksum is in the index's)
-BINARY_CODES = "codes.npy"  # a binary index's packed bits, kept for rescoring (lsb_mm.retrieval.binary)
-BINARY_PARAMS = "binary_params.npy"  # its per-dimension thresholds and the mean values below / above them
 DEFAULT_ANN = "HNSW32"
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 256
-
-
-class SearchIndexError(InputError):
-    """A query or an index folder that does not fit (dimension, model, files)."""
 
 
 def _as_matrix(x, what: str, dim: Optional[int] = None, check_norm: bool = True) -> np.ndarray:
@@ -68,67 +60,6 @@ def _as_matrix(x, what: str, dim: Optional[int] = None, check_norm: bool = True)
 
 def _normalize(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
-
-
-def _gpu_count() -> int:
-    import faiss
-
-    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-
-
-DEVICES = ("auto", "cpu", "gpu")
-
-
-def gpu_unsupported(index) -> Optional[str]:
-    """Why FAISS cannot move ``index`` to a GPU (the CPU type's name), or None when it can.
-
-    FAISS clones IndexFlat, IndexIVFFlat, IndexIVFScalarQuantizer, IndexIVFPQ and an fp16
-    IndexScalarQuantizer to the GPU, also inside IndexPreTransform (OPQ, PCA ...) and IndexIDMap;
-    HNSW, plain PQ / SQ8, fast-scan, refine and the rest run on the CPU only.
-    """
-    import faiss
-
-    if isinstance(index, BinaryCodes):
-        return f"binary {type(index.index).__name__}"
-    idx = faiss.downcast_index(index)
-    while isinstance(idx, (faiss.IndexPreTransform, faiss.IndexIDMap)):
-        idx = faiss.downcast_index(idx.index)
-    name = type(idx).__name__
-    if isinstance(idx, (faiss.IndexFlat, faiss.IndexIVFFlat, faiss.IndexIVFScalarQuantizer, faiss.IndexIVFPQ)):
-        return None
-    if isinstance(idx, faiss.IndexScalarQuantizer) and idx.sq.qtype == faiss.ScalarQuantizer.QT_fp16:
-        return None
-    return name
-
-
-def place_index(index, device: str, what: str) -> Tuple[Any, str]:
-    """``(index, where)``: ``index`` moved to every GPU when ``device`` asks for it and FAISS can
-    (see :func:`gpu_unsupported`), else the CPU index itself; ``what`` names it in messages."""
-    import faiss
-
-    if device not in DEVICES:
-        raise SearchIndexError(f"device must be 'auto', 'cpu' or 'gpu', got {device!r}")
-    ngpu = _gpu_count() if device != "cpu" else 0
-    if device == "gpu" and ngpu == 0:
-        raise SearchIndexError("device='gpu' but FAISS sees no GPU (faiss.get_num_gpus() == 0)")
-    if ngpu == 0:
-        return index, "cpu"
-    why = gpu_unsupported(index)
-    if why is not None:
-        if device == "gpu":
-            raise SearchIndexError(f"device='gpu': FAISS has no GPU implementation of {why} (index {what}); "
-                                   "use device='auto' (keeps it on the CPU) or a Flat / IVF factory")
-        log.warning("index %s stays on the CPU: FAISS runs %s on the CPU only", what, why)
-        return index, "cpu"
-    co = faiss.GpuMultipleClonerOptions()
-    co.shard = True
-    try:
-        return faiss.index_cpu_to_all_gpus(index, co=co), f"gpu x{ngpu}"
-    except RuntimeError as exc:
-        if device == "gpu":
-            raise SearchIndexError(f"device='gpu': FAISS could not move index {what} to the GPUs: {exc}") from exc
-        log.warning("index %s stays on the CPU: FAISS could not move it to the GPUs: %s", what, exc)
-        return index, "cpu"
 
 
 TRAIN_PER_LIST = 64  # training vectors per inverted list (a random sample of the corpus beyond that)
@@ -414,26 +345,9 @@ class Index:
         if isinstance(cpu, faiss.IndexShards):
             raise SearchIndexError("a set of loaded shards is saved shard by shard; build one index to save it whole")
         with atomic_folder(folder, "manifest.json", "an lsb-mm index") as tmp:
-            if isinstance(cpu, BinaryCodes):
-                cpu.write(os.path.join(tmp, "index.faiss"), os.path.join(tmp, BINARY_CODES), os.path.join(tmp, BINARY_PARAMS))
-            else:
-                faiss.write_index(cpu, os.path.join(tmp, "index.faiss"))
-            write_jsonl(os.path.join(tmp, "ids.jsonl"), self.ids)
-            if self.metadata is not None:
-                write_jsonl(os.path.join(tmp, "metadata.jsonl"), self.metadata)
-            files = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if self.metadata is not None else []) + \
-                ([BINARY_CODES, BINARY_PARAMS] if isinstance(cpu, BinaryCodes) else [])
-            if self.bm25 is not None:  # verified on load by its own manifest, whose checksum is kept here
-                self.bm25.save(os.path.join(tmp, "bm25"))
-                files.append(BM25_MANIFEST)
-            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "dim": self.dim, "metric": self.metric,
-                        "factory": self.factory, "count": len(self.ids), "fingerprint": self.fingerprint,
-                        "metadata": self.metadata is not None, "bm25": self.bm25 is not None, "index_sha256": file_sha256(os.path.join(tmp, "index.faiss")),
-                        "sha256": {name: file_sha256(os.path.join(tmp, name)) for name in files},
-                        **({"build": self.build_info} if self.build_info else {}),
-                        "versions": {"lsb_mm": __version__, "faiss": faiss.__version__, "numpy": np.__version__}}
-            with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2)
+            write_folder(tmp, cpu, self.ids, self.metadata, self.bm25,
+                         {"dim": self.dim, "metric": self.metric, "factory": self.factory, "fingerprint": self.fingerprint,
+                          **({"build": self.build_info} if self.build_info else {})})
         return folder
 
     @classmethod
@@ -442,9 +356,9 @@ class Index:
         import faiss
 
         if isinstance(folders, (str, os.PathLike)):
-            parts = [_read_folder(os.fspath(folders))]
+            parts = [read_folder(os.fspath(folders))]
         else:
-            parts = [_read_folder(os.fspath(f)) for f in folders]
+            parts = [read_folder(os.fspath(f)) for f in folders]
             if not parts:
                 raise SearchIndexError("Index.load got an empty list of folders")
         first = parts[0][0]
@@ -465,7 +379,7 @@ class Index:
             self = cls(parts[0][1], first["dim"], first["factory"], ids, metadata, first["fingerprint"], "cpu")
             self.build_info = first["build"] if isinstance(first.get("build"), dict) else {}
             if first.get("bm25"):
-                self.bm25 = _read_bm25(parts[0][4], ids)
+                self.bm25 = read_bm25(parts[0][4], ids)
             self._to_device(device)
             return self
         placed = [place_index(p[1], device, f"{p[0]['factory']} ({p[4]})") for p in parts]
@@ -511,93 +425,3 @@ def _tune_new(index) -> None:
 
 _MANIFEST_FIELDS = {"dim": int, "count": int, "factory": str, "metric": str}
 _METRICS = {"ip": 0}  # manifest name -> faiss.METRIC_* value (lsb-mm searches by inner product only)
-
-
-def _read_bm25(folder: str, ids: List[str]):
-    from lsb_mm.retrieval.lexical import BM25
-
-    try:
-        bm25 = BM25.load(os.path.join(folder, "bm25"))
-    except InputError as exc:
-        raise SearchIndexError(f"the BM25 side of index {folder}: {exc}") from None
-    if bm25.ids != ids:
-        raise SearchIndexError(f"{folder}/bm25: its ids differ from the index's ids.jsonl")
-    return bm25
-
-
-def _read_folder(folder: str):
-    import faiss
-
-    path = os.path.join(folder, "manifest.json")
-    if not os.path.isdir(folder):
-        raise SearchIndexError(f"index folder {folder} does not exist")
-    man = read_json(path, SearchIndexError, f"{folder} is not a complete lsb-mm index: manifest.json is missing")
-    if not isinstance(man, dict) or man.get("format") != FORMAT or not isinstance(man.get("format_version"), int) \
-            or isinstance(man.get("format_version"), bool) \
-            or not 1 <= man["format_version"] <= FORMAT_VERSION:
-        got = (man.get("format"), man.get("format_version")) if isinstance(man, dict) else (None, None)
-        raise SearchIndexError(f"{path}: format {got[0]!r} version {got[1]!r} is not supported by lsb-mm {__version__} "
-                               f"(expected {FORMAT!r} 1..{FORMAT_VERSION})")
-    for key, typ in _MANIFEST_FIELDS.items():
-        if not isinstance(man.get(key), typ) or isinstance(man.get(key), bool):
-            raise SearchIndexError(f"{path}: field {key!r} is {man.get(key)!r}; expected a {typ.__name__}")
-    if man["metric"] not in _METRICS:
-        raise SearchIndexError(f"{path}: metric {man['metric']!r} unknown; expected one of {sorted(_METRICS)}")
-    if man["format_version"] >= 2:
-        if "fingerprint" not in man or not isinstance(man["fingerprint"], (str, type(None))):
-            raise SearchIndexError(f"{path}: field 'fingerprint' must be the model's fingerprint (or null for an index "
-                                   f"built without one), got {man.get('fingerprint', '<missing>')!r}")
-        if "sha256" not in man:
-            raise SearchIndexError(f"{path}: field 'sha256' (the checksum of every file) is missing")
-    else:
-        log.warning("%s: written by an older lsb-mm that checksummed index.faiss only; ids and metadata are not "
-                    "verified (rebuild the index to verify them)", folder)
-    man.setdefault("fingerprint", None)
-    ipath = os.path.join(folder, "index.faiss")
-    if not os.path.isfile(ipath):
-        raise SearchIndexError(f"{folder}: index.faiss is missing")
-    binary = is_binary_factory(man["factory"])
-    names = ["index.faiss", "ids.jsonl"] + (["metadata.jsonl"] if man.get("metadata") else []) + \
-        ([BM25_MANIFEST] if man.get("bm25") else []) + ([BINARY_CODES, BINARY_PARAMS] if binary else [])
-    if "sha256" in man:  # every file has its checksum
-        sums = man["sha256"]
-        if not isinstance(sums, dict) or any(not isinstance(sums.get(n), str) for n in names):
-            raise SearchIndexError(f"{path}: field 'sha256' must give the checksum of each of {names}")
-    else:  # manifests written before lsb-mm checksummed every file: the index only
-        sums, names = {"index.faiss": man.get("index_sha256")}, ["index.faiss"]
-    for name in names:
-        fpath = os.path.join(folder, name)
-        if os.path.isfile(fpath) and file_sha256(fpath) != sums[name]:
-            raise SearchIndexError(f"{fpath}: checksum does not match manifest.json (file changed or corrupt)")
-    try:
-        if binary:
-            index = BinaryCodes.read(ipath, os.path.join(folder, BINARY_CODES), os.path.join(folder, BINARY_PARAMS),
-                                     man["dim"], man["factory"])
-        else:
-            index = faiss.read_index(ipath)
-    except (RuntimeError, ValueError, OSError, InputError) as exc:
-        raise SearchIndexError(f"{ipath}: FAISS cannot read it: {exc}") from exc
-    if index.metric_type != _METRICS[man["metric"]]:
-        raise SearchIndexError(f"{ipath}: FAISS metric {index.metric_type} differs from manifest.json's {man['metric']!r}")
-    ids = _read_jsonl(os.path.join(folder, "ids.jsonl"))
-    if not all(isinstance(i, str) for i in ids):
-        bad = next(n for n, i in enumerate(ids, 1) if not isinstance(i, str))
-        raise SearchIndexError(f"{folder}/ids.jsonl:{bad}: expected a JSON string id")
-    metadata = _read_jsonl(os.path.join(folder, "metadata.jsonl")) if man.get("metadata") else None
-    if metadata is not None and not all(isinstance(m, dict) for m in metadata):
-        bad = next(n for n, m in enumerate(metadata, 1) if not isinstance(m, dict))
-        raise SearchIndexError(f"{folder}/metadata.jsonl:{bad}: expected a JSON object")
-    if index.d != man["dim"] or index.ntotal != man["count"] or len(ids) != man["count"] or \
-            (metadata is not None and len(metadata) != man["count"]):
-        raise SearchIndexError(f"{folder}: the files disagree with manifest.json (dim {index.d} vs {man['dim']}, "
-                               f"vectors {index.ntotal}, ids {len(ids)}, expected {man['count']})")
-    return man, index, ids, metadata, folder
-
-
-def _read_jsonl(path: str) -> List[Any]:
-    if not os.path.isfile(path):
-        raise SearchIndexError(f"{path} is missing")
-    try:
-        return [value for _, value in iter_jsonl(path)]
-    except InputError as exc:
-        raise SearchIndexError(str(exc)) from None

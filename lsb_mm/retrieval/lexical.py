@@ -19,7 +19,7 @@ import numpy as np
 
 from lsb_mm._version import __version__
 from lsb_mm.errors import InputError, positive_int
-from lsb_mm.files import atomic_folder, file_sha256, read_json
+from lsb_mm.files import atomic_folder, read_manifest, verify_checksums, write_manifest
 
 __all__ = ["BM25", "rrf", "weighted_fusion", "fuse", "FUSION_WEIGHTS", "RRF_K", "CANDIDATES"]
 
@@ -97,11 +97,8 @@ class BM25:
                 json.dump(self.ids, f)
             for stray in sorted(set(os.listdir(tmp)) - set(_FILES)):  # e.g. bm25s's empty non-occurrence array
                 os.remove(os.path.join(tmp, stray))
-            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "count": len(self.ids), "k1": self.k1,
-                        "b": self.b, "sha256": {n: file_sha256(os.path.join(tmp, n)) for n in _FILES},
-                        "versions": {"lsb_mm": __version__}}
-            with open(os.path.join(tmp, "manifest.json"), "w", encoding="utf-8") as f:
-                json.dump(manifest, f, indent=2)
+            write_manifest(os.path.join(tmp, "manifest.json"), FORMAT, FORMAT_VERSION,
+                           {"count": len(self.ids), "k1": self.k1, "b": self.b, "versions": {"lsb_mm": __version__}}, _FILES)
         return folder
 
     @classmethod
@@ -110,16 +107,9 @@ class BM25:
         bm25s = _bm25s()
 
         path = os.path.join(folder, "manifest.json")
-        man = read_json(path, InputError, f"{folder} is not an lsb-mm BM25 folder: manifest.json is missing")
-        if not isinstance(man, dict) or man.get("format") != FORMAT or man.get("format_version") != FORMAT_VERSION:
-            raise InputError(f"{path}: not a {FORMAT} manifest of version {FORMAT_VERSION}")
-        sums = man.get("sha256") if isinstance(man.get("sha256"), dict) else {}
-        for name in _FILES:
-            file = os.path.join(folder, name)
-            if not os.path.isfile(file):
-                raise InputError(f"{folder}: {name} is missing")
-            if sums.get(name) != file_sha256(file):
-                raise InputError(f"{file}: its SHA-256 does not match the manifest (damaged or replaced)")
+        man = read_manifest(path, FORMAT, (FORMAT_VERSION, FORMAT_VERSION), InputError,
+                            f"{folder} is not an lsb-mm BM25 folder: manifest.json is missing")
+        verify_checksums(folder, man.get("sha256"), _FILES, path)
         with open(os.path.join(folder, "ids.json"), encoding="utf-8") as f:
             ids = json.load(f)
         if not isinstance(ids, list) or len(ids) != man.get("count"):

@@ -22,7 +22,7 @@ import numpy as np
 
 from lsb_mm.data.readers import Unit
 from lsb_mm.errors import InputError
-from lsb_mm.files import atomic_write, check_replaceable, file_sha256, read_json
+from lsb_mm.files import atomic_write, check_replaceable, file_sha256, read_manifest, verify_checksums
 
 __all__ = ["EmbeddingShards", "ShardRows", "DTYPES"]
 
@@ -143,10 +143,10 @@ class EmbeddingShards:
             raise InputError(f"{self._name(shard)}: shard {shard} is not finished (run the encoding job again to "
                              "complete it)")
         base = self._name(shard)
-        for ext in ("npy", "parquet"):
-            if file_sha256(f"{base}.{ext}") != m["sha256"][ext]:
-                raise InputError(f"{base}.{ext}: checksum does not match {os.path.basename(base)}.json (file changed "
-                                 "or corrupt); remove the shard's three files and run the job again")
+        name = os.path.basename(base)
+        verify_checksums(os.path.dirname(base), {f"{name}.{ext}": m["sha256"][ext] for ext in ("npy", "parquet")},
+                         [f"{name}.npy", f"{name}.parquet"], base + ".json",
+                         hint="; remove the shard's three files and run the job again")
         return m
 
     def read_table(self, shard: int) -> Tuple[List[str], List[Dict[str, Any]]]:
@@ -251,10 +251,8 @@ class ShardRows:
 
 
 def _read_plan(path: str) -> Dict[str, Any]:
-    plan = read_json(path, InputError, f"{os.path.dirname(path) or '.'} is not an lsb-mm embedding shard folder "
-                                       f"({PLAN} is missing)")
-    if not isinstance(plan, dict) or plan.get("format") != FORMAT or plan.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{path}: not an {FORMAT} version {FORMAT_VERSION} plan")
+    plan = read_manifest(path, FORMAT, (FORMAT_VERSION, FORMAT_VERSION), InputError,
+                         f"{os.path.dirname(path) or '.'} is not an lsb-mm embedding shard folder ({PLAN} is missing)")
     if plan.get("dtype") not in DTYPES or not isinstance(plan.get("units"), list) or not plan["units"]:
         raise InputError(f"{path}: field 'dtype' or 'units' is missing or malformed")
     try:
