@@ -31,10 +31,14 @@ OUTPUT/checkpoint-NNNNNN, the step log to OUTPUT/train_log.jsonl, run settings t
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    from lsb_mm.training.recipes import FINE_TUNE
     from lsb_mm.training.config import TrainConfig
 
     d = TrainConfig(model="", train_data="", output="")
+    for add in (_model_group, _data_group, _objective_group, _optimisation_group, _output_group):
+        add(p, d)
+
+
+def _model_group(p: argparse.ArgumentParser, d) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="a packaged encoder (minilm, effnet-lite0, minilm+effnet-lite0), an "
                                                   "encoder name (open_clip:..., timm:..., hf:..., dual:...) or a saved "
@@ -48,6 +52,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                         "codebook (-1: up to 1000, 0: never; default: %(default)s)")
     g.add_argument("--fusion-q", action=argparse.BooleanOptionalAction, default=None, help="apply the head to queries (model default: yes)")
     g.add_argument("--fusion-p", action=argparse.BooleanOptionalAction, default=None, help="apply the head to documents (model default: no)")
+
+
+def _data_group(p: argparse.ArgumentParser, d) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--train-data", required=True, help="training data (see formats below)")
     g.add_argument("--modality", default=d.modality, choices=["text", "image", "cross"],
@@ -69,6 +76,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tower-cache-dir", default=d.tower_cache_dir, metavar="DIR",
                    help="keep cached hidden states on disk in a temporary folder under DIR (memory-mapped, removed "
                         "at the end) for training sets whose tower outputs do not fit --tower-cache-gb of memory")
+
+
+def _objective_group(p: argparse.ArgumentParser, d) -> None:
     g = p.add_argument_group("objective")
     g.add_argument("--train-group-size", type=int, default=d.train_group_size,
                    help="passages per query: 1 positive + N-1 hard negatives (default: %(default)s)")
@@ -86,6 +96,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--symmetric", action="store_true", help="cross: add the image->text direction to the loss")
     g.add_argument("--cross-device-negatives", action="store_true",
                    help="with several processes, score every query against all processes' passages")
+
+
+def _optimisation_group(p: argparse.ArgumentParser, d) -> None:
+    from lsb_mm.training.recipes import FINE_TUNE
+
     g = p.add_argument_group("optimisation")
     g.add_argument("--train", default=d.train, choices=["heads", "all"], help="train the heads only, or the towers too (default: %(default)s)")
     g.add_argument("--lock-text", action="store_true", help="with --train all: keep the text tower frozen")
@@ -108,6 +123,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, default=d.epochs, help="epochs when --max-steps is 0 (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of model init, data order and sampling (default: %(default)s)")
     g.add_argument("--device", default=d.device, help="cpu, cuda, ... (default: cuda when available)")
+
+
+def _output_group(p: argparse.ArgumentParser, d) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--output", required=True, help="run folder: final model, checkpoints, logs")
     g.add_argument("--save-steps", type=int, default=d.save_steps, help="checkpoint every N steps, and always at the end (default: %(default)s)")

@@ -98,7 +98,7 @@ class Index:
         """
         import faiss
 
-        from lsb_mm.retrieval.autoindex import choose_factory, exact_neighbours, parse_memory, tune_search
+        from lsb_mm.retrieval.autoindex import choose_factory, parse_memory
 
         from lsb_mm.scale.shards import ShardRows
 
@@ -132,21 +132,7 @@ class Index:
         _tune_new(index)
         self = cls(index, d, factory, [], None, fingerprint, "cpu")
         if not index.is_trained:
-            try:  # inverted lists learn from 64 vectors per list at most (FAISS would take up to 256)
-                nlist = index.nlist if isinstance(index, BinaryCodes) else faiss.extract_index_ivf(index).nlist
-            except RuntimeError:
-                nlist = 0
-            limit = TRAIN_PER_LIST * nlist if nlist else TRAIN_MAX  # codes without lists (SQ8, PQ..) learn from a sample too
-            if n > limit:
-                train = x.take(np.sort(np.random.default_rng(seed).choice(n, limit, replace=False)))
-            else:
-                train = x[:]
-            log.info("training %s on %d of %d vectors", factory, train.shape[0], n)
-            try:
-                index.train(train)
-            except RuntimeError as exc:
-                raise SearchIndexError(f"training {factory!r} on {n} vectors failed: {exc}") from exc
-            del train
+            _train(index, x, factory, seed)
         if target_recall is not None:
             positive_int(tune_queries, "tune_queries", SearchIndexError)
         else:
@@ -157,17 +143,7 @@ class Index:
         if target_recall is None:
             self.build_info = build_info
             return self
-        rs = np.random.default_rng(seed)
-        rows = np.sort(rs.choice(n, size=min(tune_queries, n), replace=False))
-        k = min(10, n)
-        queries = x.take(rows)
-        build_info["tuning"] = tune_search(index, queries, exact_neighbours(x, queries, k), target_recall, k=k)
-        build_info["tuning"]["queries"] = len(rows)
-        t = build_info["tuning"]
-        if not t["met"]:
-            log.warning("index %s reaches Recall@%d %.3f at best (%s %s), short of the target %.3f: give more "
-                        "memory (a longer code) or a different factory", factory, k, t["recall"], t["param"], t["value"],
-                        target_recall)
+        build_info["tuning"] = _tune_search(index, x, target_recall, tune_queries, seed, factory)
         self.build_info = build_info
         self._to_device(device)
         return self
@@ -393,6 +369,43 @@ class Index:
         self._shards = [shard for shard, _ in placed]  # the shard objects must outlive their wrappers
         log.info("index %s on %s", self.factory, self.device)
         return self
+
+
+def _train(index, x, factory: str, seed: int) -> None:
+    """Train ``index`` on a seeded sample of the rows ``x``: 64 vectors per inverted list at most
+    (FAISS would take up to 256); codes without lists (SQ8, PQ ...) learn from a sample too."""
+    import faiss
+
+    try:
+        nlist = index.nlist if isinstance(index, BinaryCodes) else faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        nlist = 0
+    n = x.shape[0]
+    limit = TRAIN_PER_LIST * nlist if nlist else TRAIN_MAX
+    train = x.take(np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))) if n > limit else x[:]
+    log.info("training %s on %d of %d vectors", factory, train.shape[0], n)
+    try:
+        index.train(train)
+    except RuntimeError as exc:
+        raise SearchIndexError(f"training {factory!r} on {n} vectors failed: {exc}") from exc
+
+
+def _tune_search(index, x, target_recall: float, tune_queries: int, seed: int, factory: str) -> Dict[str, Any]:
+    """Set ``nprobe`` / ``efSearch`` to the smallest value whose Recall@10 against exact search
+    reaches ``target_recall`` on ``tune_queries`` rows of ``x`` drawn as queries; the tuning record."""
+    from lsb_mm.retrieval.autoindex import exact_neighbours, tune_search
+
+    n = x.shape[0]
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(tune_queries, n), replace=False))
+    k = min(10, n)
+    queries = x.take(rows)
+    t = tune_search(index, queries, exact_neighbours(x, queries, k), target_recall, k=k)
+    t["queries"] = len(rows)
+    if not t["met"]:
+        log.warning("index %s reaches Recall@%d %.3f at best (%s %s), short of the target %.3f: give more "
+                    "memory (a longer code) or a different factory", factory, k, t["recall"], t["param"], t["value"],
+                    target_recall)
+    return t
 
 
 def _hnsw(index):
