@@ -5,9 +5,9 @@ do not import torch until something needs it."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
+from lsb_mm._lazy import submodule_getattr
 from lsb_mm._version import __version__
 from lsb_mm.errors import ImageLoadError, InputError, LSBError, ModelLoadError
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the eager imports
     from lsb_mm.training.trainer import Trainer, train  # noqa: F401
 
 
+_submodule = submodule_getattr(__name__)
+
 # a module the README once named at its old place -> its place now (a DeprecationWarning says so)
 _MOVED = {"pretrained": "lsb_mm.models.pretrained"}
 
@@ -51,9 +53,7 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value  # later look-ups skip this hook
         return value
-    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        return importlib.import_module(f".{name}", __name__)  # a subpackage: lsb_mm.models, lsb_mm.retrieval ...
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _submodule(name)  # a subpackage: lsb_mm.models, lsb_mm.retrieval ...
 
 
 def __dir__() -> list:

@@ -111,7 +111,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
     from lsb_mm.training.checkpoint import remove_checkpoints
     from lsb_mm.data.tasks import cross_tasks, image_pair_training_data, image_tasks, read_task
     from lsb_mm_experiments.datasets.tuxpaint import link_labelled_folder, load_tuxpaint
-    from lsb_mm.models.encoders import ImageFeatureCache
+    from lsb_mm.training.feature_cache import ImageFeatureCache
     from lsb_mm.evaluation.gallery import write_gallery
     from lsb_mm.models.pretrained import dual_encoder
     from lsb_mm_experiments.reproduce import query_modulation, stratified_split, validation_record

@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.models.encoders import ImageFeatureCache  # noqa: E402
+from lsb_mm.training.feature_cache import ImageFeatureCache  # noqa: E402
 from lsb_mm.models.pretrained import dual_encoder  # noqa: E402
 from lsb_mm_experiments.datasets.image_experiment import build_cross_experiment  # noqa: E402
 from lsb_mm_experiments.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402

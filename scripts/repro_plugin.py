@@ -36,7 +36,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm.models.encoders import ImageFeatureCache  # noqa: E402
+from lsb_mm.training.feature_cache import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation.evaluate import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
 from lsb_mm_experiments.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key, head_tables,  # noqa: E402

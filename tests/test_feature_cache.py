@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lsb_mm
-from lsb_mm.models.encoders import ImageFeatureCache
+from lsb_mm.training.feature_cache import ImageFeatureCache
 from lsb_mm.training.config import TrainConfig
 from lsb_mm.training.trainer import train
 

@@ -1,4 +1,5 @@
-"""The import structure of ``lsb_mm``, read from the source: no circles, layers respected.
+"""The house rules of ``lsb_mm``, read from the source: packages by concept in layers, no import
+circle, the experiments beside the library, small modules and functions.
 
 Every import counts, also those inside functions (a lazy import still ties two modules together).
 """
@@ -9,9 +10,25 @@ from typing import Dict, Set
 import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lsb_mm")
-FACADE_USERS = {"lsb_mm", "lsb_mm.__main__", "lsb_mm.cli", "lsb_mm_experiments.demo"}  # may import the package facade
-LEAVES = {"lsb_mm._version": set(), "lsb_mm.errors": set(), "lsb_mm.files": {"lsb_mm.errors", "lsb_mm._version"}, "lsb_mm.names": set(),
-          "lsb_mm.models.model_card": {"lsb_mm.names"}}
+FACADE_USERS = {"lsb_mm", "lsb_mm.__main__", "lsb_mm.cli"}  # may import the package facade
+LEAVES = {"lsb_mm._version": set(), "lsb_mm._lazy": set(), "lsb_mm.errors": set(), "lsb_mm.names": set(),
+          "lsb_mm.files": {"lsb_mm.errors", "lsb_mm._version"}, "lsb_mm.models.model_card": {"lsb_mm.names"}}
+PACKAGES = ("models", "data", "training", "retrieval", "evaluation", "serving", "scale", "cli")
+# package -> the packages it must never import, at any depth of its modules
+FORBIDDEN = {
+    "data": {"models", "training", "retrieval", "evaluation", "serving", "scale", "cli"},
+    "models": {"training", "retrieval", "evaluation", "serving", "scale", "cli"},
+    "retrieval": {"training", "evaluation", "serving", "cli"},
+    "evaluation": {"training", "serving", "scale", "cli"},
+    "training": {"serving", "scale", "cli"},
+    "scale": {"training", "retrieval", "evaluation", "serving", "cli"},
+    "serving": {"training", "scale", "cli"},
+}
+EXPERIMENTS = "lsb_mm_experiments"
+# the one place the library reaches the experiments: `lsb-mm demo`, imported when the command runs
+EXPERIMENT_DOORS = {("lsb_mm.cli.misc", "lsb_mm_experiments.demo")}
+MAX_MODULE_LINES = 500
+MAX_FUNCTION_LINES = 80
 
 
 def _modules() -> Dict[str, str]:
@@ -83,10 +100,10 @@ def _cycle(graph: Dict[str, Set[str]]):
 
 def test_the_graph_sees_the_imports_it_should():
     g = import_graph()
-    assert "lsb_mm.models.encoders.base" in g["lsb_mm.models.encoders"]            # from .base import ...
-    assert "lsb_mm.models.factory" in g["lsb_mm.training.trainer"]                   # a lazy import inside a method
-    assert "lsb_mm.files" in g["lsb_mm.data.tasks"]              # from ..files import ...
-    assert "lsb_mm.models.encoders" in g["lsb_mm.models.factory"]                  # a package import is its __init__
+    assert "lsb_mm.models.encoders.base" in g["lsb_mm.models.encoders"]  # from lsb_mm.models.encoders.base import ...
+    assert "lsb_mm.models.factory" in g["lsb_mm.training.trainer"]      # a lazy import inside a method
+    assert "lsb_mm.files" in g["lsb_mm.data.tasks"]
+    assert "lsb_mm.models.encoders" in g["lsb_mm.models.factory"]       # a package import is its __init__
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
@@ -109,3 +126,81 @@ def test_leaves_stay_leaves(leaf):
 def test_serialization_is_the_file_format_alone():
     """It imports no model, encoder or factory: only the leaves."""
     assert import_graph()["lsb_mm.models.serialization"] <= set(LEAVES)
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_the_library_is_in_packages_by_concept():
+    top = sorted(m for m in _modules() if m.count(".") == 1 and not m.endswith("__main__"))
+    loose = [m for m in top if _package(m) not in PACKAGES]
+    assert loose == ["lsb_mm._lazy", "lsb_mm._version", "lsb_mm.errors", "lsb_mm.files", "lsb_mm.names"]
+    assert all(f"lsb_mm.{p}" in _modules() for p in PACKAGES)
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_packages_keep_their_layer(package):
+    """e.g. models never import training, serving, scale or cli; retrieval never imports training."""
+    crossings = sorted((m, d) for m, deps in import_graph().items() if _package(m) == package
+                       for d in deps if _package(d) in FORBIDDEN[package])
+    assert crossings == []
+
+
+def test_the_layer_rules_see_a_crossing():
+    g = import_graph()
+    assert any(_package(d) == "models" for d in g["lsb_mm.training.trainer"])  # an allowed one, seen
+    assert "lsb_mm.retrieval.index" in g["lsb_mm.evaluation.evaluate"]
+
+
+def _experiment_imports():
+    """(lsb_mm module, lsb_mm_experiments module) for every import of the experiments in the library."""
+    found = set()
+    for mod, path in _modules().items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found |= {(mod, n) for n in names if n == EXPERIMENTS or n.startswith(EXPERIMENTS + ".")}
+    return found
+
+
+def test_the_library_imports_nothing_of_the_experiments():
+    assert _experiment_imports() == EXPERIMENT_DOORS
+
+
+def test_the_demo_door_is_lazy():
+    """The one import of the experiments runs inside ``cmd_demo``: importing the CLI loads none of them."""
+    import subprocess
+    import sys
+
+    code = "import sys, lsb_mm.cli; print(any(m.startswith('lsb_mm_experiments') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False"]
+
+
+def test_modules_stay_small():
+    long = {m: n for m, p in _modules().items() if (n := sum(1 for _ in open(p, encoding="utf-8"))) > MAX_MODULE_LINES}
+    assert long == {}
+
+
+def _function_lengths(path: str):
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node.lineno, node.end_lineno - node.lineno + 1
+
+
+def test_functions_stay_short():
+    long = sorted(f"{m}:{line} {name} ({n} lines)" for m, p in _modules().items()
+                  for name, line, n in _function_lengths(p) if n > MAX_FUNCTION_LINES)
+    assert long == []
+
+
+def test_the_size_rules_measure(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n" + "    x = 1\n" * 90 + "\n\ndef g():\n    return 2\n")
+    assert [(n, k) for n, _, k in _function_lengths(str(src))] == [("f", 91), ("g", 2)]

@@ -25,20 +25,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from lsb_mm.files import tensor_digest
 from lsb_mm.models.encoders.base import Backbone, ImageFeatures
+from lsb_mm.training.tower_cache import tower_digest, tower_frozen, tower_parameters
 
 __all__ = ["ImageFeatureCache", "image_tower_frozen", "serve_locked_images"]
 
 log = logging.getLogger(__name__)
-
-
-def _image_state(tower: Backbone) -> Dict[str, torch.Tensor]:
-    return {k: v for k, v in tower.state_dict().items() if tower.tower_of(k) == "image"}
-
-
-def _image_params(tower: Backbone) -> List[torch.nn.Parameter]:
-    return [p for n, p in tower.named_parameters() if tower.tower_of(n) == "image"]
 
 
 def _image_modules(tower: Backbone) -> List[torch.nn.Module]:
@@ -49,7 +41,7 @@ def _image_modules(tower: Backbone) -> List[torch.nn.Module]:
 
 def image_tower_frozen(model) -> bool:
     """Whether no parameter of ``model``'s image tower trains (its features can be cached)."""
-    return not any(p.requires_grad for p in _image_params(model.backbone.image_tower()))
+    return tower_frozen(model, "image")
 
 
 class ImageFeatureCache:
@@ -82,7 +74,7 @@ class ImageFeatureCache:
         tower = model.backbone.image_tower()
         if "image_features" in vars(tower):
             raise RuntimeError("image feature cache: this image tower is already attached to a cache")
-        digest = tensor_digest(_image_state(tower))
+        digest = tower_digest(model, "image")
         if self._attached and digest != self.tower_digest:
             raise RuntimeError("image feature cache: already attached to an image tower with other weights; one cache "
                                "serves one tower at a time (leave the first `with cache.attach(...)` block, or use a "
@@ -92,7 +84,7 @@ class ImageFeatureCache:
                 log.info("image feature cache: another tower (%s); emptied", digest[:12])
             self.clear()
             self.tower_digest = digest
-        params, modules = _image_params(tower), _image_modules(tower)
+        params, modules = tower_parameters(model, "image"), _image_modules(tower)
         compute = tower.image_features  # the bound method of the tower's class
 
         def cached(pixels: torch.Tensor) -> ImageFeatures:

@@ -33,7 +33,7 @@ import torch
 from lsb_mm.errors import InputError
 from lsb_mm.models.encoders.base import Backbone, ImageFeatures, TextFeatures
 
-__all__ = ["TowerCache", "DiskRows", "tower_of_kind", "tower_frozen", "tower_digest", "tower_caches_for_run"]
+__all__ = ["TowerCache", "DiskRows", "tower_of_kind", "tower_parameters", "tower_frozen", "tower_digest", "tower_caches_for_run"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def tower_of_kind(model, kind: str) -> Backbone:
     return model.backbone.text_tower() if kind == "text" else model.backbone.image_tower()
 
 
-def _tower_params(model, kind: str) -> List[torch.nn.Parameter]:
+def tower_parameters(model, kind: str) -> List[torch.nn.Parameter]:
+    """The parameters of ``model``'s ``kind`` tower (all of a composite's inner tower)."""
     tower = tower_of_kind(model, kind)
     own = tower is not model.backbone  # a composite's inner tower: all of it is the tower
     return [p for n, p in tower.named_parameters() if own or tower.tower_of(n) == kind]
@@ -65,7 +66,7 @@ def tower_digest(model, kind: str) -> str:
 
 def tower_frozen(model, kind: str) -> bool:
     """Whether no parameter of ``model``'s ``kind`` tower trains (its outputs can be cached)."""
-    return not any(p.requires_grad for p in _tower_params(model, kind))
+    return not any(p.requires_grad for p in tower_parameters(model, kind))
 
 
 class DiskRows:

@@ -3,7 +3,6 @@ from lsb_mm.models.encoders.base import BACKBONES, Backbone, ImageFeatures, Text
 from lsb_mm.models.encoders import dual_backbone, hf_backbone, open_clip_backbone, timm_backbone  # noqa: F401  (register families)
 from lsb_mm.models.encoders.adapters import image_stream, text_stream
 from lsb_mm.models.encoders.visual_words import VisualWords
-from lsb_mm.training.feature_cache import ImageFeatureCache
 
 __all__ = ["BACKBONES", "Backbone", "ImageFeatures", "TextFeatures", "register_backbone",
-           "image_stream", "text_stream", "VisualWords", "ImageFeatureCache"]
+           "image_stream", "text_stream", "VisualWords"]
