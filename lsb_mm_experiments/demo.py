@@ -156,7 +156,7 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
                               symmetric=modality == "cross", corpus_negatives=True, val_fraction=0.2, eval_steps=eval_steps,
                               patience=patience, max_steps=max_steps, batch_size=min(batch_size, max(2, len(train_set) // 2)),
                               vocab_size=256, seed=seed, output=os.path.join(work, "runs", f"{h}-{modality}"),
-                              show_progress=False, log_steps=50, keep_checkpoints=1)
+                              show_progress_bar=False, log_steps=50, keep_checkpoints=1)
             folders[label][modality] = train(cfg, feature_cache=cache)
             models[label][modality] = load_model(folders[label][modality])
             remove_checkpoints(cfg.output)

@@ -228,7 +228,7 @@ def plugin_config(args, head: str, train_file: str, output: str, lr: float, temp
                        max_steps=args.max_steps, eval_steps=args.eval_steps, patience=args.patience,
                        val_fraction=0.0 if eval_data else args.val_fraction, eval_data=eval_data,
                        eval_distractors=bool(eval_data), seed=seed, log_steps=50,
-                       keep_checkpoints=1, show_progress=False, **extra)
+                       keep_checkpoints=1, show_progress_bar=False, **extra)
 
 
 PLUGIN_HEADS = {"text": ["slr", "llr", "clr", "adapter"], "image": ["none", "slr", "llr", "clr", "adapter"],
@@ -377,8 +377,8 @@ def text_references(untuned, folders: Sequence[str], val_tasks: str, corpus_cach
     cache = corpus_cache if corpus_cache is not None else CorpusCache()
     chosen = choose_fusion_weight(untuned, val_tasks)
     dense = lambda **kw: evaluate(untuned, folders, show_progress_bar=False, corpus_cache=cache, **kw)  # noqa: E731
-    weighted = {**dense(hybrid=chosen["weight"]), "fusion_validation": chosen}
-    return {"untuned": [dense()], "BM25": [evaluate("bm25", folders)], HYBRID_REFERENCES[0]: [dense(hybrid="rrf")],
+    weighted = {**dense(fusion=chosen["weight"]), "fusion_validation": chosen}
+    return {"untuned": [dense()], "BM25": [evaluate("bm25", folders)], HYBRID_REFERENCES[0]: [dense(fusion="rrf")],
             HYBRID_REFERENCES[1]: [weighted]}
 
 

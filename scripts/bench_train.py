@@ -62,7 +62,7 @@ def _interleaved(run, names, rounds: int):
 
 def step_rates(model: str, data: str, batch: int, steps: int, rounds: int, tmp: str, label: str = "", **extra):
     trainers = {h: Trainer(TrainConfig(model=model, head=h, train_data=data, output=os.path.join(tmp, h), train="all",
-                                       batch_size=batch, max_steps=1000, show_progress=False, **extra)) for h in HEADS}
+                                       batch_size=batch, max_steps=1000, show_progress_bar=False, **extra)) for h in HEADS}
     batches = {h: [t.micro_batch(0, i) for i in range(steps)] for h, t in trainers.items()}
     for t in trainers.values():
         t.model.train()
@@ -80,7 +80,7 @@ def plugin_rates(model: str, data: str, batch: int, steps: int, rounds: int, tmp
         runs = {}
         for name, gb, corpus in (("cached", 4.0, False), ("tower rerun", 0.0, False), ("cached + corpus negatives", 4.0, True)):
             t = Trainer(TrainConfig(model=model, head=h, train_data=data, output=os.path.join(tmp, f"plug-{h}-{gb}-{corpus}"),
-                                    train="heads", batch_size=batch, max_steps=1000, show_progress=False,
+                                    train="heads", batch_size=batch, max_steps=1000, show_progress_bar=False,
                                     corpus_negatives=corpus, tower_cache_gb=gb, **extra))
             t0 = time.perf_counter()
             t._build_tower_caches()

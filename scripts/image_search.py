@@ -26,7 +26,7 @@ from lsb_mm.evaluation.gallery import write_gallery  # noqa: E402
 def build(args) -> dict:
     model = lsb_mm.create_model(args.model, head=args.head)
     index = lsb_mm.build_index(model, args.images, args.output, kind="images", factory=args.factory,
-                               batch_size=args.batch_size, workers=args.workers)
+                               batch_size=args.batch_size, num_workers=args.workers)
     return {"index": args.output, "count": len(index)}
 
 

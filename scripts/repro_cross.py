@@ -60,7 +60,7 @@ def lit_config(args, modality: str, train_file: str, work: str, **extra):
                                   train="heads", output=os.path.join(work, "runs", f"{head}-seed{seed}"),
                                   epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
                                   head_lr=args.head_lr, temperature=args.temperature, vocab_size=args.vocab_size,
-                                  seed=seed, show_progress=False, log_steps=10, **extra)
+                                  seed=seed, show_progress_bar=False, log_steps=10, **extra)
 
     return config
 

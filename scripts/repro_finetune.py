@@ -92,7 +92,7 @@ def main(argv=None) -> int:
                                   train_group_size=args.group_size, mine_negatives=args.group_size > 1, seed=seed,
                                   feature_cache_gb=0, freeze_bn_stats=args.freeze_bn_stats,
                                   output=os.path.join(args.work, "runs", f"{head}-seed{seed}"),
-                                  log_steps=10, keep_checkpoints=1, show_progress=False)
+                                  log_steps=10, keep_checkpoints=1, show_progress_bar=False)
 
     grid, runs = run_grid(plugin, args.heads, args.seeds, exp.folders, feature_cache=images, then=unlocked,
                           runs_dir=os.path.join(args.out, f"repro_{key}_finetune"), log=lambda line: print(line, flush=True))

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                                   modality="text", head=head, train="all", epochs=args.epochs, max_steps=args.max_steps,
                                   batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr, warmup_steps=args.warmup_steps,
                                   temperature=args.temperature, train_group_size=args.group_size,
-                                  mine_negatives=args.group_size > 1, seed=seed, show_progress=False, log_steps=5)
+                                  mine_negatives=args.group_size > 1, seed=seed, show_progress_bar=False, log_steps=5)
 
     def converge(head: str, seed: int, tuned: str):
         if not args.converge_heads or head == "none":

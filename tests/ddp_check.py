@@ -16,7 +16,7 @@ from lsb_mm.training.trainer import Trainer
 def main(data: str, out: str, per_rank: int) -> None:
     t = Trainer(TrainConfig(model="open_clip:lsb-tiny-test", head="llr", modality="text", train_data=data,
                             output=out, batch_size=per_rank, train="all", cross_device_negatives=True,
-                            max_steps=1, show_progress=False))
+                            max_steps=1, show_progress_bar=False))
     torch.manual_seed(0)
     loss = t.compute_loss(t.micro_batch(0, 0))
     loss.backward()

@@ -47,7 +47,7 @@ def test_lit_style_training_trains_projections_and_heads_only(tiny_hf_dir, tmp_p
     out = tmp_path / "run"
     final = train(TrainConfig(model=str(tmp_path / "start"), modality="cross", train_data=data, output=str(out),
                               max_steps=12, batch_size=16, lr=1e-2, train="heads", fit_codebook=0,
-                              show_progress=False, log_steps=1))
+                              show_progress_bar=False, log_steps=1))
     after = lsb_mm.load_model(final)
     sb, sa = before.state_dict(), after.state_dict()
     moved = {k for k in sb if not torch.equal(sb[k], sa[k])}

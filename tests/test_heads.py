@@ -189,7 +189,7 @@ def test_clr_stays_finite_over_500_plug_in_steps_at_its_lr(tmp_path):
     for norm, steps in (("l2", 500), ("none", 150)):
         t = Trainer(TrainConfig(model="open_clip:lsb-tiny-test", head="clr", train_data=data, output=str(tmp_path / norm),
                                 batch_size=8, max_steps=steps, lr=1e-3, log_steps=25, corpus_negatives=True,
-                                show_progress=False))
+                                show_progress_bar=False))
         t.model.text_head.w_norm = norm
         t.train()
         log = [json.loads(line) for line in open(tmp_path / norm / "train_log.jsonl")]

@@ -1,4 +1,4 @@
-"""BM25 and hybrid fusion: the retriever, its folder, the fusions, and evaluate(..., hybrid=...)."""
+"""BM25 and hybrid fusion: the retriever, its folder, the fusions, and evaluate(..., fusion=...)."""
 import json
 import os
 import re
@@ -126,9 +126,9 @@ def test_evaluate_bm25_and_hybrid(text_task, tiny_hf_dir):
     assert bm["tasks"]["keyword"]["metrics"] == hand["metrics"]
     model = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="none")
     model.name = "tiny"
-    fused = lsb_mm.evaluate(model, text_task, hybrid="rrf")
+    fused = lsb_mm.evaluate(model, text_task, fusion="rrf")
     assert fused["model"] == "tiny + BM25 (RRF)" and fused["hybrid"] == "rrf"
-    only_dense = lsb_mm.evaluate(model, text_task, hybrid=1.0)["tasks"]
+    only_dense = lsb_mm.evaluate(model, text_task, fusion=1.0)["tasks"]
     dense = lsb_mm.evaluate(model, text_task)["tasks"]
     assert all(only_dense[t]["metrics"]["ndcg@10"] == pytest.approx(dense[t]["metrics"]["ndcg@10"]) for t in dense)
     chosen = choose_fusion_weight(model, text_task)
@@ -143,10 +143,10 @@ def test_evaluate_refuses_what_bm25_cannot_do(text_task, tiny_hf_dir, tmp_path, 
     with pytest.raises(InputError, match="must be 'bm25'"):
         lsb_mm.evaluate("tfidf", text_task)
     with pytest.raises(InputError, match="with BM25 alone"):
-        lsb_mm.evaluate("bm25", text_task, hybrid="rrf")
+        lsb_mm.evaluate("bm25", text_task, fusion="rrf")
     model = lsb_mm.create_model(f"hf:{tiny_hf_dir}", head="none")
-    with pytest.raises(InputError, match="hybrid must be 'rrf' or a dense weight"):
-        lsb_mm.evaluate(model, text_task, hybrid="max")
+    with pytest.raises(InputError, match="fusion must be 'rrf' or a dense weight"):
+        lsb_mm.evaluate(model, text_task, fusion="max")
     folder = write_task(str(tmp_path / "img"), "img", [{"_id": "q", "text": "a cat"}],
                         [{"_id": "d", "image": "x.png"}], [("q", "d", 1)])
     with pytest.raises(InputError, match="BM25 needs text queries and documents"):

@@ -54,7 +54,7 @@ CASES = [  # (modality, model, head, extra settings)
 def _trainer(tmp_path, data, tiny_hf_dir, modality, model, head, extra, **kw):
     cfg = dict(model=_models(tiny_hf_dir)[model], head=head, modality=modality, train_data=data[modality],
                output=str(tmp_path / f"o{len(os.listdir(tmp_path))}"), batch_size=6, max_steps=2, vocab_size=16,
-               fit_codebook=0, seed=5, show_progress=False, **extra)
+               fit_codebook=0, seed=5, show_progress_bar=False, **extra)
     cfg.update(kw)
     return Trainer(TrainConfig(**cfg))
 
@@ -136,7 +136,7 @@ def test_plug_in_training_with_corpus_negatives_learns(tmp_path, data, tiny_hf_d
     out = tmp_path / "run"
     train(TrainConfig(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=data["text"],
                       output=str(out), batch_size=16, max_steps=30, lr=3e-3, log_steps=1, corpus_negatives=True,
-                      show_progress=False))
+                      show_progress_bar=False))
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
@@ -156,7 +156,7 @@ def test_corpus_negatives_need_cached_plain_documents(tmp_path, data, tiny_hf_di
 def test_resume_with_the_tower_cache_is_exact(tmp_path, data, tiny_hf_dir):
     base = dict(model=f"hf:{tiny_hf_dir}", head="llr", pooling="mean", modality="text", train_data=data["text"],
                 batch_size=8, max_steps=6, lr=3e-3, train_group_size=2, corpus_negatives=True, seed=3,
-                show_progress=False, keep_checkpoints=0)
+                show_progress_bar=False, keep_checkpoints=0)
     full = train(TrainConfig(output=str(tmp_path / "full"), **base))
     train(TrainConfig(output=str(tmp_path / "cut"), save_steps=3, **{**base, "max_steps": 6}))
     # resume from the step-3 checkpoint of the second run: the rest must equal the uninterrupted run
@@ -228,7 +228,7 @@ def test_explicit_validation_can_search_among_the_training_documents(tmp_path, d
 
     (train_part, held), = split_jsonl_by_document([data["text"]], str(tmp_path / "split"), 0.25, seed=0)
     kw = dict(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=train_part,
-              eval_data=held, output=str(tmp_path / "o"), batch_size=8, max_steps=2, show_progress=False)
+              eval_data=held, output=str(tmp_path / "o"), batch_size=8, max_steps=2, show_progress_bar=False)
     plain, among = Trainer(TrainConfig(**kw)), Trainer(TrainConfig(eval_distractors=True, **kw))
     docs = {p for e in among.data.examples for p in e.pos}
     assert plain.eval_distractors == [] and set(among.eval_distractors) == docs and docs
@@ -241,7 +241,7 @@ def test_best_validation_model_is_kept_and_patience_stops(tmp_path, data, tiny_h
     out = tmp_path / "run"
     base = dict(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", modality="text", train_data=data["text"],
                 batch_size=8, lr=0.3, head_lr=0.3, val_fraction=0.25, eval_steps=2, max_steps=40, log_steps=2,
-                corpus_negatives=True, show_progress=False)
+                corpus_negatives=True, show_progress_bar=False)
     final = train(TrainConfig(output=str(out), patience=2, **base))  # a huge lr: validation soon gets worse
     log = [json.loads(line) for line in open(out / "train_log.jsonl")]
     evals = [r for r in log if "eval" in r]
@@ -264,7 +264,7 @@ def test_best_validation_model_is_kept_and_patience_stops(tmp_path, data, tiny_h
 def test_adapter_control_head_trains_and_round_trips(tmp_path, data):
     out = tmp_path / "adapter"
     final = train(TrainConfig(model="open_clip:lsb-tiny-test", head="adapter", modality="text", train_data=data["text"],
-                              output=str(out), batch_size=8, max_steps=5, lr=1e-2, show_progress=False))
+                              output=str(out), batch_size=8, max_steps=5, lr=1e-2, show_progress_bar=False))
     m = lsb_mm.load_model(final)
     assert m.text_head.kind == "adapter" and m.text_head.weight.abs().sum() > 0
     q = m.encode_text(["river anchor"], role="query")
@@ -276,7 +276,7 @@ def test_adapter_control_head_trains_and_round_trips(tmp_path, data):
 
 def test_tower_caches_are_shared_between_runs_of_one_tower(tmp_path, data, tiny_hf_dir):
     base = dict(model=f"hf:{tiny_hf_dir}", pooling="mean", modality="text", train_data=data["text"], batch_size=8,
-                max_steps=2, show_progress=False)
+                max_steps=2, show_progress_bar=False)
     first = Trainer(TrainConfig(head="llr", output=str(tmp_path / "a"), **base))
     first.train()
     shared = first.tower_caches
@@ -301,7 +301,7 @@ def test_explain_names_tokens_of_the_query(tmp_path, data, tiny_hf_dir):
     out = tmp_path / "slr"
     final = train(TrainConfig(model=f"hf:{tiny_hf_dir}", head="slr", pooling="mean", train_data=data["text"],
                               output=str(out), batch_size=16, max_steps=15, lr=1e-2, corpus_negatives=True,
-                              show_progress=False))
+                              show_progress_bar=False))
     query = "copper canyon lantern"
     r = cli("explain", "--model", final, "--text", query, "--top", "5", "--json")
     res = json.loads(r.stdout)

@@ -153,7 +153,7 @@ def test_train_config_model_options_build_the_model(tmp_path, tiny_hf_dir):
         model=f"dual:hf:{tiny_hf_dir}|timm:resnet18", model_options={"embed_dim": 12, "text_options": {"pooling": "mean"},
                                                                       "image_options": {"img_size": 32}},
         head="none", modality="cross", train_data=data, output=str(tmp_path / "run"), max_steps=1, batch_size=8,
-        show_progress=False))
+        show_progress_bar=False))
     from lsb_mm.data.images import load_image
 
     m = lsb_mm.load_model(final)
@@ -162,6 +162,6 @@ def test_train_config_model_options_build_the_model(tmp_path, tiny_hf_dir):
     assert info["config"]["model_options"]["embed_dim"] == 12
     with pytest.raises(lsb_mm.InputError, match="vocab_size"):
         lsb_mm.Trainer(lsb_mm.TrainConfig(model=f"hf:{tiny_hf_dir}", model_options={"vocab_size": 8}, train_data=data,
-                                          output=str(tmp_path / "run2"), max_steps=1, batch_size=8, show_progress=False))
+                                          output=str(tmp_path / "run2"), max_steps=1, batch_size=8, show_progress_bar=False))
     with pytest.raises(lsb_mm.ModelLoadError, match="saved model"):
         lsb_mm.create_model(final, embed_dim=4)

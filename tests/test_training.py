@@ -68,7 +68,7 @@ def test_training_improves_held_out_recall(modality, head, sets, tmp_path, tiny_
     final = train(TrainConfig(model=model, head=head, pooling="mean" if modality == "text" else None, modality=modality,
                               train_data=train_data, eval_data=dev, eval_steps=60, output=out, max_steps=60,
                               batch_size=16, lr=3e-3, head_lr=1e-2, train="all", temperature=0.05, log_steps=5,
-                              show_progress=False))
+                              show_progress_bar=False))
     log = read_log(out)
     losses = [r["loss"] for r in log if "loss" in r]
     evals = [r["eval"]["recall@1"] for r in log if "eval" in r]
@@ -199,7 +199,7 @@ def test_sigkill_then_resume_is_exact(tmp_path, tiny_hf_dir):
 def test_resume_refuses_changed_settings(tmp_path):
     data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(40, per_passage=1, dev=0)[0])
     cfg = dict(model="open_clip:lsb-tiny-test", head="slr", train_data=data, output=str(tmp_path / "o"), max_steps=2,
-               batch_size=8, show_progress=False)
+               batch_size=8, show_progress_bar=False)
     train(TrainConfig(**cfg))
     with pytest.raises(InputError, match="batch_size was 8, now 4"):
         Trainer(TrainConfig(**{**cfg, "batch_size": 4, "resume": "latest"}))
@@ -216,7 +216,7 @@ def _bad(tmp_path, lines, **kw):
     p = tmp_path / "bad.jsonl"
     p.write_text("\n".join(lines) + "\n")
     cfg = dict(model="open_clip:lsb-tiny-test", head="slr", train_data=str(p), output=str(tmp_path / "o"), max_steps=1,
-               batch_size=2, show_progress=False)
+               batch_size=2, show_progress_bar=False)
     cfg.update(kw)
     return cfg
 
@@ -310,8 +310,8 @@ def test_mining_symmetric_accumulation_and_locks(tmp_path, sets):
     train_data, dev = sets["cross"]
     t = Trainer(TrainConfig(model="open_clip:lsb-tiny-test", head="slr", modality="cross", train_data=train_data,
                             output=str(tmp_path / "o"), max_steps=3, batch_size=8, grad_accum=2, mine_negatives=True,
-                            mine_top_k=5, train_group_size=3, symmetric=True, train="all", lock_image=True, workers=1,
-                            show_progress=False))
+                            mine_top_k=5, train_group_size=3, symmetric=True, train="all", lock_image=True, num_workers=1,
+                            show_progress_bar=False))
     assert not any(p.requires_grad for n, p in t.model.named_parameters() if n.startswith("backbone.model.visual."))
     assert any(p.requires_grad for n, p in t.model.named_parameters() if n.startswith("backbone.model.transformer."))
     visual_before = {n: p.detach().clone() for n, p in t.model.named_parameters() if n.startswith("backbone.model.visual.")}

@@ -81,14 +81,14 @@ def cmd_eval(args) -> int:
         hybrid, chosen = _fusion(args, model, label) if name.startswith("hybrid:") else (None, None)
         cache = CorpusCache()  # one model's documents, shared by its plain row
         run = evaluate(model, folders, ks=args.k, batch_size=args.batch_size, factory=args.factory,
-                       show_progress_bar=not args.quiet, corpus_cache=cache, hybrid=hybrid)
+                       show_progress_bar=not args.quiet, corpus_cache=cache, fusion=hybrid)
         run["model"], run["label"] = label, label
         if chosen is not None:
             run["fusion_validation"] = chosen
         runs.append(run)
         if args.compare_plain:
             plain_run = evaluate(model, folders, ks=args.k, batch_size=args.batch_size, factory=args.factory,
-                                 enhance=False, show_progress_bar=not args.quiet, corpus_cache=cache, hybrid=hybrid)
+                                 enhance=False, show_progress_bar=not args.quiet, corpus_cache=cache, fusion=hybrid)
             plain_run["model"] = plain_run["label"] = _eval_label(f"{label} (plain)", taken)
             taken.add(plain_run["label"])
             runs.append(plain_run)

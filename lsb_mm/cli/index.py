@@ -15,7 +15,7 @@ def cmd_index(args) -> int:
     index = build_index(spec.pop("name"), getattr(args, kind), args.output, kind=kind, engine=args.engine,
                         factory=args.factory, bm25=args.bm25, max_memory=args.max_index_memory,
                         target_recall=args.target_recall, device=args.index_device, batch_size=args.batch_size,
-                        workers=args.workers, shard_size=args.shard_size, embeddings=args.embeddings,
+                        num_workers=args.workers, shard_size=args.shard_size, embeddings=args.embeddings,
                         embedding_dtype=args.embedding_dtype, replicas=args.replicas, address=args.address,
                         overwrite=args.overwrite, shard=args.shard, skip_bad=args.skip_bad, image_root=args.image_root,
                         csv_img_key=args.csv_img_key, csv_caption_key=args.csv_caption_key, model_options=spec,

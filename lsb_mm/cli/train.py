@@ -63,7 +63,7 @@ def _data_group(p: argparse.ArgumentParser, d) -> None:
     g.add_argument("--csv-img-key", default=d.csv_img_key, help="image column of CSV/TSV data (default: %(default)s)")
     g.add_argument("--csv-caption-key", default=d.csv_caption_key, help="caption column of CSV/TSV data (default: %(default)s)")
     g.add_argument("--skip-bad", action="store_true", help="skip bad rows and list them in OUTPUT/skipped.jsonl instead of stopping")
-    g.add_argument("--workers", type=int, default=d.workers, help="data loading worker processes (default: %(default)s)")
+    g.add_argument("--workers", dest="num_workers", type=int, default=d.num_workers, help="data loading worker processes (default: %(default)s)")
     g.add_argument("--feature-cache-gb", type=float, default=d.feature_cache_gb,
                    help="memory for the features of a locked image tower, computed once per image and reused "
                         "every epoch (0 = off; default: %(default)s)")
@@ -182,7 +182,7 @@ def cmd_train(args) -> int:
         raise InputError(f"--nproc must be >= 1, got {args.nproc}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in fields}
-    values["show_progress"] = not args.quiet
+    values["show_progress_bar"] = not args.quiet
     values["model_options"] = dict(args.model_options or [])
     config = TrainConfig(**values)
     config.check()  # before any process starts

@@ -113,11 +113,11 @@ def primary_metric(ks: Sequence[int]) -> str:
 def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3, 5, 10), batch_size: int = 64,
              factory: str = "Flat", enhance: bool = True, output: Optional[str] = None,
              show_progress_bar: Optional[bool] = None, num_workers: int = 0,
-             corpus_cache: Optional[CorpusCache] = None, hybrid: Union[None, str, float] = None) -> Dict[str, object]:
+             corpus_cache: Optional[CorpusCache] = None, fusion: Union[None, str, float] = None) -> Dict[str, object]:
     """Evaluate ``model`` on one or more task folders; optionally write the result as JSON.
 
     ``model`` is an lsb-mm model, or ``"bm25"`` for BM25 alone (:class:`lsb_mm.retrieval.lexical.BM25` over
-    each task's corpus; text tasks). ``hybrid`` fuses the model's ranking with BM25's: ``"rrf"``
+    each task's corpus; text tasks). ``fusion`` fuses the model's ranking with BM25's: ``"rrf"``
     (reciprocal-rank fusion) or a dense weight ``w`` in [0, 1] (weighted fusion of min-max
     normalised scores; choose it on validation with :func:`choose_fusion_weight`). ``ks`` are the
     cut-offs of every metric; ``corpus_cache`` (a :class:`CorpusCache`) keeps the document
@@ -129,18 +129,18 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
     lexical = isinstance(model, str)
     if lexical and model != "bm25":
         raise InputError(f"model {model!r}: a string model must be 'bm25' (else pass a model from lsb_mm.create_model)")
-    if hybrid is not None and (lexical or not (hybrid == "rrf" or isinstance(hybrid, (int, float)))):
-        raise InputError(f"hybrid must be 'rrf' or a dense weight in [0, 1] with a dense model, got {hybrid!r}"
+    if fusion is not None and (lexical or not (fusion == "rrf" or isinstance(fusion, (int, float)))):
+        raise InputError(f"fusion must be 'rrf' or a dense weight in [0, 1] with a dense model, got {fusion!r}"
                          + (" with BM25 alone" if lexical else ""))
     cache = CorpusCache() if corpus_cache is None else corpus_cache
     fingerprints = None if lexical else (model.fingerprint(), model.document_fingerprint())
     fingerprint = fingerprints[0] if fingerprints else None
     name = "BM25" if lexical else getattr(model, "name", "model")
-    results: Dict[str, object] = {"model": name if hybrid is None else f"{name} + BM25 ({_fusion_label(hybrid)})",
+    results: Dict[str, object] = {"model": name if fusion is None else f"{name} + BM25 ({_fusion_label(fusion)})",
                                   "fingerprint": fingerprint, "enhance": enhance, "primary": primary, "ks": ks,
                                   "tasks": {}}
-    if hybrid is not None:
-        results["hybrid"] = hybrid
+    if fusion is not None:
+        results["hybrid"] = fusion
     for folder in folders:
         task = read_task(folder)
         t0 = time.perf_counter()
@@ -149,9 +149,9 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
             _, ids = _bm25_search(task, max(ks))
         else:
             ranking, t_docs, t1 = _dense_search(model, fingerprints, task, cache,
-                                                max(ks) if hybrid is None else max(max(ks), CANDIDATES),
+                                                max(ks) if fusion is None else max(max(ks), CANDIDATES),
                                                 batch_size, factory, enhance, show_progress_bar, num_workers)
-            ids = ranking[1] if hybrid is None else fuse(ranking, _bm25_search(task, CANDIDATES), hybrid, max(ks))[1]
+            ids = ranking[1] if fusion is None else fuse(ranking, _bm25_search(task, CANDIDATES), fusion, max(ks))[1]
         res = evaluate_ranking([qr["_id"] for qr in task.queries], ids, task.qrels, ks)
         results["tasks"][task.name] = {**res, "corpus": len(task.corpus), "folder": os.path.abspath(folder),
                                        "seconds": {"documents": round(t_docs, 3), "queries_and_search": round(time.perf_counter() - t1, 3)}}

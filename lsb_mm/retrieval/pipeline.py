@@ -75,7 +75,7 @@ def _kind_of(path: str) -> str:
 def build_index(model: Any, source: Any, output: Optional[str] = None, *, kind: Optional[str] = None,
                 engine: str = "memory", factory: str = "Flat", bm25: bool = False,
                 max_memory: Union[str, int, None] = None, target_recall: Optional[float] = None,
-                device: str = "auto", batch_size: int = 64, workers: int = 2, shard_size: int = 8192,
+                device: str = "auto", batch_size: int = 64, num_workers: int = 2, shard_size: int = 8192,
                 embeddings: Optional[str] = None, embedding_dtype: str = "float32", replicas: int = 2,
                 address: Optional[str] = None, overwrite: bool = False, shard: Optional[str] = None,
                 skip_bad: bool = False, image_root: Optional[str] = None, csv_img_key: str = "filepath",
@@ -115,18 +115,18 @@ def build_index(model: Any, source: Any, output: Optional[str] = None, *, kind: 
     positive_int(batch_size, "--batch-size")
     if output is not None:
         check_replaceable(output, "manifest.json", "an lsb-mm index")  # before any encoding
-    show_progress = sys.stderr.isatty() if show_progress_bar is None else bool(show_progress_bar)
+    show_progress_bar = sys.stderr.isatty() if show_progress_bar is None else bool(show_progress_bar)
     src = source_of(source, kind, image_root=image_root, csv_img_key=csv_img_key, csv_caption_key=csv_caption_key)
     if engine == "memory":
-        index, report = _in_memory(model, src, factory, bm25, max_memory, target_recall, device, batch_size, workers,
-                                   shard_size, shard, skip_bad, model_options, model_device, show_progress, output)
+        index, report = _in_memory(model, src, factory, bm25, max_memory, target_recall, device, batch_size, num_workers,
+                                   shard_size, shard, skip_bad, model_options, model_device, show_progress_bar, output)
     else:
         for what, value in (("--shard", shard), ("--skip-bad", skip_bad)):
             if value:
                 raise InputError(f"{what} applies to --engine memory (the shards of --engine {engine} are its units)")
         index, report = _from_shards(model, src, output, engine, factory, bm25, max_memory, target_recall, device,
-                                     batch_size, workers, shard_size, embeddings, embedding_dtype, replicas, address,
-                                     overwrite, model_options, model_device, show_progress)
+                                     batch_size, num_workers, shard_size, embeddings, embedding_dtype, replicas, address,
+                                     overwrite, model_options, model_device, show_progress_bar)
     if output is not None:
         index.save(output)
     index.build_report = {"index": output, **report}
@@ -160,8 +160,8 @@ def _bm25_texts(ids: Sequence[str], texts: Sequence[Optional[str]]) -> List[str]
     return list(texts)
 
 
-def _in_memory(model, src, factory, bm25, max_memory, target_recall, device, batch_size, workers, shard_size, shard,
-               skip_bad, model_options, model_device, show_progress, output):
+def _in_memory(model, src, factory, bm25, max_memory, target_recall, device, batch_size, num_workers, shard_size, shard,
+               skip_bad, model_options, model_device, show_progress_bar, output):
     from lsb_mm.data.documents import shard_slice
     from lsb_mm.data.readers import plan_units, read_units
     from lsb_mm.scale.engine import encode_documents
@@ -182,7 +182,7 @@ def _in_memory(model, src, factory, bm25, max_memory, target_recall, device, bat
         windows = shard_size
     model, _ = _model(model, model_options, model_device)
     t0 = time.perf_counter()
-    emb = encode_documents(model, docs, batch_size, windows, workers, show_progress=show_progress)
+    emb = encode_documents(model, docs, batch_size, windows, num_workers, show_progress_bar=show_progress_bar)
     t_enc = time.perf_counter() - t0
     index = Index.build(emb, ids=docs.ids, metadata=docs.metadata, factory=factory, device=device,
                         fingerprint=model.fingerprint(), max_memory=max_memory, target_recall=target_recall)
@@ -202,9 +202,9 @@ def _in_memory(model, src, factory, bm25, max_memory, target_recall, device, bat
                    "fingerprint": index.fingerprint}
 
 
-def _from_shards(model, src, output, engine, factory, bm25, max_memory, target_recall, device, batch_size, workers,
+def _from_shards(model, src, output, engine, factory, bm25, max_memory, target_recall, device, batch_size, num_workers,
                  shard_size, embeddings, embedding_dtype, replicas, address, overwrite, model_options, model_device,
-                 show_progress):
+                 show_progress_bar):
     """Encode into resumable embedding shards (``local``: this process; ``ray``: Ray Data actors),
     then build the index from them a block at a time."""
     from lsb_mm.data.readers import plan_units, read_unit
@@ -232,8 +232,8 @@ def _from_shards(model, src, output, engine, factory, bm25, max_memory, target_r
         if not os.path.isfile(os.path.join(copy, "lsb_config.json")):
             model.save_pretrained(copy)
         spec = {"name": copy}
-    job = run_job(shards, spec or {}, engine, workers=replicas, batch_size=batch_size, address=address,
-                  show_progress=show_progress, image_workers=workers, model=model if engine == "local" else None)
+    job = run_job(shards, spec or {}, engine, replicas=replicas, batch_size=batch_size, address=address,
+                  show_progress_bar=show_progress_bar, num_workers=num_workers, model=model if engine == "local" else None)
     t0 = time.perf_counter()
     rows = shards.rows()
     kind = shards.kind()  # one kind in one index: text shards beside image shards are refused

@@ -35,8 +35,8 @@ def _build_model(spec: Dict[str, Any]):
     return create_model(**spec)
 
 
-def encode_documents(model, docs, batch_size: int, windows: Union[int, Sequence[int]], workers: int = 0,
-                     show_progress: bool = False) -> np.ndarray:
+def encode_documents(model, docs, batch_size: int, windows: Union[int, Sequence[int]], num_workers: int = 0,
+                     show_progress_bar: bool = False) -> np.ndarray:
     """``[N, d]`` float32 document embeddings of ``docs``, encoded window by window (``windows``: a
     size, or the sizes in order): the windows of a job are its units, so that one process and
     many give the same batches (texts are sorted by length within a window) and the same bits."""
@@ -46,13 +46,13 @@ def encode_documents(model, docs, batch_size: int, windows: Union[int, Sequence[
     sizes = [windows] * (-(-n // windows)) if isinstance(windows, int) else list(windows)
     out = np.empty((n, model.embed_dim), dtype=np.float32)
     start = 0
-    with tqdm(total=n, unit="doc", desc=f"encode {docs.kind}s", disable=not show_progress, dynamic_ncols=True) as bar:
+    with tqdm(total=n, unit="doc", desc=f"encode {docs.kind}s", disable=not show_progress_bar, dynamic_ncols=True) as bar:
         for size in sizes:
             items = docs.items[start:start + size]
             if not items:
                 break
             if docs.kind == "image":
-                emb = model.encode_image(items, role="document", batch_size=batch_size, num_workers=workers,
+                emb = model.encode_image(items, role="document", batch_size=batch_size, num_workers=num_workers,
                                          show_progress_bar=False)
             else:
                 emb = model.encode_text(items, role="document", batch_size=batch_size, show_progress_bar=False)
@@ -62,10 +62,10 @@ def encode_documents(model, docs, batch_size: int, windows: Union[int, Sequence[
     return out
 
 
-def encode_unit(model, unit: Unit, shards, batch_size: int, workers: int = 0) -> int:
+def encode_unit(model, unit: Unit, shards, batch_size: int, num_workers: int = 0) -> int:
     """Encode and write one unit's shard; returns its document count."""
     docs = read_unit(unit)
-    shards.write(unit, encode_documents(model, docs, batch_size, len(docs.ids), workers), docs)
+    shards.write(unit, encode_documents(model, docs, batch_size, len(docs.ids), num_workers), docs)
     return len(docs.ids)
 
 
@@ -97,8 +97,8 @@ class _Progress:
                             for k, v in sorted(self.per_worker.items())}}
 
 
-def run_job(shards, model_spec: Dict[str, Any], engine: str = "local", workers: int = 1, batch_size: int = 64,
-            address: Optional[str] = None, show_progress: bool = True, image_workers: int = 0,
+def run_job(shards, model_spec: Dict[str, Any], engine: str = "local", replicas: int = 1, batch_size: int = 64,
+            address: Optional[str] = None, show_progress_bar: bool = True, num_workers: int = 0,
             model=None) -> Dict[str, Any]:
     """Encode every unfinished unit of ``shards`` with the model :func:`lsb_mm.create_model` builds
     from ``model_spec`` (``local``: ``model`` itself when given); returns what ran (units, items,
@@ -107,11 +107,11 @@ def run_job(shards, model_spec: Dict[str, Any], engine: str = "local", workers: 
 
     if engine not in ENGINES:
         raise InputError(f"--engine must be one of {list(ENGINES)}, got {engine!r}")
-    positive_int(workers, "--replicas")
+    positive_int(replicas, "--replicas")
     todo = shards.todo()
     skipped = len(shards.units) - len(todo)
     done_items = sum(len(u) for u in shards.units) - sum(len(u) for u in todo)
-    progress = _Progress(sum(len(u) for u in shards.units), done_items, show_progress)
+    progress = _Progress(sum(len(u) for u in shards.units), done_items, show_progress_bar)
     if skipped:
         log.info("%d of %d shards are finished already: skipped", skipped, len(shards.units))
     try:
@@ -119,10 +119,10 @@ def run_job(shards, model_spec: Dict[str, Any], engine: str = "local", workers: 
             model = model if model is not None else _build_model(model_spec)
             for unit in todo:
                 t0 = time.perf_counter()
-                n = encode_unit(model, unit, shards, batch_size, image_workers)
+                n = encode_unit(model, unit, shards, batch_size, num_workers)
                 progress.update(f"pid{os.getpid()}", n, time.perf_counter() - t0)
         elif todo:
-            _run_ray(shards, todo, model_spec, workers, batch_size, address, progress)
+            _run_ray(shards, todo, model_spec, replicas, batch_size, address, progress)
     finally:
         stats = progress.close()
         clear_cache()

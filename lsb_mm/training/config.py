@@ -70,7 +70,7 @@ class TrainConfig:
     keep_best: bool = True
     patience: int = 0
     log_steps: int = 10
-    workers: int = 0
+    num_workers: int = 0
     device: str = "auto"
     vocab_size: int = 1024
     fit_codebook: int = -1
@@ -82,7 +82,7 @@ class TrainConfig:
     tower_cache_dir: Optional[str] = None
     corpus_negatives: bool = False
     freeze_bn_stats: bool = False
-    show_progress: bool = True
+    show_progress_bar: bool = True
 
     def __post_init__(self) -> None:
         """Fill lr, temperature and weight decay left as None from the recipe (:mod:`lsb_mm.training.recipes`):
@@ -131,7 +131,7 @@ class TrainConfig:
             (self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 = off), got {self.max_grad_norm}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+            (self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}"),
             (self.vocab_size >= 2, f"vocab_size must be >= 2, got {self.vocab_size}"),
             (self.fit_codebook >= -1, f"fit_codebook must be -1 (up to 1000 images), 0 (never) or N > 0, got {self.fit_codebook}"),
         ]

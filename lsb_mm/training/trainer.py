@@ -245,7 +245,7 @@ class Trainer:
             # own generator: creating a loader must not draw from the global RNG (dropout), or a
             # resumed run, which creates one more loader, would drift from an uninterrupted one
             loader = torch.utils.data.DataLoader(EpochBatches(self.batches, self.epoch, self.micro), batch_size=None,
-                                                 shuffle=False, num_workers=cfg.workers,
+                                                 shuffle=False, num_workers=cfg.num_workers,
                                                  generator=torch.Generator().manual_seed(cfg.seed))
             for batch in loader:
                 if self._micro_step(batch, bar):
@@ -331,7 +331,7 @@ class Trainer:
         self.tower_caches = tower_caches_for_run(
             self.model, inputs, cfg.tower_cache_gb, self.shared_tower_caches, disk_dir=cfg.tower_cache_dir,
             hidden_dtype=torch.float16 if cfg.tower_cache_dtype == "float16" else torch.float32,
-            num_workers=cfg.workers, show_progress_bar=cfg.show_progress and self.dist.is_main)
+            num_workers=cfg.num_workers, show_progress_bar=cfg.show_progress_bar and self.dist.is_main)
         if was:
             self._train_mode()
 
@@ -342,7 +342,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         return tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step",
-                    disable=not (self.cfg.show_progress and self.dist.is_main))
+                    disable=not (self.cfg.show_progress_bar and self.dist.is_main))
 
     def _log(self, record: Dict[str, Any]) -> None:
         if self.dist.is_main:
