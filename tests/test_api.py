@@ -36,6 +36,15 @@ def test_the_default_role_is_the_document_role(model, rgb_images):
     assert np.abs(model.encode_query(rgb_images) - model.encode_document(rgb_images)).max() > 1e-3
 
 
+def test_encode_is_the_one_path_by_modality(model, rgb_images):
+    """``model.encode(items, modality, role)``: what every caller (CLI, engine, evaluation, trainer) uses."""
+    np.testing.assert_array_equal(model.encode(TEXTS, "text", "query"), model.encode_text(TEXTS, role="query"))
+    np.testing.assert_array_equal(model.encode(TEXTS, "text", num_workers=2), model.encode_document(TEXTS))  # texts: no decoding
+    np.testing.assert_array_equal(model.encode(rgb_images, "image", "query"), model.encode_query(rgb_images))
+    with pytest.raises(InputError, match="modality must be 'text' or 'image', got 'audio'"):
+        model.encode(TEXTS, "audio")
+
+
 def test_lsb_mm_encode_defaults_to_the_document_role(model, tmp_path, capsys):
     model.save_pretrained(str(tmp_path / "m"))
     (tmp_path / "t.txt").write_text("\n".join(TEXTS) + "\n")

@@ -21,17 +21,15 @@ def cmd_encode(args) -> int:
     model = _load(args)
     t0 = time.perf_counter()
     if args.texts:
-        items = _read_texts(args.texts)
-        emb = model.encode_text(items, role=args.role, batch_size=args.batch_size,
-                                show_progress_bar=not args.quiet, enhance=not args.no_enhance)
+        kind, items = "text", _read_texts(args.texts)
         rows = [{"row": i, "text": t} for i, t in enumerate(items)]
     else:
-        items = list_image_files(args.images)
+        kind, items = "image", list_image_files(args.images)
         if not items:
             raise InputError(f"--images {args.images}: no image files found")
-        emb = model.encode_image(items, role=args.role, batch_size=args.batch_size, num_workers=args.workers,
-                                 show_progress_bar=not args.quiet, enhance=not args.no_enhance)
         rows = [{"row": i, "path": p} for i, p in enumerate(items)]
+    emb = model.encode(items, kind, args.role, batch_size=args.batch_size, num_workers=args.workers,
+                       show_progress_bar=not args.quiet, enhance=not args.no_enhance)
     dt = time.perf_counter() - t0
     out = args.output
     with atomic_write(out, "wb") as f:

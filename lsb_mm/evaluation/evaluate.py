@@ -49,11 +49,9 @@ def find_tasks(paths: Sequence[str]) -> List[str]:
 def encode_records(model, records: List[dict], role: str, batch_size: int = 64, enhance: bool = True,
                    show_progress_bar: Optional[bool] = None, num_workers: int = 0) -> np.ndarray:
     """Encode BEIR records (``text`` or ``image`` field) with the tower their kind needs."""
-    if Task.kind(records) == "image":
-        return model.encode_image([r["image"] for r in records], role=role, batch_size=batch_size, enhance=enhance,
-                                  show_progress_bar=show_progress_bar, num_workers=num_workers)
-    return model.encode_text([r["text"] for r in records], role=role, batch_size=batch_size, enhance=enhance,
-                             show_progress_bar=show_progress_bar)
+    kind = Task.kind(records)
+    return model.encode([r[kind] for r in records], kind, role, batch_size=batch_size, enhance=enhance,
+                        show_progress_bar=show_progress_bar, num_workers=num_workers)
 
 
 class CorpusCache:

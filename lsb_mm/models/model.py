@@ -136,11 +136,16 @@ class LSBModel(nn.Module):
     def _encode_role(self, inputs: Any, role: str, modality: Optional[str], options: Dict[str, Any]):
         if "role" in options:
             raise InputError(f"encode_{role} sets the role itself; call encode_text / encode_image to choose it")
-        kind = modality if modality is not None else _modality_of(inputs)
-        if kind == "text":
+        return self.encode(inputs, modality if modality is not None else _modality_of(inputs), role, **options)
+
+    def encode(self, inputs: Any, modality: str, role: str = "document", *, num_workers: int = 0, **options: Any):
+        """Encode texts (``modality="text"``) or images (``"image"``) with the tower they need, as
+        ``role``: the one path every caller of lsb-mm takes. ``num_workers`` decodes images in that
+        many processes (texts need none); ``options`` go to :meth:`encode_text` / :meth:`encode_image`."""
+        if modality == "text":
             return self.encode_text(inputs, role=role, **options)
-        if kind == "image":
-            return self.encode_image(inputs, role=role, **options)
+        if modality == "image":
+            return self.encode_image(inputs, role=role, num_workers=num_workers, **options)
         raise InputError(f"modality must be 'text' or 'image', got {modality!r}")
 
     def similarity(self, a: Any, b: Any) -> torch.Tensor:

@@ -51,12 +51,8 @@ def encode_documents(model, docs, batch_size: int, windows: Union[int, Sequence[
             items = docs.items[start:start + size]
             if not items:
                 break
-            if docs.kind == "image":
-                emb = model.encode_image(items, role="document", batch_size=batch_size, num_workers=num_workers,
-                                         show_progress_bar=False)
-            else:
-                emb = model.encode_text(items, role="document", batch_size=batch_size, show_progress_bar=False)
-            out[start:start + len(items)] = emb
+            out[start:start + len(items)] = model.encode(items, docs.kind, "document", batch_size=batch_size,
+                                                         num_workers=num_workers, show_progress_bar=False)
             start += len(items)
             bar.update(len(items))
     return out

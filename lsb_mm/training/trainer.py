@@ -378,9 +378,7 @@ class Trainer:
         return torch.cat(parts).numpy()
 
     def _encoder(self, kind: str):
-        m = self.model
-        return (lambda items, role: m.encode_text(items, role=role, show_progress_bar=False)) if kind == "text" else \
-            (lambda items, role: m.encode_image(items, role=role, show_progress_bar=False))
+        return lambda items, role: self.model.encode(items, kind, role, show_progress_bar=False)
 
     @torch.no_grad()
     def _evaluate(self) -> Dict[str, float]:
