@@ -369,7 +369,7 @@ HYBRID_REFERENCES = ("untuned + BM25 (RRF)", "untuned + BM25 (weighted)")
 
 def text_references(untuned, folders: Sequence[str], val_tasks: str, corpus_cache=None) -> Dict[str, List[dict]]:
     """The reference rows of a text experiment: the untuned encoder, BM25, and their two fusions
-    (:mod:`lsb_mm.retrieval.lexical`), reciprocal-rank and weighted score fusion. The weighted row's dense
+    (:mod:`lsb_mm.retrieval.fusion`), reciprocal-rank and weighted score fusion. The weighted row's dense
     weight is chosen on ``val_tasks`` (tasks over training pages, never the test tasks); the
     choice, with every weight's validation score, is kept in the row as ``fusion_validation``."""
     from lsb_mm.evaluation.evaluate import CorpusCache, choose_fusion_weight, evaluate
@@ -385,7 +385,7 @@ def text_references(untuned, folders: Sequence[str], val_tasks: str, corpus_cach
 def fusion_note(results: Dict[str, List[dict]]) -> List[str]:
     """A line on the weighted-fusion reference row of saved results: the dense weight and how it was
     chosen (empty without that row)."""
-    from lsb_mm.retrieval.lexical import CANDIDATES, RRF_K
+    from lsb_mm.retrieval.fusion import CANDIDATES, RRF_K
 
     rows = results.get(HYBRID_REFERENCES[1])
     if not rows or "fusion_validation" not in rows[0]:

@@ -102,7 +102,8 @@ def _ranked(scores, ids, k):
 
 def test_every_search_entry_point_returns_scores_then_ids(model, tmp_path):
     import lsb_mm
-    from lsb_mm.retrieval.lexical import BM25, fuse, rrf, weighted_fusion
+    from lsb_mm.retrieval.bm25 import BM25
+    from lsb_mm.retrieval.fusion import fuse, rrf, weighted_fusion
 
     docs = [{"_id": f"d{i}", "text": f"{w} and {synthetic.WORDS[i + 1]}"} for i, w in enumerate(synthetic.WORDS[:12])]
     synthetic.write_jsonl(tmp_path / "c.jsonl", docs)

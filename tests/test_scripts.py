@@ -70,7 +70,7 @@ def _check_hybrid_references(script, path, heads):
     training-page tasks); ``--update-references`` re-computes the reference rows of an older result
     on its rebuilt tasks, keeps the head rows, and refuses tasks that no longer reproduce it."""
     from lsb_mm.errors import InputError
-    from lsb_mm.retrieval.lexical import FUSION_WEIGHTS
+    from lsb_mm.retrieval.fusion import FUSION_WEIGHTS
     from lsb_mm_experiments.reproduce import HYBRID_REFERENCES
 
     res = json.load(open(path))

@@ -20,7 +20,8 @@ from lsb_mm.data.tasks import Task, read_task
 from lsb_mm.errors import InputError, positive_int
 from lsb_mm.files import write_text
 from lsb_mm.retrieval.index import Index
-from lsb_mm.retrieval.lexical import BM25, CANDIDATES, FUSION_WEIGHTS, fuse
+from lsb_mm.retrieval.bm25 import BM25
+from lsb_mm.retrieval.fusion import CANDIDATES, FUSION_WEIGHTS, fuse
 from lsb_mm.evaluation.metrics import PRIMARY, evaluate_ranking
 
 __all__ = ["evaluate", "choose_fusion_weight", "find_tasks", "encode_records", "CorpusCache", "primary_metric", "check_ks"]
@@ -114,7 +115,7 @@ def evaluate(model, tasks: Union[str, Sequence[str]], ks: Sequence[int] = (1, 3,
              corpus_cache: Optional[CorpusCache] = None, fusion: Union[None, str, float] = None) -> Dict[str, object]:
     """Evaluate ``model`` on one or more task folders; optionally write the result as JSON.
 
-    ``model`` is an lsb-mm model, or ``"bm25"`` for BM25 alone (:class:`lsb_mm.retrieval.lexical.BM25` over
+    ``model`` is an lsb-mm model, or ``"bm25"`` for BM25 alone (:class:`lsb_mm.retrieval.bm25.BM25` over
     each task's corpus; text tasks). ``fusion`` fuses the model's ranking with BM25's: ``"rrf"``
     (reciprocal-rank fusion) or a dense weight ``w`` in [0, 1] (weighted fusion of min-max
     normalised scores; choose it on validation with :func:`choose_fusion_weight`). ``ks`` are the

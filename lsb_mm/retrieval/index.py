@@ -76,7 +76,7 @@ class Index:
         self.metric = "ip"
         self._id_set = set(self.ids)
         self._lookup: Optional[np.ndarray] = None  # ids as an object array (+ None for missing), built once
-        self.bm25 = None  # an optional lexical side (lsb_mm.retrieval.lexical.BM25) over the same ids: add_bm25
+        self.bm25 = None  # an optional lexical side (lsb_mm.retrieval.bm25.BM25) over the same ids: add_bm25
         self._shards: Optional[list] = None
         self._warned_unchecked = False  # the "no fingerprint to check" warning, once per index
         self.build_info: Dict[str, Any] = {}  # factory "auto": the choice and the search tuning
@@ -208,7 +208,7 @@ class Index:
     def add_bm25(self, texts: Sequence[str]) -> None:
         """Index ``texts`` (one per vector, in order: the documents' texts or captions) with BM25
         beside the vectors; :meth:`search_hybrid` then fuses both rankings, :meth:`save` keeps it."""
-        from lsb_mm.retrieval.lexical import BM25
+        from lsb_mm.retrieval.bm25 import BM25
 
         texts = list(texts)
         if len(texts) != len(self.ids):
@@ -230,7 +230,7 @@ class Index:
         """Fuse the dense ranking of ``queries`` (embeddings) with BM25's of ``texts`` (the same
         queries as text): ``fusion`` ``"rrf"`` or a dense weight in [0, 1]. Returns ``(fused scores,
         ids)`` per query, best first: FAISS's ``(D, I)`` order, like :meth:`search`."""
-        from lsb_mm.retrieval.lexical import CANDIDATES, fuse
+        from lsb_mm.retrieval.fusion import CANDIDATES, fuse
 
         self.check_hybrid()
         texts = list(texts)

@@ -55,7 +55,7 @@ def write_folder(tmp: str, cpu, ids: List[str], metadata: Optional[List[Dict[str
 
 
 def read_bm25(folder: str, ids: List[str]):
-    from lsb_mm.retrieval.lexical import BM25
+    from lsb_mm.retrieval.bm25 import BM25
 
     try:
         bm25 = BM25.load(os.path.join(folder, "bm25"))

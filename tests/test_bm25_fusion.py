@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from lsb_mm.errors import InputError
-from lsb_mm.retrieval.lexical import BM25, FUSION_WEIGHTS, rrf, weighted_fusion
+from lsb_mm.retrieval.bm25 import BM25
+from lsb_mm.retrieval.fusion import FUSION_WEIGHTS, rrf, weighted_fusion
 
 DOCS = ["the cat sat on the mat", "a dog ran far away", "cats and dogs play together", "mat cleaning tips"]
 IDS = ["a", "b", "c", "d"]
