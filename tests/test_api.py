@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
-import synthetic
+import helpers
 from lsb_mm.cli import main
 from lsb_mm.errors import InputError
 
@@ -105,8 +105,8 @@ def test_every_search_entry_point_returns_scores_then_ids(model, tmp_path):
     from lsb_mm.retrieval.bm25 import BM25
     from lsb_mm.retrieval.fusion import fuse, rrf, weighted_fusion
 
-    docs = [{"_id": f"d{i}", "text": f"{w} and {synthetic.WORDS[i + 1]}"} for i, w in enumerate(synthetic.WORDS[:12])]
-    synthetic.write_jsonl(tmp_path / "c.jsonl", docs)
+    docs = [{"_id": f"d{i}", "text": f"{w} and {helpers.WORDS[i + 1]}"} for i, w in enumerate(helpers.WORDS[:12])]
+    helpers.write_jsonl(tmp_path / "c.jsonl", docs)
     index = lsb_mm.build_index(model, tmp_path / "c.jsonl", str(tmp_path / "ix"), bm25=True, show_progress_bar=False)
     q = model.encode_query(["apple river", "stone"])
     entry_points = {

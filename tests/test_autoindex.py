@@ -119,11 +119,11 @@ def test_cli_index_factory_auto(tmp_path, capsys):
     import json
 
     import lsb_mm
-    import synthetic
+    import helpers
     from lsb_mm.cli import main
 
     lsb_mm.create_model("open_clip:lsb-tiny-test", head="none").save_pretrained(str(tmp_path / "m"))
-    synthetic.write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 9}"} for i in range(300)])
+    helpers.write_jsonl(tmp_path / "c.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 9}"} for i in range(300)])
     base = ["index", "--model", str(tmp_path / "m"), "--corpus", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "ix"), "-q"]
     assert main(base + ["--factory", "auto", "--target-recall", "0.9"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

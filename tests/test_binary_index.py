@@ -195,12 +195,12 @@ def test_memory_bytes_of_float_indexes_is_what_faiss_serialises():
 
 def test_cli_index_and_search_with_binary_codes(tmp_path, capsys):
     import lsb_mm
-    import synthetic
+    import helpers
     from lsb_mm.cli import main
 
     lsb_mm.create_model("open_clip:lsb-tiny-test", head="none").save_pretrained(str(tmp_path / "m"))
     docs = [{"_id": f"d{i}", "text": f"document {i} on topic {i % 9}"} for i in range(200)]
-    synthetic.write_jsonl(tmp_path / "c.jsonl", docs)
+    helpers.write_jsonl(tmp_path / "c.jsonl", docs)
     base = ["index", "--model", str(tmp_path / "m"), "--corpus", str(tmp_path / "c.jsonl"), "--output", str(tmp_path / "ix"), "-q"]
     assert main(base + ["--factory", "BFlat,Rescore4"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import synthetic
+import helpers
 from conftest import need
 
 pytestmark = pytest.mark.browser
@@ -28,7 +28,7 @@ def site(tmp_path_factory):
 
     w = tmp_path_factory.mktemp("browser")
     lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr").save_pretrained(str(w / "m"))
-    synthetic.labelled_folder(str(w / "imgs"), per_class=2)
+    helpers.labelled_folder(str(w / "imgs"), per_class=2)
     assert main(["index", "--model", str(w / "m"), "--images", str(w / "imgs"), "--output", str(w / "img.index"), "-q"]) == 0
     with running_server(["--model", str(w / "m"), "--index", f"shapes={w / 'img.index'}"],
                         env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}) as url:

@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-import synthetic
-from synthetic import png, write_parquet, write_tar
+import helpers
+from helpers import png, write_parquet, write_tar
 from lsb_mm.cli import main
 
 MODEL = "open_clip:lsb-tiny-test"
@@ -17,12 +17,12 @@ MODEL = "open_clip:lsb-tiny-test"
 def sources(tmp_path_factory):
     """One small source of each kind (texts carry words for BM25, images a caption)."""
     root = tmp_path_factory.mktemp("sources")
-    words = synthetic.WORDS
+    words = helpers.WORDS
     docs = [{"_id": f"d{i}", "text": f"{words[i]} {words[i + 1]} and {words[i + 2]}"} for i in range(14)]
-    synthetic.write_jsonl(root / "c.jsonl", docs)
+    helpers.write_jsonl(root / "c.jsonl", docs)
     beir = root / "beir"
     beir.mkdir()
-    synthetic.write_jsonl(beir / "corpus.jsonl", docs[:9])
+    helpers.write_jsonl(beir / "corpus.jsonl", docs[:9])
     imgs = root / "imgs"
     imgs.mkdir()
     for i in range(6):

@@ -13,7 +13,7 @@ from lsb_mm.training.config import TrainConfig
 from lsb_mm.training.trainer import train
 
 sys.path.insert(0, os.path.dirname(__file__))
-import synthetic  # noqa: E402
+import helpers  # noqa: E402
 
 
 def dual(tiny_hf_dir, head="slr"):
@@ -40,8 +40,8 @@ def test_dual_encodes_both_modalities_into_one_space(tiny_hf_dir, rgb_images, tm
 
 @pytest.mark.slow
 def test_lit_style_training_trains_projections_and_heads_only(tiny_hf_dir, tmp_path):
-    items = synthetic.caption_items(tmp_path / "caps", 96)
-    data = synthetic.write_jsonl(tmp_path / "d.jsonl", [{"query": c, "pos": [p]} for c, p in items])
+    items = helpers.caption_items(tmp_path / "caps", 96)
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", [{"query": c, "pos": [p]} for c, p in items])
     before = dual(tiny_hf_dir)
     before.save_pretrained(tmp_path / "start")  # train from exactly this model
     out = tmp_path / "run"

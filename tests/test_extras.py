@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-import synthetic
+import helpers
 
 pytestmark = pytest.mark.slow  # one subprocess runs every command (about 15 s)
 
@@ -56,12 +56,12 @@ def results(tmp_path_factory):
     w = tmp_path_factory.mktemp("no_extras")
     lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr").save_pretrained(str(w / MODEL))
     docs = [f"document {i} about {t}" for i, t in enumerate(["cats", "dogs", "rivers", "stones", "clouds", "trees"])]
-    synthetic.write_jsonl(w / "corpus.jsonl", [{"_id": f"d{i}", "text": t} for i, t in enumerate(docs)])
+    helpers.write_jsonl(w / "corpus.jsonl", [{"_id": f"d{i}", "text": t} for i, t in enumerate(docs)])
     (w / "texts.txt").write_text("a cat\na river\n")
-    synthetic.write_jsonl(w / "pairs.jsonl", [{"query": f"about {t}", "passage": f"{t} " * 30 + f"end {i}"}
+    helpers.write_jsonl(w / "pairs.jsonl", [{"query": f"about {t}", "passage": f"{t} " * 30 + f"end {i}"}
                                               for i, t in enumerate(["cats", "dogs", "rivers", "stones", "clouds",
                                                                      "trees", "boats", "hills", "roads", "lamps"])])
-    synthetic.write_jsonl(w / "train.jsonl", synthetic.passage_queries(16, per_passage=1, dev=0)[0])
+    helpers.write_jsonl(w / "train.jsonl", helpers.passage_queries(16, per_passage=1, dev=0)[0])
     core = [["encode", "--model", MODEL, "--texts", "texts.txt", "--output", "t.npy", "-q"],
             ["train", "--model", MODEL, "--train-data", "train.jsonl", "--max-steps", "2", "--batch-size", "8",
              "--output", "run", "-q"],

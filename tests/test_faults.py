@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import synthetic
+import helpers
 
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
 KILLS = 4  # per command
@@ -60,7 +60,7 @@ def rng():
 def test_index_killed_anywhere_keeps_the_previous_index(tmp_path, rng):
     import lsb_mm
 
-    synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
+    helpers.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
                                                       for i in range(300)])
     lsb_mm.create_model(MODEL, head="slr").save_pretrained(str(tmp_path / "m"))
     argv = lsb(tmp_path, "index", "--model", "m", "--corpus", "corpus.jsonl", "--bm25", "--output", "idx", "-q")
@@ -82,7 +82,7 @@ def test_train_killed_while_checkpointing_resumes(tmp_path, rng):
     import lsb_mm
     from lsb_mm.training.checkpoint import latest_checkpoint, read_state
 
-    synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(60, per_passage=1, dev=0)[0])
+    helpers.write_jsonl(tmp_path / "d.jsonl", helpers.passage_queries(60, per_passage=1, dev=0)[0])
     args = ["train", "--model", MODEL, "--head", "slr", "--train-data", "d.jsonl", "--batch-size", "4",
             "--max-steps", "40", "--save-steps", "1", "--keep-checkpoints", "2", "--output", "run", "-q"]
     def saving():  # a checkpoint is being written, and an earlier one is complete
@@ -112,7 +112,7 @@ def test_build_tasks_killed_anywhere_leaves_loadable_tasks(tmp_path, rng):
     from lsb_mm.evaluation.evaluate import find_tasks
     from lsb_mm.files import iter_jsonl
 
-    synthetic.write_jsonl(tmp_path / "pairs.jsonl", [{"query": f"how to do thing {i}",
+    helpers.write_jsonl(tmp_path / "pairs.jsonl", [{"query": f"how to do thing {i}",
                                                       "passage": " ".join(f"w{i}_{j} topic{j % 9}" for j in range(80))}
                                                      for i in range(400)])
     argv = lsb(tmp_path, "build-tasks", "--pairs", "pairs.jsonl", "--split", "0.6", "--output", "own", "--overwrite")
@@ -150,9 +150,9 @@ def test_server_keeps_answering_while_a_rebuild_is_killed_and_reloaded(tmp_path,
     import lsb_mm
     from lsb_mm.serving.background import running_server
 
-    synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
+    helpers.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} on topic {i % 7}"}
                                                       for i in range(300)])
-    synthetic.write_jsonl(tmp_path / "new.jsonl", [{"_id": f"n{i}", "text": f"note {i} on topic {i % 5}"}
+    helpers.write_jsonl(tmp_path / "new.jsonl", [{"_id": f"n{i}", "text": f"note {i} on topic {i % 5}"}
                                                    for i in range(400)])
     lsb_mm.create_model(MODEL, head="slr").save_pretrained(str(tmp_path / "m"))
     complete(tmp_path, lsb(tmp_path, "index", "--model", "m", "--corpus", "corpus.jsonl", "--output", "idx", "-q"))

@@ -13,7 +13,7 @@ from lsb_mm.training.config import TrainConfig
 from lsb_mm.training.trainer import train
 
 sys.path.insert(0, os.path.dirname(__file__))
-import synthetic  # noqa: E402
+import helpers  # noqa: E402
 
 
 def cnn(seed=0):
@@ -98,7 +98,7 @@ def test_full_cache_computes_the_rest_each_time(rgb_images):
 
 @pytest.mark.slow
 def test_training_with_a_locked_tower_uses_the_cache_and_matches_without(tmp_path):
-    folder = synthetic.labelled_folder(tmp_path / "shapes", per_class=4)
+    folder = helpers.labelled_folder(tmp_path / "shapes", per_class=4)
     base = dict(model="timm:resnet18", head="slr", modality="image", train_data=str(folder), max_steps=6,
                 batch_size=8, lr=1e-2, vocab_size=8, fit_codebook=16, show_progress_bar=False, log_steps=1)
     cache = ImageFeatureCache()

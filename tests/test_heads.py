@@ -178,13 +178,13 @@ def test_clr_stays_finite_over_500_plug_in_steps_at_its_lr(tmp_path):
     import sys
 
     sys.path.insert(0, os.path.dirname(__file__))
-    import synthetic
+    import helpers
 
     from lsb_mm.training.config import TrainConfig
     from lsb_mm.training.trainer import Trainer
 
-    text, _ = synthetic.passage_queries(60, per_passage=3, dev=0, seed=4)
-    data = synthetic.write_jsonl(tmp_path / "d.jsonl", text)
+    text, _ = helpers.passage_queries(60, per_passage=3, dev=0, seed=4)
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", text)
     spread, losses = {}, {}
     for norm, steps in (("l2", 500), ("none", 150)):
         t = Trainer(TrainConfig(model="open_clip:lsb-tiny-test", head="clr", train_data=data, output=str(tmp_path / norm),

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synthetic
+import helpers
 from lsb_mm.cli import main
 
 MODEL = "model"  # a saved tiny model folder inside the world (stable fingerprint)
@@ -65,14 +65,14 @@ def world(tmp_path_factory):
     w = tmp_path_factory.mktemp("world")
     lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr").save_pretrained(str(w / MODEL))
     docs = [f"document {i} about {t}" for i, t in enumerate(["cats", "dogs", "rivers", "stones", "clouds", "trees", "boats"])]
-    synthetic.write_jsonl(w / "corpus.jsonl", [{"_id": f"d{i}", "text": t} for i, t in enumerate(docs)])
+    helpers.write_jsonl(w / "corpus.jsonl", [{"_id": f"d{i}", "text": t} for i, t in enumerate(docs)])
     (w / "texts.txt").write_text("a cat\na river\n")
-    synthetic.write_jsonl(w / "pairs.jsonl", [{"query": f"about {t}", "passage": f"{t} " * 40 + f"end {i}"}
+    helpers.write_jsonl(w / "pairs.jsonl", [{"query": f"about {t}", "passage": f"{t} " * 40 + f"end {i}"}
                                               for i, t in enumerate(["cats", "dogs", "rivers", "stones", "clouds", "trees",
                                                                      "boats", "hills", "roads", "lamps"])])
-    synthetic.write_jsonl(w / "train.jsonl", synthetic.passage_queries(24, per_passage=1, dev=0)[0])
-    synthetic.labelled_folder(str(w / "labelled"), per_class=3)
-    for caption, path in synthetic.caption_items(str(w / "captions"), 8, seed=0):
+    helpers.write_jsonl(w / "train.jsonl", helpers.passage_queries(24, per_passage=1, dev=0)[0])
+    helpers.labelled_folder(str(w / "labelled"), per_class=3)
+    for caption, path in helpers.caption_items(str(w / "captions"), 8, seed=0):
         with open(os.path.splitext(path)[0] + ".txt", "w") as f:
             f.write(caption + "\n")
     Image.new("L", (20000, 20000)).save(w / "bomb.png", optimize=True)  # ~390 KB that decodes to 400 Mpx

@@ -3,7 +3,7 @@ reads, and what the run recorded: encoder, head, fusion, recipe, data, best vali
 import json
 import os
 
-import synthetic
+import helpers
 from lsb_mm.cli import main
 from lsb_mm.files import file_sha256
 
@@ -19,7 +19,7 @@ def _card(folder):
 
 def test_a_trained_model_card_says_what_the_run_recorded(tmp_path):
     train = tmp_path / "train.jsonl"
-    synthetic.write_jsonl(train, synthetic.passage_queries(24, per_passage=2, dev=0)[0])
+    helpers.write_jsonl(train, helpers.passage_queries(24, per_passage=2, dev=0)[0])
     out = tmp_path / "run"
     assert main(["train", "--model", MODEL, "--head", "slr", "--train-data", str(train), "--val-fraction", "0.25",
                  "--eval-steps", "2", "--max-steps", "4", "--batch-size", "8", "--lr", "0.001", "--output", str(out),

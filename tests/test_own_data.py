@@ -97,12 +97,12 @@ def test_split_needs_one_pairs_or_captions_source(tmp_path, capsys, pairs_file):
 
 
 def test_caption_folder_split(tmp_path, capsys):
-    import synthetic
+    import helpers
     from lsb_mm.data.tasks import read_task
     from lsb_mm.data.training_data import load_train_data
     from lsb_mm.files import iter_jsonl
 
-    items = synthetic.caption_items(tmp_path / "caps", 20, seed=0)
+    items = helpers.caption_items(tmp_path / "caps", 20, seed=0)
     for n, (caption, path) in enumerate(items):
         if n < 19:  # one image without its sidecar: left out, and said so
             with open(os.path.splitext(path)[0] + ".txt", "w") as f:

@@ -16,18 +16,18 @@ from lsb_mm.training.config import TrainConfig
 from lsb_mm.training.trainer import Trainer, train
 
 sys.path.insert(0, os.path.dirname(__file__))
-import synthetic  # noqa: E402
+import helpers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("plugin")
-    text, _ = synthetic.passage_queries(40, per_passage=2, dev=0, negatives=2, seed=3)
-    caps = synthetic.caption_items(root / "caps", 48, seed=2)
+    text, _ = helpers.passage_queries(40, per_passage=2, dev=0, negatives=2, seed=3)
+    caps = helpers.caption_items(root / "caps", 48, seed=2)
     return {
-        "text": synthetic.write_jsonl(root / "text.jsonl", text),
-        "image": synthetic.labelled_folder(root / "labelled", per_class=3, seed=1),
-        "cross": synthetic.write_jsonl(root / "cross.jsonl", [{"query": c, "pos": [p]} for c, p in caps]),
+        "text": helpers.write_jsonl(root / "text.jsonl", text),
+        "image": helpers.labelled_folder(root / "labelled", per_class=3, seed=1),
+        "cross": helpers.write_jsonl(root / "cross.jsonl", [{"query": c, "pos": [p]} for c, p in caps]),
     }
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import synthetic
+import helpers
 from conftest import need
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,7 +38,7 @@ def _write_inputs(folder):
             passage = (f"Section {i}. To {topic} on system {i}, call the routine {topic.split()[0]}_{i} with its flags. "
                        + " ".join(f"detail{i}_{j} of {topic.split()[-1]}" for j in range(30)))
             f.write(json.dumps({"query": f"how to {topic} (variant {i})", "passage": passage}) + "\n")
-    for n, (caption, path) in enumerate(synthetic.caption_items(os.path.join(folder, "photos", "shapes"), 90, seed=0)):
+    for n, (caption, path) in enumerate(helpers.caption_items(os.path.join(folder, "photos", "shapes"), 90, seed=0)):
         with open(os.path.splitext(path)[0] + ".txt", "w", encoding="utf-8") as f:
             f.write(caption + "\n")
 
@@ -159,10 +159,10 @@ def test_the_command_line_block_runs_as_written(tmp_path, minilm_path):
     fill_folder(str(tmp_path / "hf"), "sentence-transformers/all-MiniLM-L6-v2", minilm_path)
     passages = [f"how to {t}: use the {t.split()[-1]} tool with care, step {i}" for i, t in enumerate(TOPICS * 6)]
     (tmp_path / "passages.txt").write_text("\n".join(passages) + "\n")
-    synthetic.write_jsonl(tmp_path / "train.jsonl", [{"query": f"{t} {i}", "pos": [p]}
+    helpers.write_jsonl(tmp_path / "train.jsonl", [{"query": f"{t} {i}", "pos": [p]}
                                                      for i, (t, p) in enumerate(zip(TOPICS * 6, passages))])
-    synthetic.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"p{i}", "text": p} for i, p in enumerate(passages[:24])])
-    synthetic.write_jsonl(tmp_path / "pairs.jsonl", [{"query": t, "passage": p} for t, p in zip(TOPICS * 2, passages)])
+    helpers.write_jsonl(tmp_path / "corpus.jsonl", [{"_id": f"p{i}", "text": p} for i, p in enumerate(passages[:24])])
+    helpers.write_jsonl(tmp_path / "pairs.jsonl", [{"query": t, "passage": p} for t, p in zip(TOPICS * 2, passages)])
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
     setup = [sys.executable, "-m", "lsb_mm", "build-tasks", "--pairs", "pairs.jsonl", "--text-tasks", "query", "keyword",

@@ -145,10 +145,10 @@ def test_train_config_model_options_build_the_model(tmp_path, tiny_hf_dir):
     import sys
 
     sys.path.insert(0, os.path.dirname(__file__))
-    import synthetic
+    import helpers
 
-    items = synthetic.caption_items(tmp_path / "caps", 16)
-    data = synthetic.write_jsonl(tmp_path / "d.jsonl", [{"query": c, "pos": [p]} for c, p in items])
+    items = helpers.caption_items(tmp_path / "caps", 16)
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", [{"query": c, "pos": [p]} for c, p in items])
     final = lsb_mm.train(lsb_mm.TrainConfig(
         model=f"dual:hf:{tiny_hf_dir}|timm:resnet18", model_options={"embed_dim": 12, "text_options": {"pooling": "mean"},
                                                                       "image_options": {"img_size": 32}},

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-import synthetic
+import helpers
 from conftest import need
 
 for _module in ("fastapi", "httpx", "python_multipart", "uvicorn"):
@@ -26,9 +26,9 @@ def served(tmp_path_factory):
     w = tmp_path_factory.mktemp("serve")
     model = lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr")
     model.save_pretrained(str(w / "m"))
-    synthetic.write_jsonl(w / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} about {t}"}
+    helpers.write_jsonl(w / "corpus.jsonl", [{"_id": f"d{i}", "text": f"document {i} about {t}"}
                                                for i, t in enumerate(["cats", "dogs", "rivers", "stones", "clouds"])])
-    synthetic.labelled_folder(str(w / "imgs"), per_class=2)
+    helpers.labelled_folder(str(w / "imgs"), per_class=2)
     for argv in (["index", "--model", str(w / "m"), "--corpus", str(w / "corpus.jsonl"), "--output", str(w / "text.index"), "-q"],
                  ["index", "--model", str(w / "m"), "--images", str(w / "imgs"), "--output", str(w / "img.index"), "-q"]):
         assert main(argv) == 0
@@ -329,7 +329,7 @@ def test_reload_swaps_a_rebuilt_folder_and_a_failed_one_keeps_the_old(served, tm
     shutil.copytree(w / "text.index", folder)
     live = SearchService(service.model, {"live": str(folder)})
     c = TestClient(create_app(live), raise_server_exceptions=False)
-    synthetic.write_jsonl(tmp_path / "more.jsonl", [{"_id": f"n{i}", "text": f"note {i}"} for i in range(8)])
+    helpers.write_jsonl(tmp_path / "more.jsonl", [{"_id": f"n{i}", "text": f"note {i}"} for i in range(8)])
     assert main(["index", "--model", str(w / "m"), "--corpus", str(tmp_path / "more.jsonl"), "--output", str(folder),
                  "-q"]) == 0
     assert c.get("/info").json()["indexes"]["live"]["count"] == 5  # still the old one until reloaded

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-import synthetic
-from synthetic import png, write_parquet, write_tar
+import helpers
+from helpers import png, write_parquet, write_tar
 from lsb_mm.cli import main
 from lsb_mm.data.documents import Documents
 from lsb_mm.data.readers import Source, Unit, plan_units, read_source, read_unit
@@ -19,7 +19,7 @@ MODEL = "open_clip:lsb-tiny-test"
 
 
 def texts(n, prefix="doc"):
-    return [{"_id": f"{prefix}{i}", "text": f"{prefix} {i} about {synthetic.WORDS[i % len(synthetic.WORDS)]}"}
+    return [{"_id": f"{prefix}{i}", "text": f"{prefix} {i} about {helpers.WORDS[i % len(helpers.WORDS)]}"}
             for i in range(n)]
 
 
@@ -30,7 +30,7 @@ def concat(units):
 
 # -- readers ---------------------------------------------------------------------------------------
 def test_units_of_every_source_cover_each_document_once_in_order(tmp_path):
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(23))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(23))
     folder = tmp_path / "imgs"
     (folder / "sub").mkdir(parents=True)
     for i in range(7):
@@ -149,7 +149,7 @@ def _unit_vectors(unit, d=8):
 
 
 def test_shards_resume_verify_and_stream(tmp_path):
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(10))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(10))
     units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 4)
     folder = str(tmp_path / "emb")
     s = EmbeddingShards.open(folder, units, "fp1", "float32")
@@ -184,7 +184,7 @@ def test_shards_resume_verify_and_stream(tmp_path):
 
 
 def test_shards_of_another_job_are_refused_or_overwritten(tmp_path):
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(10))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(10))
     units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 4)
     folder = str(tmp_path / "emb")
     s = EmbeddingShards.open(folder, units, "fp1", "float32")
@@ -204,7 +204,7 @@ def test_shards_of_another_job_are_refused_or_overwritten(tmp_path):
 
 
 def test_float16_shards_stream_normalised(tmp_path):
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(6))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(6))
     units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 6)
     s = EmbeddingShards.open(str(tmp_path / "emb"), units, None, "float16")
     x = _unit_vectors(units[0], d=64)
@@ -234,7 +234,7 @@ def run(cwd, *argv):
 def test_engine_local_equals_the_memory_path_and_resumes(tmp_path):
     import lsb_mm
 
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(150))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(150))
     lsb_mm.create_model(MODEL, head="slr", head_init="random").save_pretrained(str(tmp_path / "m"))
     common = ["index", "--model", "m", "--corpus", "c.jsonl", "--batch-size", "16", "--shard-size", "32", "-q"]
     code, out, err = run(tmp_path, *common, "--output", "mem")
@@ -262,7 +262,7 @@ def test_engine_local_equals_the_memory_path_and_resumes(tmp_path):
 def test_engine_flags_are_checked(tmp_path):
     import lsb_mm
 
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(20))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(20))
     lsb_mm.create_model(MODEL, head="slr").save_pretrained(str(tmp_path / "m"))
     base = ["index", "--model", "m", "--corpus", "c.jsonl", "--output", "ix", "-q"]
     for extra, match in ((["--engine", "local", "--shard", "1/2"], "--shard applies to --engine memory"),
@@ -275,7 +275,7 @@ def test_engine_flags_are_checked(tmp_path):
 
 
 def test_streaming_many_shards_holds_no_file_open_between_reads(tmp_path):
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(120))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(120))
     units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 2)  # 60 shards
     s = EmbeddingShards.open(str(tmp_path / "emb"), units, None, "float32")
     vectors = []
@@ -297,7 +297,7 @@ def test_streaming_many_shards_holds_no_file_open_between_reads(tmp_path):
 
 
 def test_resuming_sweeps_what_a_killed_writer_left(tmp_path):
-    synthetic.write_jsonl(tmp_path / "c.jsonl", texts(6))
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(6))
     units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 3)
     folder = tmp_path / "emb"
     s = EmbeddingShards.open(str(folder), units, None, "float32")
@@ -312,12 +312,12 @@ def test_sharded_index_refuses_a_changed_source_and_mixed_kinds(tmp_path):
 
     lsb_mm.create_model(MODEL, head="none").save_pretrained(str(tmp_path / "m"))
     docs = texts(12)
-    synthetic.write_jsonl(tmp_path / "c.jsonl", docs)
+    helpers.write_jsonl(tmp_path / "c.jsonl", docs)
     base = ["index", "--model", "m", "--corpus", "c.jsonl", "--engine", "local", "--shard-size", "4",
             "--embeddings", "c.emb", "-q", "--bm25"]
     assert run(tmp_path, *base, "--output", "ix1")[0] == 0
     # the same number of documents, in another order: the finished shards no longer hold these ids
-    synthetic.write_jsonl(tmp_path / "c.jsonl", docs[::-1])
+    helpers.write_jsonl(tmp_path / "c.jsonl", docs[::-1])
     code, _, err = run(tmp_path, *base, "--output", "ix2")
     assert code == 2 and "no longer those of shard 0" in err and "Traceback" not in err, err
     # image shards beside text shards make no index

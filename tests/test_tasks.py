@@ -9,12 +9,12 @@ from PIL import Image
 from lsb_mm.data.tasks import cross_tasks, image_tasks, keywords, read_task, text_tasks
 
 sys.path.insert(0, os.path.dirname(__file__))
-import synthetic  # noqa: E402
+import helpers  # noqa: E402
 
 
 def test_text_tasks(tmp_path):
     rs = np.random.RandomState(0)
-    pairs = [(f"query {i}", " ".join(rs.choice(synthetic.WORDS, 40))) for i in range(30)]
+    pairs = [(f"query {i}", " ".join(rs.choice(helpers.WORDS, 40))) for i in range(30)]
     pairs.append(("short one", "too short passage"))
     made = text_tasks(pairs, str(tmp_path), kinds=["query", "keyword", "pop-32"], seed=1)
     assert [os.path.basename(m) for m in made] == ["query", "keyword", "pop-32"]
@@ -41,10 +41,10 @@ def test_keywords_prefer_rare_terms():
 
 
 def test_image_tasks(tmp_path):
-    folder = synthetic.labelled_folder(tmp_path / "lab", per_class=4)
+    folder = helpers.labelled_folder(tmp_path / "lab", per_class=4)
     made = image_tasks(folder, str(tmp_path / "tasks"), kinds=["class", "snippet-30"], position="random", seed=0)
     cls = read_task(made[0])
-    n_classes = len(synthetic.COLORS) * len(synthetic.SHAPES)
+    n_classes = len(helpers.COLORS) * len(helpers.SHAPES)
     assert len(cls.queries) == 2 * n_classes and len(cls.corpus) == 2 * n_classes
     for q in cls.queries:
         assert all(d.split("/")[0] == q["label"] for d in cls.qrels[q["_id"]]) and len(cls.qrels[q["_id"]]) == 2
@@ -65,7 +65,7 @@ def test_image_tasks(tmp_path):
 
 
 def test_cross_tasks(tmp_path):
-    items = synthetic.caption_items(tmp_path / "caps", 36)
+    items = helpers.caption_items(tmp_path / "caps", 36)
     c2i, i2c = (read_task(m) for m in cross_tasks(items, str(tmp_path / "x")))
     assert len(c2i.queries) == 18 and len(c2i.corpus) == 36 and all(len(r) == 2 for r in c2i.qrels.values())
     assert len(i2c.queries) == 36 and all(len(r) == 1 for r in i2c.qrels.values())

@@ -17,7 +17,7 @@ from lsb_mm.training.config import TrainConfig
 from lsb_mm.training.trainer import Trainer, train
 
 sys.path.insert(0, os.path.dirname(__file__))
-import synthetic  # noqa: E402
+import helpers  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
@@ -32,29 +32,29 @@ def read_log(out):
 def sets(tmp_path_factory):
     """Held-out queries of a known corpus (text), colour/shape classes (image), captions (cross)."""
     root = tmp_path_factory.mktemp("train_sets")
-    text_train, text_dev = synthetic.passage_queries(200, per_passage=4, dev=60, seed=0)
+    text_train, text_dev = helpers.passage_queries(200, per_passage=4, dev=60, seed=0)
     rs = np.random.RandomState(5)
     dev_img = []  # unseen images; relevant: the unseen images of the same class
     (root / "imgdev").mkdir()
-    for c in synthetic.COLORS:
-        for s in synthetic.SHAPES:
+    for c in helpers.COLORS:
+        for s in helpers.SHAPES:
             same = [str(root / "imgdev" / f"{c}_{s}_{k}b.png") for k in range(3)]
             for path in same:
-                synthetic.draw(c, s, rs, noise=True).save(path)
+                helpers.draw(c, s, rs, noise=True).save(path)
             for k in range(3):
                 query = root / "imgdev" / f"{c}_{s}_{k}a.png"
-                synthetic.draw(c, s, rs, noise=True).save(query)
+                helpers.draw(c, s, rs, noise=True).save(query)
                 dev_img.append({"query": str(query), "pos": same})
-    cap_train = synthetic.caption_items(root / "cap_train", 360, seed=0)
-    cap_dev = synthetic.caption_items(root / "cap_dev", 54, seed=1)  # caption -> every unseen image it describes
+    cap_train = helpers.caption_items(root / "cap_train", 360, seed=0)
+    cap_dev = helpers.caption_items(root / "cap_dev", 54, seed=1)  # caption -> every unseen image it describes
     cap_dev = [{"query": c, "pos": [p for c2, p in cap_dev if c2 == c]} for c in dict.fromkeys(c for c, _ in cap_dev)]
     return {
-        "text": (synthetic.write_jsonl(root / "text_train.jsonl", text_train),
-                 synthetic.write_jsonl(root / "text_dev.jsonl", text_dev)),
-        "image": (synthetic.labelled_folder(root / "labelled", per_class=8, seed=0, noise=True),
-                  synthetic.write_jsonl(root / "img_dev.jsonl", dev_img)),
-        "cross": (synthetic.write_jsonl(root / "cap_train.jsonl", [{"query": c, "pos": [p]} for c, p in cap_train]),
-                  synthetic.write_jsonl(root / "cap_dev.jsonl", cap_dev)),
+        "text": (helpers.write_jsonl(root / "text_train.jsonl", text_train),
+                 helpers.write_jsonl(root / "text_dev.jsonl", text_dev)),
+        "image": (helpers.labelled_folder(root / "labelled", per_class=8, seed=0, noise=True),
+                  helpers.write_jsonl(root / "img_dev.jsonl", dev_img)),
+        "cross": (helpers.write_jsonl(root / "cap_train.jsonl", [{"query": c, "pos": [p]} for c, p in cap_train]),
+                  helpers.write_jsonl(root / "cap_dev.jsonl", cap_dev)),
     }
 
 
@@ -80,7 +80,7 @@ def test_training_improves_held_out_recall(modality, head, sets, tmp_path, tiny_
 
 @pytest.mark.slow
 def test_cli_train_quickstart(tmp_path):
-    data = synthetic.write_jsonl(tmp_path / "pairs.jsonl", synthetic.passage_queries(40, per_passage=2, dev=0)[0])
+    data = helpers.write_jsonl(tmp_path / "pairs.jsonl", helpers.passage_queries(40, per_passage=2, dev=0)[0])
     out = tmp_path / "OUT"
     r = subprocess.run([sys.executable, "-m", "lsb_mm", "train", "--model", "open_clip:lsb-tiny-test", "--head", "slr",
                         "--modality", "text", "--train-data", data, "--output", str(out), "--max-steps", "20",
@@ -102,7 +102,7 @@ def test_cli_train_quickstart(tmp_path):
 @pytest.mark.slow
 def test_two_process_gloo_equals_one_process(tmp_path):
     """Cross-device negatives: 2 ranks x 4 queries give the loss and gradients of 1 process x 8."""
-    data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(30, per_passage=1, dev=0, negatives=1)[0])
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.passage_queries(30, per_passage=1, dev=0, negatives=1)[0])
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         os.path.join(HERE, "ddp_check.py"), data, str(tmp_path), "4"],
                        capture_output=True, text=True, env=ENV, timeout=600)
@@ -149,7 +149,7 @@ def test_two_process_image_training_ends_with_one_model(modality, head, tmp_path
 
 @pytest.mark.slow
 def test_bad_settings_exit_2_before_any_process_starts(tmp_path):
-    data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(20, per_passage=1, dev=0)[0])
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.passage_queries(20, per_passage=1, dev=0)[0])
     base = ["--model", "open_clip:lsb-tiny-test", "--train-data", data, "--max-steps", "1", "--batch-size", "4"]
     cases = [(["--log-steps", "0"], "log_steps must be >= 1"), (["--save-steps", "-1"], "save_steps must be >= 0"),
              (["--eval-steps", "-2"], "eval_steps must be >= 0"), (["--nproc=0"], "--nproc must be >= 1"),
@@ -170,7 +170,7 @@ def _cli_train(args, out):
 @pytest.mark.slow
 def test_sigkill_then_resume_is_exact(tmp_path, tiny_hf_dir):
     """Dropout on (tiny BERT, --train all), hard negatives sampled: resume must restore RNG and data position."""
-    data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(120, per_passage=2, dev=0, negatives=3)[0])
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.passage_queries(120, per_passage=2, dev=0, negatives=3)[0])
     args = ["--model", f"hf:{tiny_hf_dir}", "--pooling", "mean", "--head", "llr", "--train-data", data, "--train", "all",
             "--train-group-size", "3", "--batch-size", "8", "--max-steps", "60", "--save-steps", "3", "--lr", "1e-3",
             "--seed", "7", "--log-steps", "1", "--keep-checkpoints", "0"]
@@ -197,7 +197,7 @@ def test_sigkill_then_resume_is_exact(tmp_path, tiny_hf_dir):
 
 
 def test_resume_refuses_changed_settings(tmp_path):
-    data = synthetic.write_jsonl(tmp_path / "d.jsonl", synthetic.passage_queries(40, per_passage=1, dev=0)[0])
+    data = helpers.write_jsonl(tmp_path / "d.jsonl", helpers.passage_queries(40, per_passage=1, dev=0)[0])
     cfg = dict(model="open_clip:lsb-tiny-test", head="slr", train_data=data, output=str(tmp_path / "o"), max_steps=2,
                batch_size=8, show_progress_bar=False)
     train(TrainConfig(**cfg))
@@ -260,7 +260,7 @@ def test_skip_bad_writes_a_report(tmp_path):
 
 
 def test_csv_and_caption_folder_and_labelled_folder(tmp_path):
-    items = synthetic.caption_items(tmp_path / "caps", 12, seed=0)
+    items = helpers.caption_items(tmp_path / "caps", 12, seed=0)
     for caption, path in items:
         with open(os.path.splitext(path)[0] + ".txt", "w") as f:
             f.write(caption + "\nsecond line ignored\n")
@@ -272,8 +272,8 @@ def test_csv_and_caption_folder_and_labelled_folder(tmp_path):
     csv.write_text("filepath\tcaption\n" + "".join(f"{os.path.basename(p)}\t{c}\n" for c, p in items))
     t = load_train_data(str(csv), "cross", image_root=str(tmp_path / "caps"))
     assert t.fmt == "csv" and len(t) == 12
-    lab = load_train_data(synthetic.labelled_folder(tmp_path / "lab", per_class=3), "image")
-    assert lab.fmt == "labelled" and len(lab) == 3 * len(synthetic.COLORS) * len(synthetic.SHAPES)
+    lab = load_train_data(helpers.labelled_folder(tmp_path / "lab", per_class=3), "image")
+    assert lab.fmt == "labelled" and len(lab) == 3 * len(helpers.COLORS) * len(helpers.SHAPES)
     e = lab.examples[0]
     assert len(e.pos) == 2 and all(os.path.dirname(p) == os.path.dirname(e.query) for p in e.pos)
     assert all(os.path.dirname(n) != os.path.dirname(e.query) for n in e.neg)
@@ -289,7 +289,7 @@ def test_one_caption_folder_layout_for_every_command(tmp_path, capsys):
     from lsb_mm.data.tasks import read_task
     from lsb_mm.data.training_data import load_train_data
 
-    items = synthetic.caption_items(tmp_path / "flat", 12, seed=0)
+    items = helpers.caption_items(tmp_path / "flat", 12, seed=0)
     nested = tmp_path / "nested"
     for n, (caption, path) in enumerate(items):
         folder = nested / f"category{n % 3}"
