@@ -101,7 +101,9 @@ def test_train_killed_while_checkpointing_resumes(tmp_path, rng):
         assert 0 < step <= 40
     assert mid_save >= 1, "no kill landed while the run was writing a checkpoint"
     complete(tmp_path, lsb(tmp_path, *args, "--resume"))
-    assert lsb_mm.load_model(str(tmp_path / "run" / "final")) is not None
+    final = tmp_path / "run" / "final"
+    assert lsb_mm.load_model(str(final)).text_head.kind == "slr"
+    assert json.loads((final / "lsb_config.json").read_text())["training"]["saved_step"] == 40
     assert not [n for n in os.listdir(tmp_path / "run") if ".tmp-" in n]  # interrupted saves cleared
     steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "train_log.jsonl") if '"loss"' in line]
     assert steps == sorted(set(steps)) and steps[-1] == 40  # each logged step once, to the end
@@ -125,8 +127,10 @@ def test_build_tasks_killed_anywhere_leaves_loadable_tasks(tmp_path, rng):
             for folder in found:
                 task = read_task(folder)
                 assert task.queries and task.corpus
-        for name in ("train.jsonl", "val.jsonl"):
-            assert sum(1 for _ in iter_jsonl(str(tmp_path / "own" / name))) > 0
+        kinds = {os.path.basename(f) for f in found}
+        for name in ("train.jsonl", "val.jsonl"):  # whole training records of the tasks' kinds
+            rows = [r for _, r in iter_jsonl(str(tmp_path / "own" / name))]
+            assert rows and all(set(r) == {"query", "pos", "kind"} and r["kind"] in kinds and r["pos"] for r in rows)
 
     check()
     killed = 0

@@ -204,3 +204,18 @@ def test_the_size_rules_measure(tmp_path):
     src = tmp_path / "m.py"
     src.write_text("def f():\n" + "    x = 1\n" * 90 + "\n\ndef g():\n    return 2\n")
     assert [(n, k) for n, _, k in _function_lengths(str(src))] == [("f", 91), ("g", 2)]
+
+
+def test_no_test_module_imports_another():
+    """Tests share code through ``helpers`` (and ``conftest``'s fixtures) only."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    tests = {f[:-3] for f in os.listdir(here) if f.startswith("test_") and f.endswith(".py")}
+    found = []
+    for name in sorted(tests):
+        with open(os.path.join(here, name + ".py"), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [(name, n) for n in names if n.split(".")[0] in tests]
+    assert found == []
