@@ -142,7 +142,10 @@ def test_plug_in_training_with_corpus_negatives_learns(tmp_path, data, tiny_hf_d
     losses = [r["loss"] for r in log if "loss" in r]
     assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
     info = json.load(open(out / "run_info.json"))
-    assert info["tower_cache"]["text"]["inputs"] > 0 and info["tower_cache"]["text"]["hidden"] is False
+    rows = [json.loads(line) for line in open(data["text"])]
+    distinct = {r["query"] for r in rows} | {p for r in rows for p in r["pos"] + r.get("neg", [])}
+    assert info["tower_cache"]["text"]["inputs"] == len(distinct)  # every distinct query and document, once
+    assert info["tower_cache"]["text"]["hidden"] is False
 
 
 def test_corpus_negatives_need_cached_plain_documents(tmp_path, data, tiny_hf_dir):

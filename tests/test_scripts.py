@@ -173,7 +173,8 @@ def test_repro_cross_small(tmp_path, minilm_path):
                                      "--work", str(tmp_path / "w"), "--out", str(tmp_path)]) == 0
     res = _check_repro(tmp_path / "repro_cross.json", ["untrained", "none", "llr", "llr (head off)"],
                        ["caption2image", "image2caption"])
-    assert res["data"]["feature_cache"]["hits"] > 0  # the locked image tower ran once per image
+    cache = res["data"]["feature_cache"]  # the locked image tower ran once per image
+    assert cache["misses"] == cache["items"] and cache["hits"] > 0
     assert "R@1" in (tmp_path / "repro_cross.md").read_text()
     _check_render("repro_cross", tmp_path, "repro_cross")
 
