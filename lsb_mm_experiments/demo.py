@@ -114,7 +114,8 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
     from lsb_mm.training.feature_cache import ImageFeatureCache
     from lsb_mm.evaluation.gallery import write_gallery
     from lsb_mm.models.pretrained import dual_encoder
-    from lsb_mm_experiments.reproduce import query_modulation, stratified_split, validation_record
+    from lsb_mm.data.splits import stratified_split
+    from lsb_mm_experiments.reproduce import query_modulation, validation_record
 
     if head == "none":
         raise InputError("--head must be a LexSemBridge head (slr, llr or clr); the baseline 'none' always runs")

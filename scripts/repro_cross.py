@@ -28,7 +28,8 @@ from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_be
 from lsb_mm.training.feature_cache import ImageFeatureCache  # noqa: E402
 from lsb_mm.models.pretrained import dual_encoder  # noqa: E402
 from lsb_mm_experiments.datasets.image_experiment import build_cross_experiment  # noqa: E402
-from lsb_mm_experiments.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
+from lsb_mm_experiments.reproduce import run_grid  # noqa: E402
+from lsb_mm_experiments.statistics import head_tables, machine_line, summarize  # noqa: E402
 
 METRICS = ("recall@1", "recall@5", "recall@10", "ndcg@10", "mrr@10")
 

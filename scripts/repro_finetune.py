@@ -33,8 +33,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import lsb_mm  # noqa: E402
 from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
 from lsb_mm.training.feature_cache import ImageFeatureCache  # noqa: E402
-from lsb_mm_experiments.reproduce import (run_script, add_plugin_data_args, add_run_args, head_tables, machine_line, plugin_config,  # noqa: E402
-                              plugin_experiment, plugin_references, run_grid, summarize)
+from lsb_mm_experiments.plugin import (add_plugin_data_args, add_run_args, plugin_config, plugin_experiment,
+                                       plugin_references)  # noqa: E402
+from lsb_mm_experiments.reproduce import run_grid, run_script  # noqa: E402
+from lsb_mm_experiments.statistics import head_tables, machine_line, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_plugin import setup  # noqa: E402

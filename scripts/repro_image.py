@@ -31,7 +31,8 @@ from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_be
 from lsb_mm.training.feature_cache import ImageFeatureCache  # noqa: E402
 from lsb_mm.models.pretrained import efficientnet_lite0_weights  # noqa: E402
 from lsb_mm_experiments.datasets.image_experiment import IMAGE_DATASETS, IMAGE_SIZE, build_image_experiment  # noqa: E402
-from lsb_mm_experiments.reproduce import head_tables, machine_line, run_grid, summarize  # noqa: E402
+from lsb_mm_experiments.reproduce import run_grid  # noqa: E402
+from lsb_mm_experiments.statistics import head_tables, machine_line, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_cross import add_lit_args, describe, lit_config  # noqa: E402

@@ -13,7 +13,7 @@ the dual encoder's projections train, so ``none`` is the projection trained alon
 row trains the projection with its head. Every head row is compared with ``none`` / ``untuned``
 and with ``adapter``, a residual linear query map trained the same way (is it the lexical signal,
 or any adaptation at all?). Data and split: those of ``scripts/sweep_heads.py``
-(:func:`lsb_mm_experiments.reproduce.plugin_experiment`). Each run: ``--train heads``, corpus negatives, the
+(:func:`lsb_mm_experiments.plugin.plugin_experiment`). Each run: ``--train heads``, corpus negatives, the
 row's lr / temperature / weight decay from the sweep's winner (``--recipe``, default
 ``results/sweep_<key>.json``), a validation split carved from the training data (seeded by the
 run's seed), evaluation every ``--eval-steps`` with early stopping; the best model on validation
@@ -39,9 +39,11 @@ from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_be
 from lsb_mm.training.feature_cache import ImageFeatureCache  # noqa: E402
 from lsb_mm.evaluation.evaluate import CorpusCache  # noqa: E402
 from lsb_mm.files import write_text  # noqa: E402
-from lsb_mm_experiments.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key, head_tables,  # noqa: E402
-                              machine_line, plugin_config, plugin_experiment, plugin_train_files, plugin_references, query_modulation, read_run_record,
-                              summarize, fusion_note, text_references, update_references, validation_record)
+from lsb_mm_experiments.plugin import (PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key, fusion_note,
+                                       plugin_config, plugin_experiment, plugin_references, plugin_train_files,
+                                       text_references, update_references)  # noqa: E402
+from lsb_mm_experiments.reproduce import query_modulation, read_run_record, run_script, validation_record  # noqa: E402
+from lsb_mm_experiments.statistics import head_tables, machine_line, summarize  # noqa: E402
 
 METRICS = ("ndcg@10", "recall@1", "recall@10")
 

@@ -40,8 +40,9 @@ from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_be
 from lsb_mm.models.pretrained import text_model_or_minilm  # noqa: E402
 from lsb_mm_experiments.datasets.manpage_experiment import build_manpage_experiment  # noqa: E402
 from lsb_mm.data.splits import split_jsonl_by_document  # noqa: E402
-from lsb_mm_experiments.reproduce import (run_script, head_tables, machine_line, plugin_config, run_grid, summarize,  # noqa: E402
-                              fusion_note, text_references, update_references)
+from lsb_mm_experiments.plugin import fusion_note, plugin_config, text_references, update_references  # noqa: E402
+from lsb_mm_experiments.reproduce import run_grid, run_script  # noqa: E402
+from lsb_mm_experiments.statistics import head_tables, machine_line, summarize  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from repro_plugin import recipes  # noqa: E402

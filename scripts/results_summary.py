@@ -20,7 +20,7 @@ import os
 import statistics
 
 from lsb_mm_experiments.benchmarking import write_benchmark
-from lsb_mm_experiments.reproduce import ALPHA, compare
+from lsb_mm_experiments.statistics import ALPHA, compare
 
 HEADS = ("slr", "llr", "clr")
 TARGET = 0.020

@@ -6,7 +6,7 @@
     python3 scripts/sweep_heads.py --heads slr --lrs 1e-3 --pages 80 --max-steps 20   # a smoke run
     python3 scripts/sweep_heads.py --render results/sweep_text.json
 
-Data (:func:`lsb_mm_experiments.reproduce.plugin_experiment`), training part only: text, the man-page
+Data (:func:`lsb_mm_experiments.plugin.plugin_experiment`), training part only: text, the man-page
 experiment (one training query of every kind per training page: NAME line, keywords, pop-N
 spans); image, crops -> their image and image -> same-class images of the training images
 (Fashion-MNIST or Tux Paint); cross, the captions of the training stamps. ``--val-fraction`` of
@@ -35,8 +35,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import lsb_mm  # noqa: E402
 from lsb_mm_experiments.benchmarking import machine_info, render_saved, write_benchmark  # noqa: E402
-from lsb_mm_experiments.reproduce import (run_script, PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key,  # noqa: E402
-                              plugin_config, plugin_experiment, plugin_train_files)
+from lsb_mm_experiments.plugin import (PLUGIN_HEADS, add_plugin_data_args, add_run_args, experiment_key,
+                                       plugin_config, plugin_experiment, plugin_train_files)  # noqa: E402
+from lsb_mm_experiments.reproduce import run_script  # noqa: E402
 from lsb_mm.files import iter_jsonl, write_text  # noqa: E402
 
 METRIC = "ndcg@10"

@@ -8,7 +8,8 @@ import pytest
 import lsb_mm
 from conftest import need
 from lsb_mm.errors import InputError
-from lsb_mm_experiments.reproduce import compact_table, compare, results_table, stratified_split, summarize, verdicts
+from lsb_mm.data.splits import stratified_split
+from lsb_mm_experiments.statistics import compact_table, compare, results_table, summarize, verdicts
 
 
 def result(**tasks):

@@ -71,7 +71,7 @@ def _check_hybrid_references(script, path, heads):
     on its rebuilt tasks, keeps the head rows, and refuses tasks that no longer reproduce it."""
     from lsb_mm.errors import InputError
     from lsb_mm.retrieval.fusion import FUSION_WEIGHTS
-    from lsb_mm_experiments.reproduce import HYBRID_REFERENCES
+    from lsb_mm_experiments.plugin import HYBRID_REFERENCES
 
     res = json.load(open(path))
     assert res["references"] == ["untuned", "BM25", *HYBRID_REFERENCES]

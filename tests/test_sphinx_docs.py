@@ -76,7 +76,7 @@ def test_missing_and_unknown_packages_say_what_to_do(tmp_path, monkeypatch):
 
 def test_extra_training_data_stays_on_the_training_side(tmp_path):
     from lsb_mm.files import iter_jsonl, write_jsonl
-    from lsb_mm_experiments.reproduce import PluginExperiment, plugin_train_files
+    from lsb_mm_experiments.plugin import PluginExperiment, plugin_train_files
 
     own, extra = tmp_path / "train.jsonl", tmp_path / "docs.jsonl"
     write_jsonl(str(own), ({"query": f"q{i}-{k}", "pos": [f"page {i}"]} for i in range(20) for k in range(3)))
