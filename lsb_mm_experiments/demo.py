@@ -106,21 +106,31 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
              batch_size: int = 64, img_size: int = 160, seed: int = 0, limit: int = 0, crops_per_image: int = 4,
              stamps_root: Optional[str] = None, gallery_queries: int = 4) -> dict:
     """Run the demo (see the module docstring); returns the results dict also written to ``results.json``."""
-    from lsb_mm import Index, TrainConfig, evaluate, load_model, train
-    from lsb_mm_experiments.benchmarking import machine_info
-    from lsb_mm.training.checkpoint import remove_checkpoints
-    from lsb_mm.data.tasks import cross_tasks, image_pair_training_data, image_tasks, read_task
-    from lsb_mm_experiments.datasets.tuxpaint import link_labelled_folder, load_tuxpaint
     from lsb_mm.training.feature_cache import ImageFeatureCache
-    from lsb_mm.evaluation.gallery import write_gallery
-    from lsb_mm.models.pretrained import dual_encoder
-    from lsb_mm.data.splits import stratified_split
-    from lsb_mm_experiments.reproduce import query_modulation, validation_record
 
     if head == "none":
         raise InputError("--head must be a LexSemBridge head (slr, llr or clr); the baseline 'none' always runs")
     _check_output(output)
     t0 = time.perf_counter()
+    data = _prepare(output, stamps_root, limit, seed, crops_per_image)
+    cache = ImageFeatureCache()
+    rows = {"baseline (none)": "none", f"LexSemBridge ({head})": head}
+    train_args = {"max_steps": max_steps, "eval_steps": eval_steps, "patience": patience, "seed": seed,
+                  "batch_size": min(batch_size, max(2, len(data["train"]) // 2))}
+    models, recipes, folders = _train_rows(data, rows, img_size, cache, train_args)
+    results, modulation, gallery = _evaluate_rows(output, data, rows, models, cache, gallery_queries)
+    for label, h in rows.items():  # the text->image model beside the index it built, for lsb-mm serve
+        os.replace(folders[label]["cross"], os.path.join(output, f"model-{h}"))
+    _say("[4/5] indexed and evaluated the held-out stamps")
+    return _report(output, head, rows, data, results, modulation, recipes, gallery, cache, t0)
+
+
+def _prepare(output: str, stamps_root: Optional[str], limit: int, seed: int, crops_per_image: int) -> dict:
+    """Step 1: the stamps split by category, the training files and the held-out task folders."""
+    from lsb_mm.data.splits import stratified_split
+    from lsb_mm.data.tasks import cross_tasks, image_pair_training_data, image_tasks
+    from lsb_mm_experiments.datasets.tuxpaint import link_labelled_folder, load_tuxpaint
+
     data = load_tuxpaint(stamps_root) if stamps_root else _check_data()
     stamps = data.stamps[: limit or None]
     train_set, test_set = stratified_split(stamps, lambda s: s.category, 0.4, seed=0)
@@ -140,24 +150,32 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
     cross_tasks([(s.caption, s.path) for s in test_set], tasks_dir)
     image_tasks(link_labelled_folder(test_set, os.path.join(work, "test_stamps")), tasks_dir, kinds=("class", "snippet-30"),
                 position="random", seed=seed)
-    tasks = {t: os.path.join(tasks_dir, t) for t in TASK_METRICS}
+    return {"stamps": stamps, "skipped": data.skipped, "train": train_set, "test": test_set, "work": work,
+            "files": {"cross": cross_file, "image": image_file},
+            "tasks": {t: os.path.join(tasks_dir, t) for t in TASK_METRICS}}
+
+
+def _train_rows(data: dict, rows: Dict[str, str], img_size: int, cache, train_args: dict):
+    """Steps 2-3: for each row (baseline, head), a text->image and an image->image model of the
+    dual encoder, towers locked, with the plug-in recipe; returns (models, recipes, folders)."""
+    from lsb_mm import TrainConfig, load_model, train
+    from lsb_mm.models.pretrained import dual_encoder
+    from lsb_mm.training.checkpoint import remove_checkpoints
+    from lsb_mm_experiments.reproduce import validation_record
 
     name, options = dual_encoder(img_size)
     _say("[2/5] dual encoder: all-MiniLM-L6-v2 + EfficientNet-Lite0 (ImageNet), towers locked, 256-d projections")
-    cache = ImageFeatureCache()
-    rows = {"baseline (none)": "none", f"LexSemBridge ({head})": head}
     models: Dict[str, Dict[str, object]] = {}
     recipes: Dict[str, Dict[str, dict]] = {}
     folders: Dict[str, Dict[str, str]] = {}
     for label, h in rows.items():
         models[label], recipes[label], folders[label] = {}, {}, {}
-        for modality, file in (("cross", cross_file), ("image", image_file)):
+        for modality, file in data["files"].items():
             t = time.perf_counter()
-            cfg = TrainConfig(model=name, overwrite=True, model_options=options, head=h, modality=modality, train_data=file, train="heads",
-                              symmetric=modality == "cross", corpus_negatives=True, val_fraction=0.2, eval_steps=eval_steps,
-                              patience=patience, max_steps=max_steps, batch_size=min(batch_size, max(2, len(train_set) // 2)),
-                              vocab_size=256, seed=seed, output=os.path.join(work, "runs", f"{h}-{modality}"),
-                              show_progress_bar=False, log_steps=50, keep_checkpoints=1)
+            cfg = TrainConfig(model=name, overwrite=True, model_options=options, head=h, modality=modality, train_data=file,
+                              train="heads", symmetric=modality == "cross", corpus_negatives=True, val_fraction=0.2,
+                              vocab_size=256, output=os.path.join(data["work"], "runs", f"{h}-{modality}"),
+                              show_progress_bar=False, log_steps=50, keep_checkpoints=1, **train_args)
             folders[label][modality] = train(cfg, feature_cache=cache)
             models[label][modality] = load_model(folders[label][modality])
             remove_checkpoints(cfg.output)
@@ -168,12 +186,22 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
             _say(f"[3/5] trained {label} {'text->image' if modality == 'cross' else 'image->image'} "
                  f"in {time.perf_counter() - t:.0f} s (lr {cfg.lr:g}, temperature {cfg.temperature:g}; best validation "
                  f"NDCG@10 {r.get('value', float('nan')):.3f} at step {r.get('from_step')} of {r.get('steps_run')})")
+    return models, recipes, folders
 
+
+def _evaluate_rows(output: str, data: dict, rows: Dict[str, str], models, cache, gallery_queries: int):
+    """Step 4: evaluate every row on the held-out tasks, index the held-out stamps (saved) and run
+    the gallery's searches; returns (results, modulation, gallery)."""
+    from lsb_mm import Index, evaluate
+    from lsb_mm.data.tasks import read_task
+    from lsb_mm_experiments.reproduce import query_modulation
+
+    tasks = data["tasks"]
     results: Dict[str, dict] = {}
     modulation: Dict[str, dict] = {label: {} for label in rows}
-    gallery: List[dict] = []
+    gallery: List[tuple] = []
     cap_task, snip_task = read_task(tasks["caption2image"]), read_task(tasks["snippet-30-random"])
-    captions = {os.path.realpath(s.path): s.caption for s in test_set}  # snippet corpora hold links to the stamps
+    captions = {os.path.realpath(s.path): s.caption for s in data["test"]}  # snippet corpora hold links to the stamps
     cap_docs, snip_docs = ({d["_id"]: {"image": d["image"], "caption": captions.get(os.path.realpath(d["image"]))}
                             for d in t.corpus} for t in (cap_task, snip_task))
     picks = list(range(0, len(cap_task.queries), max(1, len(cap_task.queries) // gallery_queries)))[:gallery_queries]
@@ -200,9 +228,14 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
             gallery_snip = _searches(image_model, snip_index, [snip_task.queries[i] for i in picks], "image -> image, 30% crop",
                                      snip_task.qrels, snip_docs, label)
         gallery.append((gallery_cap, gallery_snip))
-    for label, h in rows.items():  # the text->image model beside the index it built, for lsb-mm serve
-        os.replace(folders[label]["cross"], os.path.join(output, f"model-{h}"))
-    _say("[4/5] indexed and evaluated the held-out stamps")
+    return results, modulation, gallery
+
+
+def _report(output: str, head: str, rows, data: dict, results, modulation, recipes, gallery, cache, t0: float) -> dict:
+    """Step 5: the gallery, ``results.md`` / ``results.json``, and the table printed."""
+    from lsb_mm.evaluation.gallery import write_gallery
+    from lsb_mm_experiments.benchmarking import machine_info
+
     # baseline beside LexSemBridge for each query
     ordered = [r for pair in zip(*(g[0] for g in gallery)) for r in pair] + [r for pair in zip(*(g[1] for g in gallery)) for r in pair]
     gallery_path = write_gallery(os.path.join(output, "gallery.html"), f"lsb-mm demo: baseline vs LexSemBridge ({head})", ordered)
@@ -213,12 +246,12 @@ def run_demo(output: str = "runs/demo", head: str = "slr", max_steps: int = 600,
                          f"(1 = an untrained head), entropy {m['entropy']:.3f} of uniform.")
     seconds = time.perf_counter() - t0
     m = machine_info()
-    md = [f"# lsb-mm demo: Tux Paint, {len(test_set)} held-out stamps, one seed", "",
+    md = [f"# lsb-mm demo: Tux Paint, {len(data['test'])} held-out stamps, one seed", "",
           f"Machine: {m['cuda'] or m['cpu']} ({m['threads']} threads); {seconds:.0f} s.", ""] + lines
     write_text(os.path.join(output, "results.md"), "\n".join(md) + "\n")
-    payload = {"head": head, "seconds": round(seconds, 1), "machine": m, "stamps": len(stamps), "train": len(train_set),
-               "test": len(test_set), "skipped": data.skipped, "feature_cache": cache.stats(), "results": results,
-               "modulation": modulation, "recipes": recipes}
+    payload = {"head": head, "seconds": round(seconds, 1), "machine": m, "stamps": len(data["stamps"]),
+               "train": len(data["train"]), "test": len(data["test"]), "skipped": data["skipped"],
+               "feature_cache": cache.stats(), "results": results, "modulation": modulation, "recipes": recipes}
     write_text(os.path.join(output, "results.json"), json.dumps(payload, indent=2))
     _say("[5/5] results (held-out stamps; Δ = LexSemBridge - baseline):\n\n" + "\n".join(lines) + "\n")
     _say(f"gallery: {gallery_path}\nresults: {os.path.join(output, 'results.md')}, {os.path.join(output, 'results.json')}\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -35,10 +36,8 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
     ``<runs_dir>/<head>-seed<seed>.json`` when done and read back instead of redone (resumable).
     Returns ``(rows, runs)``: evaluation results per row, and one record per run (with the
     query-side modulation strength on the test queries)."""
-    import json
-
     from lsb_mm.training.checkpoint import remove_checkpoints
-    from lsb_mm.evaluation.evaluate import CorpusCache, evaluate
+    from lsb_mm.evaluation.evaluate import CorpusCache
     from lsb_mm.models.factory import load_model
     from lsb_mm.files import write_text
     from lsb_mm.training.trainer import Trainer
@@ -86,15 +85,8 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
                 stage_seconds.append(round(time.perf_counter() - t0 - stage_seconds[0], 1))
                 stages_reused.append(reused)
             t_train = time.perf_counter() - t0
-            model = load_model(final)
-            mine: Dict[str, dict] = {}
-            cached = feature_cache.attach(model) if feature_cache is not None and model.has_image else contextlib.nullcontext()
-            with cached:
-                res = mine[head] = evaluate(model, folders, show_progress_bar=False, corpus_cache=docs)
-                if head_off and head != "none":
-                    mine[f"{head} (head off)"] = evaluate(model, folders, enhance=False, show_progress_bar=False,
-                                                          corpus_cache=docs)
-                modulation = query_modulation(model, folders)
+            mine, modulation = _score(load_model(final), head, folders, feature_cache, docs, head_off)
+            res = mine[head]
             for name, r in mine.items():
                 rows.setdefault(name, []).append(r)
             run = {"head": head, "seed": seed, "train_seconds": round(t_train, 1), "stage_seconds": stage_seconds,
@@ -107,6 +99,20 @@ def run_grid(config: Callable[[str, int], Any], heads: Sequence[str], seeds: Seq
             log(f"{head} seed {seed}: trained in {t_train:.0f} s; " +
                 ", ".join(f"{t} NDCG@10 {r['metrics']['ndcg@10']:.3f}" for t, r in res["tasks"].items()))
     return rows, runs
+
+
+def _score(model, head: str, folders: Sequence[str], feature_cache, docs, head_off: bool):
+    """``({row: evaluate result}, query modulation)`` of one trained model: the head, and with
+    ``head_off`` the same model with its head off."""
+    from lsb_mm.evaluation.evaluate import evaluate
+
+    mine: Dict[str, dict] = {}
+    cached = feature_cache.attach(model) if feature_cache is not None and model.has_image else contextlib.nullcontext()
+    with cached:
+        mine[head] = evaluate(model, folders, show_progress_bar=False, corpus_cache=docs)
+        if head_off and head != "none":
+            mine[f"{head} (head off)"] = evaluate(model, folders, enhance=False, show_progress_bar=False, corpus_cache=docs)
+        return mine, query_modulation(model, folders)
 
 
 def read_run_record(path: str, cfg) -> Optional[Dict[str, Any]]:
