@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def _hub_bars_off(off: bool):
     """Hugging Face's own progress bars (transformers' "Loading weights", the hub's) off while a
-    command runs with ``-q`` (or prints one query's results): set through the environment for a
-    transformers imported during the command, directly for one already imported; restored after."""
+    command runs with ``-q``, prints one query's results, or is the demo (it prints its own steps):
+    set through the environment for a transformers imported during the command, directly for one
+    already imported; restored after."""
     if not off:
         yield
         return
@@ -73,7 +74,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"lsb-mm {args.command}: error: {bad}", file=sys.stderr)
         return 2
     try:
-        with _hub_bars_off(getattr(args, "quiet", False) or args.command == "search"):
+        with _hub_bars_off(getattr(args, "quiet", False) or args.command in ("search", "demo")):
             return args.func(args)
     except LSBError as exc:
         print(f"lsb-mm {args.command}: error: {user_message(exc)}", file=sys.stderr)

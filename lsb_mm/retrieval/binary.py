@@ -10,7 +10,7 @@ their signs are all +). A query is binarised the same way and the index returns 
 codes in Hamming distance ``h`` (score ``1 - 2 h / d``). With ``Rescore{r}`` it takes ``r * k``
 of them and orders them by the float query's cosine with each candidate's reconstruction
 (``hi`` where its bit is set, ``lo`` where not); the codes are read in place from flat and HNSW storage, and inverted
-lists keep a copy. FAISS runs binary indexes on the CPU here (:func:`lsb_mm.retrieval.index.gpu_unsupported`).
+lists keep a copy. FAISS runs binary indexes on the CPU here (:func:`lsb_mm.retrieval.gpu.gpu_unsupported`).
 """
 from __future__ import annotations
 
