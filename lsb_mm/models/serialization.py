@@ -16,13 +16,13 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
 from lsb_mm._version import __version__
 from lsb_mm.errors import ModelLoadError
-from lsb_mm.files import atomic_folder, file_sha256, read_json, tensor_digest
+from lsb_mm.files import atomic_folder, checksums, read_json, tensor_digest, verify_checksums
 
 __all__ = ["save_model", "read_config", "read_weights", "check_state", "state_fingerprint", "FORMAT_VERSION",
            "CONFIG_NAME", "WEIGHTS_NAME", "BACKBONE_DIR"]
@@ -94,15 +94,18 @@ def read_config(folder: str) -> Dict[str, Any]:
     return config
 
 
-def _backbone_files(folder: str) -> Dict[str, str]:
-    """``{path under the folder: SHA-256}`` of every file in ``folder/backbone``."""
-    out = {}
+def _backbone_names(folder: str) -> List[str]:
+    """Every file in ``folder/backbone``, as paths under ``folder`` (``/``-separated), sorted."""
+    out = []
     for root, dirs, files in os.walk(os.path.join(folder, BACKBONE_DIR)):
         dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            out[os.path.relpath(full, folder).replace(os.sep, "/")] = file_sha256(full)
+        out += [os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/") for name in sorted(files)]
     return out
+
+
+def _backbone_files(folder: str) -> Dict[str, str]:
+    """``{path under the folder: SHA-256}`` of every file in ``folder/backbone``."""
+    return checksums(folder, _backbone_names(folder))
 
 
 def _check_backbone_files(folder: str, recorded: Any, path: str) -> None:
@@ -110,15 +113,13 @@ def _check_backbone_files(folder: str, recorded: Any, path: str) -> None:
     edited tokenizer would otherwise load quietly as a different model."""
     if not isinstance(recorded, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in recorded.items()):
         raise ModelLoadError(f"{path}: field 'files' must map each backbone file to its SHA-256")
-    found = _backbone_files(folder)
+    found = _backbone_names(folder)
     missing, extra = sorted(set(recorded) - set(found)), sorted(set(found) - set(recorded))
     if missing or extra:
         raise ModelLoadError(f"{folder}: backbone files differ from {CONFIG_NAME}: "
                              + "; ".join(x for x in (f"missing {missing[:3]}" if missing else "",
                                                      f"not recorded {extra[:3]}" if extra else "") if x))
-    changed = [k for k in recorded if found[k] != recorded[k]]
-    if changed:
-        raise ModelLoadError(f"{folder}/{changed[0]}: checksum does not match {CONFIG_NAME} (file changed or corrupt)")
+    verify_checksums(folder, recorded, sorted(recorded), path, ModelLoadError)
 
 
 def read_weights(folder: str, config: Dict[str, Any]) -> Dict[str, torch.Tensor]:
