@@ -22,7 +22,14 @@ from lsb_mm._version import __version__
 from lsb_mm.errors import InputError
 
 __all__ = ["atomic_folder", "atomic_write", "write_text", "tensor_digest", "file_sha256", "iter_jsonl", "write_jsonl",
-           "read_json", "checksums", "write_manifest", "read_manifest", "verify_checksums"]
+           "read_json", "same_file", "checksums", "write_manifest", "read_manifest", "verify_checksums"]
+
+
+def same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (through links too; a missing path is compared by name)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def check_replaceable(folder: str, marker: str, kind: str) -> None:

@@ -174,7 +174,11 @@ def test_eval_cli_bm25_hybrid_labels_and_saved_folders(text_task, tiny_hf_dir, t
     assert "| BM25 |" in (out / "results.md").read_text()
     # weighted fusion: W chosen on validation folders, recorded; labels given by the user
     assert main(["eval", "--model", f"hybrid:hf:{tiny_hf_dir}", "--model", "bm25", "--label", "fused", "--label", "lexical",
-                 "--fusion", "weighted", "--fusion-val", tasks, "--tasks", tasks, "--output", str(out), "-q"]) == 0
+                 "--fusion", "weighted", "--fusion-val", tasks, "--tasks", tasks, "--output", str(out), "-q"]) == 2
+    assert "holds results.json, results.md, recall.png of an earlier eval: pass --overwrite" in capsys.readouterr().err
+    assert main(["eval", "--model", f"hybrid:hf:{tiny_hf_dir}", "--model", "bm25", "--label", "fused", "--label", "lexical",
+                 "--fusion", "weighted", "--fusion-val", tasks, "--tasks", tasks, "--output", str(out), "-q",
+                 "--overwrite"]) == 0
     runs = json.load(open(out / "results.json"))
     assert list(runs) == ["fused", "lexical"] and runs["fused"]["fusion_validation"]["weight"] == runs["fused"]["hybrid"]
     assert "chosen on --fusion-val" in capsys.readouterr().err
@@ -185,7 +189,8 @@ def test_quiet_silences_the_hub_bars_and_restores_them(text_task, tiny_hf_dir, t
     without ``-q`` in the same process shows it again."""
     from lsb_mm.cli import main
 
-    argv = ["eval", "--model", f"hf:{tiny_hf_dir}", "--head", "none", "--tasks", text_task[0], "--output", str(tmp_path)]
+    argv = ["eval", "--model", f"hf:{tiny_hf_dir}", "--head", "none", "--tasks", text_task[0], "--output", str(tmp_path),
+            "--overwrite"]
     assert main(argv + ["-q"]) == 0
     assert "Loading weights" not in capsys.readouterr().err
     assert main(argv) == 0

@@ -305,6 +305,28 @@ CASES: List[Case] = [
          lambda w: (edit_json(w / MODEL / "lsb_config.json", lambda c: c.update(format_version=True)),
                     ["encode", "--model", MODEL, "--texts", "texts.txt", "--output", "e.npy"])[-1],
          r"format_version True is not supported"),
+    # -- data loss: an output that would replace an input, or results lsb-mm wrote earlier ---------------
+    Case("loss/encode output is the texts input", lambda w: ["encode", "--model", MODEL, "--texts", "texts.txt",
+                                                            "--output", "texts.txt"],
+         r"--output texts.txt would write texts.txt, which is the --texts input"),
+    Case("loss/encode rows file is the texts input", lambda w: (shutil.copy(w / "texts.txt", w / "e.rows.jsonl"),
+                                                               ["encode", "--model", MODEL, "--texts", "e.rows.jsonl",
+                                                                "--output", "e.npy"])[-1],
+         r"--output e.npy would write e.rows.jsonl, which is the --texts input"),
+    Case("loss/encode output links to the texts input", lambda w: (os.symlink("texts.txt", w / "e.npy"),
+                                                                  ["encode", "--model", MODEL, "--texts", "texts.txt",
+                                                                   "--output", "e.npy"])[-1],
+         r"--output e.npy would write e.npy, which is the --texts input"),
+    Case("loss/eval output holds earlier results", lambda w: (os.makedirs(w / "res"), write(str(w / "res" / "results.json"), b"{}"),
+                                                             ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res"])[-1],
+         r"--output res holds results.json of an earlier eval: pass --overwrite"),
+    Case("loss/eval output holds an earlier plot", lambda w: (os.makedirs(w / "res"), write(str(w / "res" / "recall.png"), b"x"),
+                                                             ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res"])[-1],
+         r"--output res holds recall.png of an earlier eval"),
+    Case("loss/eval output holds a link named results.md",
+         lambda w: (os.makedirs(w / "res"), os.symlink("../texts.txt", w / "res" / "results.md"),
+                    ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res"])[-1],
+         r"--output res holds results.md of an earlier eval"),
     Case("eval/corpus not UTF-8", lambda w: (write(str(w / "tasks" / "query" / "corpus.jsonl"), b'{"_id": "d0", "text": "\xff"}\n'),
                                              ["eval", "--model", "bm25", "--tasks", "tasks", "--output", "res"])[-1],
          r"corpus.jsonl:1: not UTF-8 text"),
@@ -329,7 +351,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case, world, tmp_path):
 
 def test_the_cases_cover_every_class():
     classes = {c.name.split("/")[0] for c in CASES}
-    assert classes == {"k", "run", "resume", "train", "tasks", "index", "model", "image", "path", "text", "eval"}
+    assert classes == {"k", "run", "resume", "train", "tasks", "index", "model", "image", "path", "text", "eval", "loss"}
     assert len({c.name for c in CASES}) == len(CASES)
 
 

@@ -296,6 +296,26 @@ def test_streaming_many_shards_holds_no_file_open_between_reads(tmp_path):
     assert seen == 120
 
 
+def test_starting_over_removes_only_what_lsb_mm_wrote(tmp_path):
+    """``--overwrite`` (and resuming) sweep a shard folder of its shards and half-written files only:
+    a user's dot-files, digit-named notes and look-alike names stay, byte for byte."""
+    helpers.write_jsonl(tmp_path / "c.jsonl", texts(10))
+    units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 4)
+    folder = tmp_path / "emb"
+    s = EmbeddingShards.open(str(folder), units, "fp1", "float32")
+    s.write(units[0], _unit_vectors(units[0]), _docs(units[0]))
+    (folder / ".000001.parquet.zz9.tmp").write_bytes(b"half")
+    mine = {".bashrc": b"alias ll='ls -l'", "2024.txt": b"notes", "000001.npy.bak": b"a copy", ".hidden.tmp": b"mine",
+            ".cache": b"x"}
+    for name, data in mine.items():
+        (folder / name).write_bytes(data)
+    EmbeddingShards.open(str(folder), units, "fp1", "float32")  # resuming sweeps only its own temp file
+    assert not (folder / ".000001.parquet.zz9.tmp").exists() and all((folder / n).read_bytes() == d for n, d in mine.items())
+    EmbeddingShards.open(str(folder), units, "fp2", "float32", overwrite=True)
+    assert sorted(os.listdir(folder)) == sorted(["plan.json", *mine])
+    assert all((folder / n).read_bytes() == d for n, d in mine.items())
+
+
 def test_resuming_sweeps_what_a_killed_writer_left(tmp_path):
     helpers.write_jsonl(tmp_path / "c.jsonl", texts(6))
     units = plan_units(Source("corpus", str(tmp_path / "c.jsonl")), 3)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from lsb_mm.errors import InputError
-from lsb_mm.files import atomic_write, write_text
+from lsb_mm.files import atomic_write, same_file, write_text
 from lsb_mm.cli.common import (EPILOG, _add_model_args, _load, _read_texts)
 
 
@@ -18,6 +18,11 @@ def cmd_encode(args) -> int:
 
     if os.path.isdir(args.output):
         raise InputError(f"--output {args.output} is a folder; give the path of the .npy file to write")
+    rows_path = os.path.splitext(args.output)[0] + ".rows.jsonl"
+    for written in (args.output, rows_path):
+        if args.texts and same_file(written, args.texts):
+            raise InputError(f"--output {args.output} would write {written}, which is the --texts input; choose "
+                             "another output")
     model = _load(args)
     t0 = time.perf_counter()
     if args.texts:
@@ -34,7 +39,6 @@ def cmd_encode(args) -> int:
     out = args.output
     with atomic_write(out, "wb") as f:
         np.save(f, emb.astype(np.float32))
-    rows_path = os.path.splitext(out)[0] + ".rows.jsonl"
     write_text(rows_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     summary = {"output": out, "rows": rows_path, "count": int(emb.shape[0]), "dim": int(emb.shape[1]),
                "seconds": round(dt, 3), "per_second": round(emb.shape[0] / max(dt, 1e-9), 1),

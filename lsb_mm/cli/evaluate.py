@@ -41,10 +41,14 @@ def _fusion(args, model, name: str):
 
 def cmd_eval(args) -> int:
     from lsb_mm.evaluation.evaluate import CorpusCache, check_ks, evaluate, find_tasks
-    from lsb_mm.evaluation.reports import write_reports
+    from lsb_mm.evaluation.reports import earlier_reports, write_reports
     from lsb_mm.models.serialization import CONFIG_NAME
 
     check_ks(args.k)
+    earlier = earlier_reports(args.output) if os.path.isdir(args.output) else []
+    if earlier and not args.overwrite:
+        raise InputError(f"--output {args.output} holds {', '.join(earlier)} of an earlier eval: pass --overwrite to "
+                         "replace them, or choose another folder")
     names = list(args.model)
     if args.label and len(args.label) != len(names):
         raise InputError(f"--label: {len(args.label)} labels for {len(names)} --model values; give one per model")
@@ -114,6 +118,8 @@ def add_parser(sub) -> None:
                     help="weighted fusion: validation task folders on which W is chosen (NDCG@10, W = 0, 0.1 .. 1)")
     ev.add_argument("--tasks", nargs="+", required=True, help="task folders, or folders of task folders")
     ev.add_argument("--output", required=True, help="folder for results.json, results.md and recall.png")
+    ev.add_argument("--overwrite", action="store_true",
+                    help="replace the results.json / results.md / recall.png of an earlier eval in --output")
     ev.add_argument("--k", type=int, nargs="+", default=[1, 3, 5, 10], help="cut-offs (default: 1 3 5 10)")
     ev.add_argument("--factory", default="Flat", help="FAISS index for the corpus (default: Flat, exact)")
     ev.add_argument("--compare-plain", action="store_true", help="also score each model without its head")

@@ -35,6 +35,14 @@ def markdown_table(runs: Sequence[Dict[str, object]], columns: Optional[Sequence
     return "\n".join(lines) + "\n"
 
 
+REPORT_FILES = {"json": "results.json", "markdown": "results.md", "plot": "recall.png"}
+
+
+def earlier_reports(folder: str) -> List[str]:
+    """The report files of an earlier :func:`write_reports` in ``folder`` (they would be replaced)."""
+    return [name for name in REPORT_FILES.values() if os.path.lexists(os.path.join(folder, name))]
+
+
 def write_reports(runs: Sequence[Dict[str, object]], folder: str) -> Dict[str, str]:
     """``results.json`` (``{label: run}``; a run's label is its ``label``, else its ``model``, which
     must be unique), ``results.md`` and ``recall.png`` (Recall@k per task, one line per model)."""
@@ -43,8 +51,7 @@ def write_reports(runs: Sequence[Dict[str, object]], folder: str) -> Dict[str, s
     if repeated:
         raise ValueError(f"runs share the labels {repeated}: give each run its own label")
     os.makedirs(folder, exist_ok=True)
-    paths = {"json": os.path.join(folder, "results.json"), "markdown": os.path.join(folder, "results.md"),
-             "plot": os.path.join(folder, "recall.png")}
+    paths = {key: os.path.join(folder, name) for key, name in REPORT_FILES.items()}
     write_text(paths["json"], json.dumps(dict(zip(labels, runs)), indent=2))
     write_text(paths["markdown"], markdown_table(runs))
     import matplotlib

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,6 +30,8 @@ __all__ = ["EmbeddingShards", "ShardRows", "DTYPES"]
 FORMAT = "lsb-mm-embeddings"
 FORMAT_VERSION = 1
 PLAN = "plan.json"
+_OURS = re.compile(r"\d{6,}\.(npy|parquet|json)")  # a shard's three files (the plan is rewritten, not removed)
+_OURS_TMP = re.compile(r"\.(\d{6,}\.(npy|parquet|json)|plan\.json)\.[^/]+\.tmp")  # atomic_write's half-written files
 DTYPES = ("float32", "float16")
 
 
@@ -64,12 +67,12 @@ class EmbeddingShards:
                                      f"{_short(old[key])} there, {_short(plan[key])} now); resume with the same "
                                      "settings, or pass --overwrite to start over")
             for name in os.listdir(folder):  # resuming: what a killed writer left half-written goes
-                if name.startswith(".") and name.endswith(".tmp"):
+                if _OURS_TMP.fullmatch(name):
                     _remove(os.path.join(folder, name))
             return cls(folder, old)
         os.makedirs(folder, exist_ok=True)
-        for name in os.listdir(folder):  # starting over: the earlier job's shards go, then its plan
-            if (name != PLAN and name.split(".")[0].isdigit()) or name.startswith("."):
+        for name in os.listdir(folder):  # starting over: the earlier job's shards go (only what lsb-mm wrote)
+            if _OURS.fullmatch(name) or _OURS_TMP.fullmatch(name):
                 _remove(os.path.join(folder, name))
         with atomic_write(path) as f:
             json.dump(plan, f, indent=1)
