@@ -140,3 +140,26 @@ def test_the_readme_order_is_the_one_order(model):
     assert "scores, ids = index.search" in (root / "README.md").read_text()
     for page in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
         assert "ids, scores =" not in page.read_text(), page
+
+
+@pytest.mark.parametrize("device, match", [
+    ("cuda:99", r"device 'cuda:99': torch sees (no CUDA GPU|\d+ CUDA GPU)"),
+    ("bogus", r"device 'bogus' is not a device"),
+    ("meta", r"device 'meta' is not a device"),
+    (5, r"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:1', got int 5"),
+    (None, r"device must be a string .* got NoneType None"),
+])
+def test_device_names_are_checked_in_the_api(model, tmp_path, device, match):
+    """create_model, load_model and TrainConfig refuse a device that is not there or not a device,
+    with the project's error naming the argument, before anything is loaded or placed."""
+    import lsb_mm
+
+    folder = str(tmp_path / "m")
+    model.save_pretrained(folder)
+    with pytest.raises(InputError, match=match):
+        lsb_mm.load_model(folder, device=device)
+    with pytest.raises(InputError, match=match):
+        lsb_mm.create_model("open_clip:lsb-tiny-test", head="slr", device=device)
+    with pytest.raises(InputError, match=match.replace("device", "--device", 1)):
+        lsb_mm.TrainConfig(model="m", train_data="t.jsonl", output=str(tmp_path / "o"), device=device).check()
+    assert str(lsb_mm.load_model(folder, device="cpu").device) == "cpu" and lsb_mm.load_model(folder, device="auto")

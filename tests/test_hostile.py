@@ -305,6 +305,17 @@ CASES: List[Case] = [
          lambda w: (edit_json(w / MODEL / "lsb_config.json", lambda c: c.update(format_version=True)),
                     ["encode", "--model", MODEL, "--texts", "texts.txt", "--output", "e.npy"])[-1],
          r"format_version True is not supported"),
+    # -- device names: checked before anything is placed (cuda:99 is missing on any machine) ------------
+    Case("device/encode on a GPU that is not there", lambda w: ["encode", "--model", MODEL, "--texts", "texts.txt",
+                                                               "--output", "e.npy", "--device", "cuda:99"],
+         r"device 'cuda:99': torch sees (no CUDA GPU|\d+ CUDA GPU)"),
+    Case("device/encode bogus", lambda w: ["encode", "--model", MODEL, "--texts", "texts.txt", "--output", "e.npy",
+                                           "--device", "bogus"], r"device 'bogus' is not a device: expected 'auto', 'cpu'"),
+    Case("device/search meta", lambda w: SEARCH + ["--device", "meta"], r"device 'meta' is not a device"),
+    Case("device/search gpu (FAISS's word)", lambda w: SEARCH + ["--device", "gpu"], r"device 'gpu' is not a device"),
+    Case("device/train on a GPU that is not there", lambda w: TRAIN + ["--output", "fresh-run", "--device", "cuda:99"],
+         r"--device 'cuda:99': torch sees (no CUDA GPU|\d+ CUDA GPU)"),
+    Case("device/train bogus", lambda w: TRAIN + ["--output", "fresh-run", "--device", "cuda:x"], r"--device 'cuda:x' is not a device"),
     # -- data loss: an output that would replace an input, or results lsb-mm wrote earlier ---------------
     Case("loss/encode output is the texts input", lambda w: ["encode", "--model", MODEL, "--texts", "texts.txt",
                                                             "--output", "texts.txt"],
@@ -351,7 +362,7 @@ def test_bad_input_is_one_clear_line_and_changes_nothing(case, world, tmp_path):
 
 def test_the_cases_cover_every_class():
     classes = {c.name.split("/")[0] for c in CASES}
-    assert classes == {"k", "run", "resume", "train", "tasks", "index", "model", "image", "path", "text", "eval", "loss"}
+    assert classes == {"k", "run", "resume", "train", "tasks", "index", "model", "image", "path", "text", "eval", "loss", "device"}
     assert len({c.name for c in CASES}) == len(CASES)
 
 

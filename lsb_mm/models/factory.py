@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 
 import torch
 
+from lsb_mm.models.device import resolve_device
 from lsb_mm.models.encoders import BACKBONES
 from lsb_mm.errors import ModelLoadError
 from lsb_mm.models.heads import head_options
@@ -59,6 +60,7 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
     the backbone (e.g. ``pooling="mean"`` for ``hf:``, ``weights=`` or ``img_size=`` for
     ``timm:``). Random initialisation is seeded by ``seed`` without touching the global RNG.
     """
+    target = _device(device)  # checked before anything is built
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if isinstance(name, str) and os.path.isfile(os.path.join(name, CONFIG_NAME)):
@@ -83,14 +85,12 @@ def create_model(name: str, head: str = "clr", *, pretrained: Any = None, device
         model = LSBModel(backbone, head=head, text_head=text_head, image_head=image_head, vocab_size=vocab_size,
                          fusion_q=fusion_q, fusion_p=fusion_p, head_init=head_init, seed=seed, head_options=head_options)
     model.name = given
-    return model.to(_device(device)).eval()
+    return model.to(target).eval()
 
 
-def _device(device: str | torch.device) -> str | torch.device:
-    """``"auto"``: CUDA when torch sees a GPU, else the CPU; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def _device(device: str | torch.device) -> torch.device:
+    """``"auto"``: CUDA when torch sees a GPU, else the CPU; anything else checked (:func:`resolve_device`)."""
+    return resolve_device(device, "device")
 
 
 def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> LSBModel:
@@ -98,6 +98,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
 
     Like :func:`create_model`, it leaves the global random state untouched.
     """
+    target = _device(device)  # checked before anything is read
     folder = os.fspath(folder)
     config = read_config(folder)
     spec = config["backbone"]
@@ -120,7 +121,7 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
                          head_options={side: head_options(c) for side, c in (("text", th), ("image", ih)) if c})
     check_state(model, tensors, os.path.join(folder, config["weights"].get("file", WEIGHTS_NAME)))
     model.load_state_dict(tensors, strict=True)
-    return model.to(_device(device)).eval()
+    return model.to(target).eval()
 
 
 _UNLISTED = {

@@ -97,7 +97,10 @@ class TrainConfig:
         self.defaults_from = {"recipe": recipe["source"], "filled": missing} if missing else None
 
     def check(self) -> None:
+        from lsb_mm.models.device import resolve_device
+
         item_kinds(self.modality)
+        resolve_device(self.device, "--device")
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.train_group_size >= 1, "train_group_size must be >= 1 (1 = positive only, in-batch negatives)"),

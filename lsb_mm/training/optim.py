@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import torch
 
 from lsb_mm.errors import InputError
+from lsb_mm.models.device import resolve_device
 from lsb_mm.training.config import TrainConfig
 from lsb_mm.training.distributed import DistInfo
 
@@ -67,9 +68,9 @@ def build_optimizer(model, cfg: TrainConfig, total_steps: int) -> Tuple[torch.op
 
 
 def device_name(cfg: TrainConfig, dist: DistInfo) -> str:
-    """``--device``, or with ``auto`` this rank's GPU when there is one, else the CPU."""
+    """``--device`` (checked), or with ``auto`` this rank's GPU when there is one, else the CPU."""
     if cfg.device != "auto":
-        return cfg.device
+        return str(resolve_device(cfg.device, "--device"))
     if torch.cuda.is_available():
         return f"cuda:{dist.local_rank}" if dist.enabled else "cuda"
     return "cpu"
